@@ -1,0 +1,73 @@
+"""Grouped-query causal self-attention with rotary embeddings, no biases (Mixtral layout).
+
+The product itself goes through `jax.nn.dot_product_attention`, which picks cuDNN's fused
+kernel on GPU. RoPE is the "rotate half" (non-interleaved) form of HF Llama/Mixtral.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float):
+    """cos, sin tables [..., S, H] for integer positions [..., S] (HF layout: halves repeated)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    angles = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates x [B, S, N, H] by position; cos/sin: [B, S, H] (or broadcastable)."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos, sin = cos[..., None, :].astype(x.dtype), sin[..., None, :].astype(x.dtype)
+    return x * cos + rotated * sin
+
+
+def attention(x, w_q, w_k, w_v, w_o, positions, theta):
+    """Causal GQA self-attention.
+
+    Args:
+      x: [B, S, D] activations.
+      w_q: [D, N, H]; w_k, w_v: [D, K, H] with N a multiple of K; w_o: [N, H, D].
+      positions: [B, S] int token positions.
+      theta: RoPE base.
+
+    Returns:
+      [B, S, D].
+    """
+    q = jnp.einsum("BSD,DNH->BSNH", x, w_q)
+    k = jnp.einsum("BSD,DKH->BSKH", x, w_k)
+    v = jnp.einsum("BSD,DKH->BSKH", x, w_v)
+    cos, sin = rope_tables(positions, q.shape[-1], theta)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    return jnp.einsum("BSNH,NHD->BSD", out, w_o)
+
+
+class Attention(nnx.Module):
+    """Owns q/k/v/o projections: [D, N, H], [D, K, H], [D, K, H], [N, H, D] (float32)."""
+
+    def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
+                 rope_theta: float, rngs: nnx.Rngs):
+        if num_heads % num_kv_heads:
+            raise ValueError(
+                f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}"
+            )
+        self.rope_theta = rope_theta
+        init_in = nnx.initializers.normal(stddev=d_model**-0.5)
+        init_out = nnx.initializers.normal(stddev=(num_heads * head_dim) ** -0.5)
+        f32 = jnp.float32
+        self.w_q = nnx.Param(init_in(rngs.params(), (d_model, num_heads, head_dim), f32))
+        self.w_k = nnx.Param(init_in(rngs.params(), (d_model, num_kv_heads, head_dim), f32))
+        self.w_v = nnx.Param(init_in(rngs.params(), (d_model, num_kv_heads, head_dim), f32))
+        self.w_o = nnx.Param(init_out(rngs.params(), (num_heads, head_dim, d_model), f32))
+
+    def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        """x: [B, S, D] compute dtype, positions: [B, S] -> [B, S, D]."""
+        dtype = x.dtype
+        weights = [w[...].astype(dtype) for w in (self.w_q, self.w_k, self.w_v, self.w_o)]
+        return attention(x, *weights, positions, self.rope_theta)
