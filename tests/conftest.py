@@ -1,6 +1,19 @@
-"""Test set-up: 8 CPU devices and strict dtype promotion, before any JAX operation."""
+"""Test set-up: 8 CPU devices before any JAX operation; strict dtype promotion for moejax code.
+
+Strict promotion is not applied under tests/train/, where optax's own update code mixes
+Python floats with int32 step counters.
+"""
 
 import jax
+import pytest
 
 jax.config.update("jax_num_cpu_devices", 8)
-jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+@pytest.fixture(autouse=True)
+def _strict_dtype_promotion(request):
+    if "train" in request.node.path.parts:
+        yield
+        return
+    with jax.numpy_dtype_promotion("strict"):
+        yield
