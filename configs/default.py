@@ -36,7 +36,8 @@ def get_config(arg=None):
     config.model.moe.shared_d_hidden = None  # width of each shared expert (None: F / m)
     config.model.moe.engine = "dropless"  # "dense", "capacity" or "dropless"
     config.model.moe.capacity_factor = 1.25  # capacity engine: C = ceil(cf * T * k / E)
-    config.model.moe.record_cosine = False  # record per-token cosine of experts' z
+    config.model.moe.record_cosine = False  # record per-token cosine (set by the trainer)
+    config.model.moe.cosine_source = "activation"  # cosine of "activation" z or "output"
 
     config.model.moe.router = ml_collections.ConfigDict()  # maps onto moejax.RouterSpec
     config.model.moe.router.kind = "softmax_topk"  # softmax_topk, topk_softmax or sigmoid

@@ -34,7 +34,9 @@ class MoESpec:
       shared_d_hidden: hidden width of each shared expert (None: the routed expert width F/m).
       engine: "dense", "capacity" or "dropless".
       capacity_factor: C = ceil(capacity_factor * T * k / E) for the capacity engine.
-      record_cosine: put each token's [K, K] cosine of its experts' z in the record.
+      record_cosine: put each token's [K, K] cosine of its chosen experts in the record.
+      cosine_source: what that cosine compares: "activation" (the SwiGLU z, for the
+        specialization loss) or "output" (FFN_e(x), for the orthogonality baseline).
       router: routing options.
     """
 
@@ -47,6 +49,7 @@ class MoESpec:
     engine: str = "dropless"
     capacity_factor: float = 1.25
     record_cosine: bool = False
+    cosine_source: str = "activation"
     router: RouterSpec = dataclasses.field(default_factory=RouterSpec)
 
     def __post_init__(self):
@@ -63,6 +66,9 @@ class MoESpec:
             )
         if self.engine not in ENGINES:
             raise ValueError(f"moe.engine={self.engine!r}; allowed: {', '.join(ENGINES)}")
+        if self.cosine_source not in ("activation", "output"):
+            raise ValueError(f"moe.cosine_source={self.cosine_source!r}; allowed: activation, "
+                             "output")
         if self.capacity_factor <= 0:
             raise ValueError(f"moe.capacity_factor={self.capacity_factor} must be > 0")
         if self.num_shared_experts < 0:
@@ -126,9 +132,12 @@ def routed_experts_forward(x: jax.Array, routing: Routing, weights, spec: MoESpe
         capacity = capacity_for(x.shape[0], top_k, num_experts, spec.capacity_factor)
     plan = make_plan(routing.expert_idx, num_experts, capacity)
     engine = ENGINES[spec.engine]
-    y_slots, z_slots = engine(x, plan, weights, with_activations=spec.record_cosine)
+    with_z = spec.record_cosine and spec.cosine_source == "activation"
+    y_slots, z_slots = engine(x, plan, weights, with_activations=with_z)
     y = combine(y_slots, routing.gates, plan.kept)
-    pair_cos = pairwise_cosine(z_slots) if spec.record_cosine else None
+    pair_cos = None
+    if spec.record_cosine:
+        pair_cos = pairwise_cosine(z_slots if with_z else y_slots)
     return y, make_record(routing, plan, pair_cos)
 
 
