@@ -48,6 +48,20 @@ def get_config(arg=None):
     config.model.moe.router.use_bias = False  # selection-only bias (aux-loss-free balancing)
     config.model.moe.router.jitter = 0.0  # multiplicative input jitter in training
 
+    config.loss = ml_collections.ConfigDict()  # maps onto moejax.regularizers.LossSpec
+    config.loss.lb = 1e-2  # load-balance weight
+    config.loss.lb_variant = "batch"  # "batch", "sequence" or "global"
+    config.loss.z = 0.0  # router z-loss weight
+    config.loss.sp = 2e-3  # intra-layer specialization weight (paper A)
+    config.loss.sp_mode = "square"  # "square" or "abs" cosine penalty
+    config.loss.sp_max_tokens = None  # evaluate sp on an evenly spaced token subset
+    config.loss.cp = 1e-3  # cross-layer coupling weight (paper A)
+    config.loss.cp_form = "product"  # "product" or "log"
+    config.loss.cp_stop_gradient_deeper = False  # deeper router as a fixed teacher
+    config.loss.orth = 0.0  # orthogonality baseline weight
+    config.loss.var = 0.0  # router-score variance baseline weight
+    config.loss.bias_rate = 0.0  # aux-loss-free bias update rate (needs router.use_bias)
+
     config.train = ml_collections.ConfigDict()
     config.train.steps = 300  # optimizer steps
     config.train.batch_size = 16  # sequences per step

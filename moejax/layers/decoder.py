@@ -176,3 +176,8 @@ class Decoder(nnx.Module):
                 records.append(record)
         logits = self.head(self.final_norm(x))
         return logits, (concat_records(records) if records else None)
+
+    def routers(self) -> list:
+        """All routers in depth order: the order of the routing record's router axis."""
+        return [router for layer in self.layers if isinstance(layer.ffn, MoEFeedForward)
+                for router in layer.ffn.block.routers()]

@@ -30,3 +30,7 @@ class DeepSeekMoE(nnx.Module):
     def __call__(self, x: jax.Array, *, exclude: jax.Array | None = None):
         routed, record = self.routed(x, exclude=exclude)
         return mix_shared(routed, self.shared(x)), record
+
+    def routers(self):
+        """This block's routers in record order."""
+        return self.routed.routers()

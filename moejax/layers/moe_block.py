@@ -154,3 +154,7 @@ class TopKMoE(nnx.Module):
         """x: [T, D] compute dtype; exclude: [T, E] bool experts a token may not pick."""
         routing = self.router(x, exclude=exclude)
         return routed_experts_forward(x, routing, self.experts.weights(x.dtype), self.spec)
+
+    def routers(self) -> list[Router]:
+        """This block's routers in record order."""
+        return [self.router]

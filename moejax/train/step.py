@@ -1,11 +1,18 @@
-"""Train and eval steps: next-token cross-entropy of the decoder."""
+"""Train and eval steps: next-token cross-entropy plus the weighted regularizers.
+
+Loss weights are applied here and only here (style.md rule 4).
+"""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+
+from moejax.regularizers import LossSpec, aux_total, routing_metrics, updated_bias
 
 
 def lm_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -13,23 +20,53 @@ def lm_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
-def _loss_fn(model, tokens):
-    logits, records = model(tokens[:, :-1])
+def _loss_fn(model, tokens, loss_spec: LossSpec):
+    """tokens [B, S + 1] -> (total loss, (metrics, record))."""
+    logits, record = model(tokens[:, :-1])
     loss = lm_loss(logits, tokens[:, 1:])
-    return loss, {"loss": loss}
+    metrics = {"loss": loss}
+    total = loss
+    if record is not None:
+        aux, terms = aux_total(record, loss_spec, sequence_length=tokens.shape[1] - 1)
+        total = total + aux
+        metrics.update(terms, total_loss=total)
+    return total, (metrics, record)
 
 
-@nnx.jit
-def train_step(model, optimizer, tokens: jax.Array):
-    """One optimizer step on tokens [B, S + 1]; returns a dict of scalar metrics."""
-    (_, metrics), grads = nnx.value_and_grad(_loss_fn, has_aux=True)(model, tokens)
+def _routing_summary(record) -> dict:
+    """routing/<name>: per-router values of every routing metric."""
+    return {f"routing/{k}": v for k, v in routing_metrics(record).items()}
+
+
+def _update_router_biases(model, record, rate: float) -> None:
+    routers = model.routers()
+    new = updated_bias(jnp.stack([_padded_bias(r, record) for r in routers]),
+                       record.tokens_per_expert, rate, num_experts=record.num_experts)
+    for i, router in enumerate(routers):
+        router.bias[...] = new[i, : router.bias.shape[0]]
+
+
+def _padded_bias(router, record):
+    bias = router.bias[...]
+    return jnp.pad(bias, (0, record.tokens_per_expert.shape[-1] - bias.shape[0]))
+
+
+@functools.partial(nnx.jit, static_argnames="loss_spec")
+def train_step(model, optimizer, tokens: jax.Array, loss_spec: LossSpec):
+    """One optimizer step on tokens [B, S + 1]; returns a dict of metrics."""
+    grad_fn = nnx.value_and_grad(_loss_fn, has_aux=True)
+    (_, (metrics, record)), grads = grad_fn(model, tokens, loss_spec)
     optimizer.update(model, grads)
+    if record is not None:
+        if loss_spec.bias_rate > 0:
+            _update_router_biases(model, record, loss_spec.bias_rate)
+        metrics.update(_routing_summary(record))
     metrics["grad_norm"] = optax.global_norm(grads)
     return metrics
 
 
-@nnx.jit
-def eval_step(model, tokens: jax.Array):
-    """Validation loss on tokens [B, S + 1]."""
-    loss, _ = _loss_fn(model, tokens)
+@functools.partial(nnx.jit, static_argnames="loss_spec")
+def eval_step(model, tokens: jax.Array, loss_spec: LossSpec):
+    """Validation loss on tokens [B, S + 1] (nats and bits per byte)."""
+    loss = _loss_fn(model, tokens, loss_spec)[1][0]["loss"]
     return {"val_loss": loss, "val_bits_per_byte": loss / jnp.log(2.0)}

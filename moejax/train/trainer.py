@@ -10,8 +10,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from moejax.layers.decoder import Decoder, decoder_spec_from_config
+from moejax.layers.decoder import Decoder
 from moejax.train import data, step
+from moejax.train.specs import specs_from_config
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -30,7 +31,7 @@ def train_and_evaluate(config, workdir) -> dict:
     length = train_cfg.seq_len + 1
 
     # Model and optimizer.
-    spec = decoder_spec_from_config(config.model)
+    spec, loss_spec = specs_from_config(config)
     model = Decoder(spec, rngs=nnx.Rngs(config.seed))
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, train_cfg.learning_rate, train_cfg.warmup_steps, train_cfg.steps
@@ -45,13 +46,13 @@ def train_and_evaluate(config, workdir) -> dict:
     with metrics_path.open("w") as log:
         for i in range(1, train_cfg.steps + 1):
             tokens = data.random_windows(train_stream, train_cfg.batch_size, length, rng)
-            metrics = step.train_step(model, optimizer, tokens)
+            metrics = step.train_step(model, optimizer, tokens, loss_spec)
             if i % train_cfg.log_every and i != train_cfg.steps:
                 continue
             val = [step.eval_step(model, data.random_windows(val_stream, train_cfg.batch_size,
-                                                             length, rng))
+                                                             length, rng), loss_spec)
                    for _ in range(train_cfg.eval_batches)]
-            last = {"step": i, **{k: float(v) for k, v in metrics.items()},
+            last = {"step": i, **{k: np.asarray(v).tolist() for k, v in metrics.items()},
                     "val_loss": float(np.mean([float(v["val_loss"]) for v in val]))}
             last["val_bits_per_byte"] = last["val_loss"] / np.log(2.0)
             last["tokens_per_s"] = i * train_cfg.batch_size * train_cfg.seq_len / (

@@ -1,0 +1,90 @@
+"""Time of a jitted train step (forward + backward + AdamW) with lb only vs lb + sp + cp.
+
+Usage:
+  python benchmarks/regularizer_overhead.py [--json PATH] [--repeats N] [--layers L] ...
+Prints the device, versions, shape and a table; the ratio is against lb only, same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from moejax.layers.decoder import Decoder, DecoderSpec
+from moejax.layers.moe_block import MoESpec
+from moejax.regularizers import LossSpec
+from moejax.train import step
+
+VARIANTS = {
+    "lb": LossSpec(lb=1e-2),
+    "lb+sp": LossSpec(lb=1e-2, sp=2e-3),
+    "lb+cp": LossSpec(lb=1e-2, cp=1e-3),
+    "lb+sp+cp": LossSpec(lb=1e-2, sp=2e-3, cp=1e-3),
+}
+
+
+def _parse():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--json", default=None, help="write results to this path")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument("--top-k", type=int, default=2)
+    parser.add_argument("--d-hidden", type=int, default=512)
+    parser.add_argument("--engine", default="capacity")
+    return parser.parse_args()
+
+
+def _time_variant(args, loss_spec: LossSpec) -> float:
+    moe = MoESpec(num_experts=args.experts, top_k=args.top_k, d_hidden=args.d_hidden,
+                  engine=args.engine, record_cosine=loss_spec.sp > 0)
+    spec = DecoderSpec(d_model=args.d_model, num_layers=args.layers, num_heads=4,
+                       num_kv_heads=4, d_ff=4 * args.d_model, moe=moe)
+    model = Decoder(spec, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adamw(1e-4), wrt=nnx.Param)
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(0, 256, (args.batch, args.seq + 1)), jnp.int32)
+    for _ in range(2):  # compile and warm up
+        jax.block_until_ready(step.train_step(model, optimizer, tokens, loss_spec))
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(step.train_step(model, optimizer, tokens, loss_spec))
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def main():
+    args = _parse()
+    shape = {k: v for k, v in vars(args).items() if k not in ("json", "repeats")}
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}")
+    print(f"shape: {shape}")
+    rows = []
+    for name, loss_spec in VARIANTS.items():
+        ms = _time_variant(args, loss_spec)
+        rows.append({"name": name, "ms": ms, "loss": dataclasses.asdict(loss_spec)})
+    base = rows[0]["ms"]
+    print(f"{'variant':<10} {'median ms':>10} {'vs lb':>8}")
+    for row in rows:
+        row["ratio_vs_lb"] = row["ms"] / base
+        print(f"{row['name']:<10} {row['ms']:>10.2f} {row['ratio_vs_lb']:>8.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__,
+                       "shape": shape, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""From a config file's ConfigDict to the typed specs, with the cross-section checks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from moejax.layers.decoder import DecoderSpec, decoder_spec_from_config
+from moejax.regularizers import LossSpec
+
+
+def loss_spec_from_config(loss_config) -> LossSpec:
+    """`config.loss` -> LossSpec; an unknown key raises ValueError naming it."""
+    values = dict(loss_config or {})
+    known = {f.name for f in dataclasses.fields(LossSpec)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join('loss.' + u for u in unknown)}; "
+                         f"allowed: {', '.join(sorted(known))}")
+    return LossSpec(**values)
+
+
+def num_routers(spec: DecoderSpec) -> int:
+    return sum(spec.is_moe_layer(i) for i in range(spec.num_layers))
+
+
+def specs_from_config(config) -> tuple[DecoderSpec, LossSpec]:
+    """Builds (DecoderSpec, LossSpec) and checks that the losses fit the model.
+
+    The blocks are told to record the per-token cosine that the chosen losses read.
+    """
+    model = decoder_spec_from_config(config.model)
+    loss = loss_spec_from_config(config.get("loss"))
+    k = model.moe.routed_top_k
+    if (loss.sp > 0 or loss.orth > 0) and k < 2:
+        raise ValueError(f"loss.sp={loss.sp} / loss.orth={loss.orth} compare pairs of "
+                         f"co-activated experts and need top_k >= 2, but the model picks k={k}")
+    if loss.cp > 0 and num_routers(model) < 2:
+        raise ValueError(f"loss.cp={loss.cp} couples adjacent routers and needs >= 2 MoE "
+                         f"layers, but the model has {num_routers(model)}")
+    if loss.bias_rate > 0 and not model.moe.router.use_bias:
+        raise ValueError(f"loss.bias_rate={loss.bias_rate} needs model.moe.router.use_bias=True")
+    source = loss.needs_cosine
+    moe = dataclasses.replace(model.moe, record_cosine=source is not None,
+                              cosine_source=source or model.moe.cosine_source)
+    return dataclasses.replace(model, moe=moe), loss
