@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moejax.layers.attention import Attention
+from moejax.layers.cartesian import CartesianMoE
 from moejax.layers.deepseek_block import DeepSeekMoE
 from moejax.layers.embed import Embed, LMHead
 from moejax.layers.ffn import SwiGLU
@@ -23,7 +24,7 @@ from moejax.layers.moe_block import MoESpec, TopKMoE
 from moejax.layers.norms import RMSNorm
 from moejax.record import concat_records
 
-BLOCKS = MappingProxyType({"topk": TopKMoE, "deepseek": DeepSeekMoE})
+BLOCKS = MappingProxyType({"topk": TopKMoE, "deepseek": DeepSeekMoE, "cartesian": CartesianMoE})
 DTYPES = MappingProxyType({"float32": jnp.float32, "bfloat16": jnp.bfloat16})
 
 
@@ -43,7 +44,8 @@ class DecoderSpec:
       norm_eps: RMSNorm epsilon.
       first_dense_layers: leading layers with a dense FFN.
       moe_every: 1 = every later layer is MoE, 2 = every other one, ...
-      block: "topk" (Mixtral) or "deepseek" (shared + fine-grained experts).
+      block: "topk" (Mixtral), "deepseek" (shared + fine-grained experts) or "cartesian"
+        (two routed sub-layers with their own norms and residuals; 2 routers per layer).
       dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
       moe: the MoE layers' options.
     """
@@ -122,7 +124,7 @@ class DenseFeedForward(nnx.Module):
         self.norm = RMSNorm(spec.d_model, eps=spec.norm_eps)
         self.ffn = SwiGLU(spec.d_model, spec.d_ff, rngs=rngs)
 
-    def __call__(self, h: jax.Array, **unused):
+    def __call__(self, h: jax.Array, **router_kwargs):
         return h + self.ffn(self.norm(h)), None
 
 
@@ -139,19 +141,34 @@ class MoEFeedForward(nnx.Module):
         return h + y, record
 
 
+class CartesianFeedForward(nnx.Module):
+    """h -> CartesianMoE(h): the layer brings its own norms and residuals."""
+
+    def __init__(self, spec: DecoderSpec, *, rngs: nnx.Rngs):
+        self.block = CartesianMoE(spec.d_model, spec.moe, norm_eps=spec.norm_eps, rngs=rngs)
+
+    def __call__(self, h: jax.Array, **kwargs):
+        return self.block(h, **kwargs)
+
+
+def _feed_forward_cls(spec: DecoderSpec, layer: int):
+    if not spec.is_moe_layer(layer):
+        return DenseFeedForward
+    return CartesianFeedForward if spec.block == "cartesian" else MoEFeedForward
+
+
 class DecoderLayer(nnx.Module):
     def __init__(self, spec: DecoderSpec, layer: int, *, rngs: nnx.Rngs):
         self.attn_norm = RMSNorm(spec.d_model, eps=spec.norm_eps)
         self.attn = Attention(spec.d_model, spec.num_heads, spec.num_kv_heads,
                               spec.resolved_head_dim, rope_theta=spec.rope_theta, rngs=rngs)
-        ffn_cls = MoEFeedForward if spec.is_moe_layer(layer) else DenseFeedForward
-        self.ffn = ffn_cls(spec, rngs=rngs)
+        self.ffn = _feed_forward_cls(spec, layer)(spec, rngs=rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array):
+    def __call__(self, x: jax.Array, positions: jax.Array, **router_kwargs):
         """x: [B, S, D] -> ([B, S, D], record or None)."""
         x = x + self.attn(self.attn_norm(x), positions)
         batch, seq, d_model = x.shape
-        h, record = self.ffn(x.reshape(batch * seq, d_model))
+        h, record = self.ffn(x.reshape(batch * seq, d_model), **router_kwargs)
         return h.reshape(batch, seq, d_model), record
 
 
@@ -165,13 +182,16 @@ class Decoder(nnx.Module):
         self.final_norm = RMSNorm(spec.d_model, eps=spec.norm_eps)
         self.head = LMHead(spec.d_model, spec.vocab_size, rngs=rngs)
 
-    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None):
+    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, *,
+                 disable_top1: bool = False):
+        """tokens: [B, S] int; disable_top1: the robustness test (every router drops each
+        token's first choice and re-picks top-k from the rest)."""
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         x = self.embed(tokens, DTYPES[self.spec.dtype])
         records = []
         for layer in self.layers:
-            x, record = layer(x, positions)
+            x, record = layer(x, positions, disable_top1=disable_top1)
             if record is not None:
                 records.append(record)
         logits = self.head(self.final_norm(x))
@@ -179,5 +199,5 @@ class Decoder(nnx.Module):
 
     def routers(self) -> list:
         """All routers in depth order: the order of the routing record's router axis."""
-        return [router for layer in self.layers if isinstance(layer.ffn, MoEFeedForward)
+        return [router for layer in self.layers if not isinstance(layer.ffn, DenseFeedForward)
                 for router in layer.ffn.block.routers()]

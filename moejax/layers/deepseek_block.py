@@ -1,8 +1,7 @@
 """DeepSeekMoE block: fine-grained routed experts plus always-on shared experts.
 
-`y = sum_s FFN^shared_s(x) + sum_{e in TopK} g_e FFN_e(x)` (methods.md section 3). The S
-shared experts are stored as one SwiGLU of width S * shared_d_hidden, which computes
-exactly their sum (HF DeepSeek's `shared_experts` layout).
+`y = sum_s FFN^shared_s(x) + sum_{e in TopK} g_e FFN_e(x)` (methods.md section 3), or the
+learned 2-way mix with `shared_mix="softmax"`. Fine-graining (`granularity`) is in MoESpec.
 """
 
 from __future__ import annotations
@@ -10,9 +9,8 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from moejax.layers.combine import mix_shared
-from moejax.layers.ffn import SwiGLU
 from moejax.layers.moe_block import MoESpec, TopKMoE
+from moejax.layers.shared_experts import SharedExperts
 
 
 class DeepSeekMoE(nnx.Module):
@@ -25,11 +23,12 @@ class DeepSeekMoE(nnx.Module):
                 "(use the top-k block for none)"
             )
         self.routed = TopKMoE(d_model, spec, rngs=rngs)
-        self.shared = SwiGLU(d_model, spec.shared_width, rngs=rngs)
+        self.shared = SharedExperts(d_model, spec.shared_width, spec.shared_mix, rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, exclude: jax.Array | None = None):
-        routed, record = self.routed(x, exclude=exclude)
-        return mix_shared(routed, self.shared(x)), record
+    def __call__(self, x: jax.Array, **kwargs):
+        """x: [T, D] compute dtype; kwargs go to the router (exclude, disable_top1)."""
+        routed, record = self.routed(x, **kwargs)
+        return self.shared(x, routed), record
 
     def routers(self):
         """This block's routers in record order."""

@@ -32,6 +32,9 @@ class MoESpec:
       granularity: fine-grained factor m (DeepSeekMoE): m*E experts of width F/m, m*k chosen.
       num_shared_experts: S always-on shared experts (0 = plain top-k MoE).
       shared_d_hidden: hidden width of each shared expert (None: the routed expert width F/m).
+      sub_d_hidden: CartesianMoE sub-expert width (None: d_hidden // 2, "half-width").
+      shared_mix: how shared experts join the routed output: "sum" (DeepSeekMoE) or
+        "softmax" (a learned 2-way softmax gate, CartesianMoE).
       engine: "dense", "capacity" or "dropless".
       capacity_factor: C = ceil(capacity_factor * T * k / E) for the capacity engine.
       record_cosine: put each token's [K, K] cosine of its chosen experts in the record.
@@ -46,6 +49,8 @@ class MoESpec:
     granularity: int = 1
     num_shared_experts: int = 0
     shared_d_hidden: int | None = None
+    sub_d_hidden: int | None = None
+    shared_mix: str = "sum"
     engine: str = "dropless"
     capacity_factor: float = 1.25
     record_cosine: bool = False
@@ -69,6 +74,8 @@ class MoESpec:
         if self.cosine_source not in ("activation", "output"):
             raise ValueError(f"moe.cosine_source={self.cosine_source!r}; allowed: activation, "
                              "output")
+        if self.shared_mix not in ("sum", "softmax"):
+            raise ValueError(f"moe.shared_mix={self.shared_mix!r}; allowed: sum, softmax")
         if self.capacity_factor <= 0:
             raise ValueError(f"moe.capacity_factor={self.capacity_factor} must be > 0")
         if self.num_shared_experts < 0:
@@ -150,9 +157,9 @@ class TopKMoE(nnx.Module):
                              rngs=rngs)
         self.experts = Experts(spec.routed_experts, d_model, spec.routed_d_hidden, rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, exclude: jax.Array | None = None):
-        """x: [T, D] compute dtype; exclude: [T, E] bool experts a token may not pick."""
-        routing = self.router(x, exclude=exclude)
+    def __call__(self, x: jax.Array, **router_kwargs):
+        """x: [T, D] compute dtype; router_kwargs (exclude, disable_top1) go to the router."""
+        routing = self.router(x, **router_kwargs)
         return routed_experts_forward(x, routing, self.experts.weights(x.dtype), self.spec)
 
     def routers(self) -> list[Router]:

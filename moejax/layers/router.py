@@ -105,6 +105,13 @@ def _group_limit(selection: jax.Array, num_groups: int, top_groups: int) -> jax.
     return jnp.where(keep, selection, -jnp.inf)
 
 
+def _select(selection: jax.Array, spec: RouterSpec, top_k: int) -> jax.Array:
+    """[T, E] selection scores -> [T, K] chosen experts (group-limited if configured)."""
+    if spec.num_groups > 1:
+        selection = _group_limit(selection, spec.num_groups, spec.top_groups)
+    return jax.lax.top_k(selection, top_k)[1]
+
+
 def route(
     x: jax.Array,
     w_router: jax.Array,
@@ -113,6 +120,7 @@ def route(
     *,
     bias: jax.Array | None = None,
     exclude: jax.Array | None = None,
+    disable_top1: bool = False,
 ) -> Routing:
     """Routes T tokens to k of E experts.
 
@@ -122,7 +130,9 @@ def route(
       spec: routing options.
       top_k: k, experts chosen per token.
       bias: [E] selection-only bias (added to the scores for selection only), or None.
-      exclude: [T, E] bool, experts a token may not pick (robustness evaluation), or None.
+      exclude: [T, E] bool, experts a token may not pick, or None.
+      disable_top1: drop each token's first choice and re-pick top-k from the remaining
+        experts (CartesianMoE's robustness test); gates are computed over the new picks.
 
     Returns:
       Routing with logits/probs [T, E] and expert_idx/gates [T, K].
@@ -138,9 +148,10 @@ def route(
     selection = scores if bias is None else scores + bias.astype(jnp.float32)
     if exclude is not None:
         selection = jnp.where(exclude, -jnp.inf, selection)
-    if spec.num_groups > 1:
-        selection = _group_limit(selection, spec.num_groups, spec.top_groups)
-    _, expert_idx = jax.lax.top_k(selection, top_k)
+    expert_idx = _select(selection, spec, top_k)
+    if disable_top1:
+        first = jax.nn.one_hot(expert_idx[:, 0], selection.shape[-1], dtype=bool)
+        expert_idx = _select(jnp.where(first, -jnp.inf, selection), spec, top_k)
     picked = jnp.take_along_axis(scores, expert_idx, axis=-1)
     if spec.kind == "topk_softmax":
         gates = jax.nn.softmax(picked, axis=-1)
@@ -176,9 +187,11 @@ class Router(nnx.Module):
         self.rngs = rngs if spec.jitter > 0 else None
         self.deterministic = False
 
-    def __call__(self, x: jax.Array, *, exclude: jax.Array | None = None) -> Routing:
+    def __call__(self, x: jax.Array, *, exclude: jax.Array | None = None,
+                 disable_top1: bool = False) -> Routing:
         """x: [T, D] -> Routing; see `route`."""
         if self.rngs is not None and not self.deterministic:
             x = apply_jitter(x, self.spec.jitter, self.rngs.jitter())
         bias = None if self.bias is None else self.bias[...]
-        return route(x, self.kernel[...], self.spec, self.top_k, bias=bias, exclude=exclude)
+        return route(x, self.kernel[...], self.spec, self.top_k, bias=bias, exclude=exclude,
+                     disable_top1=disable_top1)

@@ -40,7 +40,7 @@ def score_variance_loss(probs, *, num_experts=None):
     """
     probs = with_router_axis(jnp.asarray(probs, jnp.float32), 2)
     num_e = experts_per_router(num_experts, probs)[:, None]  # [R, 1]
-    valid = jnp.arange(probs.shape[-1])[None, None, :] < num_e[:, :, None]
+    valid = jnp.arange(probs.shape[-1], dtype=jnp.float32)[None, None, :] < num_e[:, :, None]
     mean = probs.sum(-1) / num_e
     variance = jnp.where(valid, (probs - mean[..., None]) ** 2, 0.0).sum(-1) / num_e
     return mean_over_routers(-variance.mean(-1))

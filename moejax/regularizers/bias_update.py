@@ -31,7 +31,7 @@ def updated_bias(bias, tokens_per_expert, rate, *, num_experts=None, axis_name=N
     size = bias.shape[-1]
     true_e = jnp.asarray(size if num_experts is None else num_experts, jnp.float32)
     true_e = true_e[..., None] if true_e.ndim else true_e
-    valid = jnp.arange(size) < true_e
+    valid = jnp.arange(size, dtype=jnp.float32) < true_e
     mean_load = jnp.where(valid, load, 0.0).sum(-1, keepdims=True) / true_e
     step = rate * jnp.sign(mean_load - load)
     return jnp.where(valid, bias + step, bias)

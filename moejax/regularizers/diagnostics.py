@@ -29,7 +29,8 @@ def _load_metrics(record, valid, axis_name):
     num_e = record.num_experts.astype(jnp.float32)
     mean = counts.sum(-1) / num_e
     std = jnp.sqrt(jnp.where(valid, (counts - mean[:, None]) ** 2, 0.0).sum(-1) / num_e)
-    slots = _sum(jnp.asarray(record.kept.shape[1], jnp.float32), axis_name) * record.top_k
+    tokens = _sum(jnp.asarray(record.kept.shape[1], jnp.float32), axis_name)
+    slots = tokens * record.top_k.astype(jnp.float32)
     return {
         "tokens_per_expert": counts,
         "load_min": jnp.where(valid, counts, jnp.inf).min(-1),

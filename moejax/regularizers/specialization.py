@@ -64,7 +64,9 @@ def specialization_loss_from_cosine(cos, *, top_k=None, mode="square", max_token
 def pairwise_cosine(z: jax.Array) -> jax.Array:
     """[..., K, F] -> [..., K, K] float32 cosines (zero vectors have cosine 0)."""
     z = z.astype(jnp.float32)
-    unit = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), _EPS)
+    # sqrt of a clamped square norm: a zero vector gets cosine 0 and a zero (not NaN) gradient
+    norm = jnp.sqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), _EPS**2))
+    unit = z / norm
     return jnp.einsum("...KF,...JF->...KJ", unit, unit)
 
 

@@ -1,4 +1,7 @@
-"""moejax-train: `moejax-train --config configs/NAME.py --workdir DIR [--config.a.b=value]`."""
+"""moejax-train: `moejax-train --config configs/NAME.py[:arg] --workdir DIR [--config.a.b=value]`.
+
+`--dry-run` prints the resolved config and the parameter counts (from shapes only) and exits.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,27 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics and checkpoints.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print config and parameter counts, then exit.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def dry_run(config) -> str:
+    """The resolved config and the two count lines, as printed by --dry-run."""
+    from moejax.layers.param_count import count_parameters
+    from moejax.train.specs import specs_from_config
+
+    spec, _ = specs_from_config(config)
+    counts = count_parameters(spec)
+    return (f"{config}\ntotal parameters: {counts.total}\n"
+            f"active parameters per token: {counts.active}")
 
 
 def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _DRY_RUN.value:
+        print(dry_run(_CONFIG.value))
+        return
     from moejax.train.trainer import train_and_evaluate
 
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)

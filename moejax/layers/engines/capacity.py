@@ -2,6 +2,11 @@
 
 Each expert takes its first C token-slots in token order (the plan's stable sort);
 a slot at position >= C is dropped: its output is zero and `plan.dropped` counts it.
+
+Moving rows in (tokens -> buffers) and out (buffers -> slots) are gathers whose
+gradients are gathers too: kept slots and filled buffer rows correspond one to one, so
+each move's transpose is the other direction's gather (plus a sum over a token's K
+slots), never a scatter-add into a zeroed [E, C, D] or [T, D] array.
 """
 
 from __future__ import annotations
@@ -13,16 +18,68 @@ from moejax.layers.dispatch import DispatchPlan
 from moejax.layers.experts import ExpertWeights
 
 
-def _gather_buffers(x: jax.Array, plan: DispatchPlan) -> jax.Array:
-    """x: [T, D] -> [E, C, D] rows of each expert's first C slots (zero past its count)."""
-    top_k = plan.expert_idx.shape[1]
+@jax.custom_vjp
+def _move_rows(src: jax.Array, index: jax.Array, inverse: jax.Array) -> jax.Array:
+    """out[m] = src[index[m]], zero where index[m] is out of range.
+
+    Args:
+      src: [N, D] rows.
+      index: [M] int32 source row of each output row; out of range (>= N) gives zeros.
+      inverse: [N, J] int32 output rows that read each source row, out of range (>= M)
+        where fewer than J do; the gradient sums d_out over these rows.
+
+    Returns:
+      [M, D] in src's dtype.
+    """
+    return src.at[index].get(mode="fill", fill_value=0)
+
+
+def _move_rows_fwd(src, index, inverse):
+    return _move_rows(src, index, inverse), (index, inverse)
+
+
+def _move_rows_bwd(residuals, d_out):
+    index, inverse = residuals
+    d_src = d_out.at[inverse].get(mode="fill", fill_value=0)  # [N, J, D]
+    d_src = d_src[:, 0] if inverse.shape[1] == 1 else d_src.sum(axis=1)
+    return d_src, None, None
+
+
+_move_rows.defvjp(_move_rows_fwd, _move_rows_bwd)
+
+
+def _row_maps(plan: DispatchPlan) -> tuple[jax.Array, jax.Array]:
+    """Index maps between token-slots (t*K + j) and buffer rows (e*C + c).
+
+    Returns:
+      row_slot: [E*C] int32 slot held by each buffer row, T*K for an empty row.
+      slot_row: [T, K] int32 buffer row of each slot, E*C for a dropped slot.
+    """
+    num_slots = plan.sorted_slots.shape[0]
     capacity = plan.capacity
     group_start = jnp.cumsum(plan.tokens_per_expert) - plan.tokens_per_expert
     sorted_pos = group_start[:, None] + jnp.arange(capacity)[None, :]  # [E, C]
     filled = jnp.arange(capacity)[None, :] < plan.tokens_per_expert[:, None]
-    sorted_pos = jnp.minimum(sorted_pos, plan.sorted_slots.shape[0] - 1)
-    token = plan.sorted_slots[sorted_pos] // top_k
-    return jnp.where(filled[..., None], x[token], 0)
+    sorted_pos = jnp.minimum(sorted_pos, num_slots - 1)
+    row_slot = jnp.where(filled, plan.sorted_slots[sorted_pos], num_slots).reshape(-1)
+    slot_row = plan.expert_idx * capacity + plan.position_in_expert
+    slot_row = jnp.where(plan.kept, slot_row, plan.num_experts * capacity)
+    return row_slot.astype(jnp.int32), slot_row.astype(jnp.int32)
+
+
+def _gather_buffers(x: jax.Array, row_slot: jax.Array, slot_row: jax.Array,
+                    plan: DispatchPlan) -> jax.Array:
+    """x: [T, D] -> [E, C, D] rows of each expert's first C slots (zero past its count)."""
+    top_k = plan.expert_idx.shape[1]
+    buffers = _move_rows(x, row_slot // top_k, slot_row)  # an empty row's T*K // K = T: zeros
+    return buffers.reshape(plan.num_experts, plan.capacity, x.shape[1])
+
+
+def _gather_slots(rows: jax.Array, row_slot: jax.Array, slot_row: jax.Array) -> jax.Array:
+    """rows: [E, C, N] -> [T, K, N] each slot's row, zero for dropped slots."""
+    flat = rows.reshape(-1, rows.shape[-1])
+    slots = _move_rows(flat, slot_row.reshape(-1), row_slot[:, None])
+    return slots.reshape(*slot_row.shape, rows.shape[-1])
 
 
 def capacity_engine(x: jax.Array, plan: DispatchPlan, weights: ExpertWeights, *,
@@ -33,13 +90,12 @@ def capacity_engine(x: jax.Array, plan: DispatchPlan, weights: ExpertWeights, *,
     """
     if plan.capacity is None:
         raise ValueError("the capacity engine needs a plan made with capacity=C")
-    buffers = _gather_buffers(x, plan)
+    row_slot, slot_row = _row_maps(plan)
+    buffers = _gather_buffers(x, row_slot, slot_row, plan)
     gate = jnp.einsum("ECD,EDF->ECF", buffers, weights.w_gate)
     up = jnp.einsum("ECD,EDF->ECF", buffers, weights.w_up)
     z = jax.nn.silu(gate) * up
     out = jnp.einsum("ECF,EFD->ECD", z, weights.w_down)
-    position = jnp.minimum(plan.position_in_expert, plan.capacity - 1)
-    kept = plan.kept[..., None]
-    y_slots = jnp.where(kept, out[plan.expert_idx, position], 0)
-    z_slots = jnp.where(kept, z[plan.expert_idx, position], 0) if with_activations else None
+    y_slots = _gather_slots(out, row_slot, slot_row)
+    z_slots = _gather_slots(z, row_slot, slot_row) if with_activations else None
     return y_slots, z_slots
