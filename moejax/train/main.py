@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -37,8 +39,9 @@ def _main(argv):
 
 
 def run():
-    """Console-script entry point."""
-    app.run(_main)
+    """Console-script entry point; accepts `--dry-run` as well as absl's `--dry_run`."""
+    argv = ["--dry_run" if arg == "--dry-run" else arg for arg in sys.argv]
+    app.run(_main, argv=argv)
 
 
 if __name__ == "__main__":
