@@ -105,3 +105,25 @@ def moe_ref(x, w_router, w_gate, w_up, w_down, *, top_k, capacity=None, **router
     return y, dict(logits=logits, probs=probs, expert_idx=expert_idx, gates=gates,
                    tokens_per_expert=counts, kept=kept, dropped=int((~kept).sum()), z=z,
                    pair_cos=pair_cos)
+
+
+def rms_norm_ref(x, weight, eps=1e-5):
+    x = np.asarray(x, np.float64)
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * np.asarray(weight, np.float64)
+
+
+def dense_swiglu_ref(x, w_gate, w_up, w_down):
+    """x [T, D] through one SwiGLU FFN with weights [D, F], [D, F], [F, D]."""
+    x = np.asarray(x, np.float64)
+    return (silu(x @ w_gate) * (x @ w_up)) @ w_down
+
+
+def shared_mix_ref(routed, shared, u, mix_kernel=None, mix_bias=None):
+    """routed + shared, or c0 * routed + c1 * shared with c = softmax(u W_c + b_c) per token."""
+    if mix_kernel is None:
+        return routed + shared
+    out = np.zeros_like(routed)
+    for t in range(routed.shape[0]):
+        c = softmax(np.asarray(u[t], np.float64) @ mix_kernel + mix_bias)
+        out[t] = c[0] * routed[t] + c[1] * shared[t]
+    return out

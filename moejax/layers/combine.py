@@ -17,7 +17,7 @@ def combine(y_slots: jax.Array, gates: jax.Array, kept: jax.Array) -> jax.Array:
     Returns:
       [T, D] in y_slots's dtype.
     """
-    weights = jnp.where(kept, gates, 0.0).astype(y_slots.dtype)
+    weights = jnp.where(kept, gates, jnp.zeros_like(gates)).astype(y_slots.dtype)
     return jnp.einsum("TKD,TK->TD", y_slots, weights)
 
 
@@ -35,5 +35,5 @@ def mix_shared(routed: jax.Array, shared: jax.Array, mix_logits: jax.Array | Non
     """
     if mix_logits is None:
         return routed + shared
-    mix = jax.nn.softmax(mix_logits.astype(jnp.float32), axis=-1).astype(routed.dtype)
+    mix = jax.nn.softmax(mix_logits, axis=-1).astype(routed.dtype)
     return mix[:, :1] * routed + mix[:, 1:] * shared

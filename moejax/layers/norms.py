@@ -6,10 +6,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from moejax.layers.dtypes import at_least_float32
+
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     """x * rsqrt(mean(x^2) + eps) * weight.  x: [..., D], weight: [D] -> [..., D] in x's dtype."""
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(at_least_float32(x.dtype))
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     return weight.astype(x.dtype) * normed.astype(x.dtype)
 

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from moejax.layers.dtypes import at_least_float32
+
 ROUTER_KINDS = ("softmax_topk", "topk_softmax", "sigmoid")
 
 
@@ -125,7 +127,7 @@ def route(
     """Routes T tokens to k of E experts.
 
     Args:
-      x: [T, D] activations (any float dtype; cast to float32).
+      x: [T, D] activations (any float dtype; router math runs in float32 or wider).
       w_router: [D, E] router weights.
       spec: routing options.
       top_k: k, experts chosen per token.
@@ -137,7 +139,8 @@ def route(
     Returns:
       Routing with logits/probs [T, E] and expert_idx/gates [T, K].
     """
-    logits = jnp.einsum("TD,DE->TE", x.astype(jnp.float32), w_router.astype(jnp.float32))
+    dtype = at_least_float32(x.dtype)
+    logits = jnp.einsum("TD,DE->TE", x.astype(dtype), w_router.astype(dtype))
     probs = jax.nn.softmax(logits, axis=-1)
     if spec.kind == "softmax_topk":
         scores = probs
@@ -145,7 +148,7 @@ def route(
         scores = jax.nn.sigmoid(logits)
     else:
         scores = logits
-    selection = scores if bias is None else scores + bias.astype(jnp.float32)
+    selection = scores if bias is None else scores + bias.astype(dtype)
     if exclude is not None:
         selection = jnp.where(exclude, -jnp.inf, selection)
     expert_idx = _select(selection, spec, top_k)

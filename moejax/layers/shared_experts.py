@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moejax.layers.combine import mix_shared
+from moejax.layers.dtypes import at_least_float32
 from moejax.layers.ffn import SwiGLU
 
 
@@ -27,5 +28,7 @@ class SharedExperts(nnx.Module):
         """u: [T, D] block input, routed: [T, D] routed output -> [T, D] joined output."""
         mix_logits = None
         if self.mix_kernel is not None:
-            mix_logits = u.astype(jnp.float32) @ self.mix_kernel[...] + self.mix_bias[...]
+            wide = at_least_float32(u.dtype)
+            mix_logits = (u.astype(wide) @ self.mix_kernel[...].astype(wide)
+                          + self.mix_bias[...].astype(wide))
         return mix_shared(routed, self.ffn(u), mix_logits)

@@ -31,7 +31,7 @@ def _move_rows(src: jax.Array, index: jax.Array, inverse: jax.Array) -> jax.Arra
     Returns:
       [M, D] in src's dtype.
     """
-    return src.at[index].get(mode="fill", fill_value=0)
+    return jnp.take(src, index, axis=0, mode="fill", fill_value=0)
 
 
 def _move_rows_fwd(src, index, inverse):
@@ -40,12 +40,34 @@ def _move_rows_fwd(src, index, inverse):
 
 def _move_rows_bwd(residuals, d_out):
     index, inverse = residuals
-    d_src = d_out.at[inverse].get(mode="fill", fill_value=0)  # [N, J, D]
+    d_src = jnp.take(d_out, inverse, axis=0, mode="fill", fill_value=0)  # [N, J, D]
     d_src = d_src[:, 0] if inverse.shape[1] == 1 else d_src.sum(axis=1)
     return d_src, None, None
 
 
 _move_rows.defvjp(_move_rows_fwd, _move_rows_bwd)
+
+
+@jax.custom_vjp
+def _swiglu_z(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """z = silu(gate) * up, elementwise; the gradient is one fused pass over gate and up."""
+    return jax.nn.silu(gate) * up
+
+
+def _swiglu_z_fwd(gate, up):
+    return _swiglu_z(gate, up), (gate, up)
+
+
+def _swiglu_z_bwd(residuals, d_z):
+    gate, up = residuals
+    gate32, up32, d_z32 = (a.astype(jnp.float32) for a in (gate, up, d_z))
+    sig = jax.nn.sigmoid(gate32)
+    silu = gate32 * sig
+    d_gate = d_z32 * up32 * (sig + silu * (1 - sig))
+    return d_gate.astype(gate.dtype), (d_z32 * silu).astype(up.dtype)
+
+
+_swiglu_z.defvjp(_swiglu_z_fwd, _swiglu_z_bwd)
 
 
 def _row_maps(plan: DispatchPlan) -> tuple[jax.Array, jax.Array]:
@@ -58,8 +80,8 @@ def _row_maps(plan: DispatchPlan) -> tuple[jax.Array, jax.Array]:
     num_slots = plan.sorted_slots.shape[0]
     capacity = plan.capacity
     group_start = jnp.cumsum(plan.tokens_per_expert) - plan.tokens_per_expert
-    sorted_pos = group_start[:, None] + jnp.arange(capacity)[None, :]  # [E, C]
-    filled = jnp.arange(capacity)[None, :] < plan.tokens_per_expert[:, None]
+    sorted_pos = group_start[:, None] + jnp.arange(capacity, dtype=jnp.int32)[None, :]  # [E, C]
+    filled = jnp.arange(capacity, dtype=jnp.int32)[None, :] < plan.tokens_per_expert[:, None]
     sorted_pos = jnp.minimum(sorted_pos, num_slots - 1)
     row_slot = jnp.where(filled, plan.sorted_slots[sorted_pos], num_slots).reshape(-1)
     slot_row = plan.expert_idx * capacity + plan.position_in_expert
@@ -94,7 +116,7 @@ def capacity_engine(x: jax.Array, plan: DispatchPlan, weights: ExpertWeights, *,
     buffers = _gather_buffers(x, row_slot, slot_row, plan)
     gate = jnp.einsum("ECD,EDF->ECF", buffers, weights.w_gate)
     up = jnp.einsum("ECD,EDF->ECF", buffers, weights.w_up)
-    z = jax.nn.silu(gate) * up
+    z = _swiglu_z(gate, up)
     out = jnp.einsum("ECF,EFD->ECD", z, weights.w_down)
     y_slots = _gather_slots(out, row_slot, slot_row)
     z_slots = _gather_slots(z, row_slot, slot_row) if with_activations else None
