@@ -22,6 +22,7 @@ def pairwise_cosine(z: jax.Array) -> jax.Array:
       [T, K, K] float32; a zero vector has cosine 0 with everything.
     """
     z = z.astype(jnp.float32)
-    norm = jnp.sqrt(jnp.sum(z * z, axis=-1, keepdims=True))
-    unit = z / jnp.maximum(norm, _EPS)
+    # sqrt of a clamped square norm: a zero vector gets cosine 0 and a zero (not NaN) gradient
+    norm = jnp.sqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), _EPS**2))
+    unit = z / norm
     return jnp.einsum("TKF,TJF->TKJ", unit, unit)

@@ -10,11 +10,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from moejax.layers.dtypes import at_least_float32
 
-def rope_tables(positions: jax.Array, head_dim: int, theta: float):
-    """cos, sin tables [..., S, H] for integer positions [..., S] (HF layout: halves repeated)."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float, dtype=jnp.float32):
+    """cos, sin tables [..., S, H] for integer positions [..., S] (HF layout: halves repeated).
+
+    Computed in `dtype` (float32 unless a float64 test asks for more).
+    """
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=dtype) / head_dim))
+    freqs = positions.astype(dtype)[..., None] * inv_freq
     angles = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(angles), jnp.sin(angles)
 
@@ -25,6 +30,25 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     cos, sin = cos[..., None, :].astype(x.dtype), sin[..., None, :].astype(x.dtype)
     return x * cos + rotated * sin
+
+
+def _attend(q, k, v):
+    """Causal softmax attention, q: [B, S, N, H], k/v: [B, S, K, H] -> [B, S, N, H].
+
+    `jax.nn.dot_product_attention` (cuDNN's fused kernel on GPU) does its softmax in float32
+    on purpose; float64 inputs (gradient checks) take a plain einsum path instead.
+    """
+    if q.dtype != jnp.float64:
+        with jax.numpy_dtype_promotion("standard"):  # jax's own code mixes float32 constants
+            return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    batch, seq, num_heads, head_dim = q.shape
+    groups = num_heads // k.shape[2]
+    q = q.reshape(batch, seq, k.shape[2], groups, head_dim)
+    scores = jnp.einsum("BSKGH,BTKH->BKGST", q, k) / jnp.sqrt(jnp.float64(head_dim))
+    causal = jnp.tril(jnp.ones((seq, seq), bool))
+    weights = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
+    out = jnp.einsum("BKGST,BTKH->BSKGH", weights, v)
+    return out.reshape(batch, seq, num_heads, head_dim)
 
 
 def attention(x, w_q, w_k, w_v, w_o, positions, theta):
@@ -42,9 +66,9 @@ def attention(x, w_q, w_k, w_v, w_o, positions, theta):
     q = jnp.einsum("BSD,DNH->BSNH", x, w_q)
     k = jnp.einsum("BSD,DKH->BSKH", x, w_k)
     v = jnp.einsum("BSD,DKH->BSKH", x, w_v)
-    cos, sin = rope_tables(positions, q.shape[-1], theta)
+    cos, sin = rope_tables(positions, q.shape[-1], theta, at_least_float32(x.dtype))
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    out = _attend(q, k, v)
     return jnp.einsum("BSNH,NHD->BSD", out, w_o)
 
 

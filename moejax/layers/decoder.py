@@ -25,7 +25,9 @@ from moejax.layers.norms import RMSNorm
 from moejax.record import concat_records
 
 BLOCKS = MappingProxyType({"topk": TopKMoE, "deepseek": DeepSeekMoE, "cartesian": CartesianMoE})
-DTYPES = MappingProxyType({"float32": jnp.float32, "bfloat16": jnp.bfloat16})
+DTYPES = MappingProxyType(
+    {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +48,8 @@ class DecoderSpec:
       moe_every: 1 = every later layer is MoE, 2 = every other one, ...
       block: "topk" (Mixtral), "deepseek" (shared + fine-grained experts) or "cartesian"
         (two routed sub-layers with their own norms and residuals; 2 routers per layer).
-      dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
+      dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32); "float64"
+        exists for gradient checks under `jax.enable_x64`.
       moe: the MoE layers' options.
     """
 

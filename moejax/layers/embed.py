@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from moejax.layers.dtypes import at_least_float32
+
 
 class Embed(nnx.Module):
     def __init__(self, vocab_size: int, d_model: int, *, rngs: nnx.Rngs):
@@ -23,5 +25,6 @@ class LMHead(nnx.Module):
         self.kernel = nnx.Param(init(rngs.params(), (d_model, vocab_size), jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x: [B, S, D] -> logits [B, S, V] in float32."""
-        return jnp.einsum("BSD,DV->BSV", x, self.kernel[...].astype(x.dtype)).astype(jnp.float32)
+        """x: [B, S, D] -> logits [B, S, V] in float32 (float64 for float64 x)."""
+        logits = jnp.einsum("BSD,DV->BSV", x, self.kernel[...].astype(x.dtype))
+        return logits.astype(at_least_float32(x.dtype))

@@ -53,7 +53,7 @@ def pathway_entropy(record: RoutingRecord, axis_name=None) -> jax.Array:
     joint = transition_counts(record, axis_name)
     joint = joint / jnp.maximum(joint.sum((-2, -1), keepdims=True), 1.0)
     conditional = _entropy(joint.reshape(joint.shape[0], -1), -1) - _entropy(joint.sum(-1), -1)
-    return conditional / jnp.log(record.num_experts[1:].astype(jnp.float32))
+    return conditional / jnp.maximum(jnp.log(record.num_experts[1:].astype(jnp.float32)), 1e-9)
 
 
 def domain_nmi(record: RoutingRecord, domains, num_domains: int, axis_name=None) -> jax.Array:

@@ -48,6 +48,9 @@ def load_balance_loss(probs, expert_idx, *, num_experts=None, sequence_length=No
     expert_idx = with_router_axis(jnp.asarray(expert_idx), 2)
     num_e = experts_per_router(num_experts, probs)
     if sequence_length is not None:
+        if axis_name is not None or extra_tokens_per_expert is not None:
+            raise ValueError("sequence_length (sequence-wise variant) does not combine with "
+                             "axis_name or extra_tokens_per_expert (global-batch variant)")
         routers, tokens, experts = probs.shape
         if tokens % sequence_length:
             raise ValueError(f"sequence_length={sequence_length} does not divide T={tokens}")

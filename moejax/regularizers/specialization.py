@@ -53,7 +53,7 @@ def specialization_loss_from_cosine(cos, *, top_k=None, mode="square", max_token
     if subset is not None:
         cos = cos[:, subset]
     k = jnp.broadcast_to(jnp.asarray(slots if top_k is None else top_k), (routers,))
-    valid = jnp.arange(slots)[None, :] < k[:, None]  # [R, K]
+    valid = jnp.arange(slots, dtype=k.dtype)[None, :] < k[:, None]  # [R, K]
     pair = valid[:, :, None] & valid[:, None, :] & ~jnp.eye(slots, dtype=bool)
     penalty = cos**2 if mode == "square" else jnp.abs(cos)
     summed = jnp.where(pair[:, None], penalty, 0.0).sum((-2, -1))  # [R, T']

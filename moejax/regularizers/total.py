@@ -79,6 +79,8 @@ class LossSpec:
 def _terms(record: RoutingRecord, spec: LossSpec, sequence_length, axis_name):
     """name -> (mean, per-router values) for every term with a non-zero weight."""
     terms = {}
+    if spec.lb > 0 and spec.lb_variant == "sequence" and sequence_length is None:
+        raise ValueError('loss.lb_variant="sequence" needs aux_total(..., sequence_length=S)')
     if spec.lb > 0:
         terms["lb"] = load_balance_loss(
             record.probs, record.expert_idx, num_experts=record.num_experts,

@@ -62,14 +62,28 @@ def test_bias_changes_selection_not_gates():
     np.testing.assert_allclose(np.asarray(out.gates, np.float64), picked, rtol=1e-5)
 
 
-def test_ties_pick_lowest_index():
+TIE_CASES = {
+    "softmax_topk": dict(kind="softmax_topk"),
+    "topk_softmax": dict(kind="topk_softmax"),
+    "sigmoid": dict(kind="sigmoid"),
+    "grouped": dict(kind="softmax_topk", num_groups=2, top_groups=1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIE_CASES))
+def test_ties_pick_lowest_index(name):
     x, w, _ = _inputs(2)
     w_tied = np.concatenate([w[:, :3], w[:, :3]], axis=1)  # experts e and e+3 tie exactly
-    out = route(jnp.asarray(x), jnp.asarray(w_tied), RouterSpec(), 2)
-    _, _, idx, _ = route_ref(x, w_tied, top_k=2)
-    np.testing.assert_array_equal(np.asarray(out.expert_idx), idx)
+    spec = RouterSpec(**TIE_CASES[name])
+    out = route(jnp.asarray(x), jnp.asarray(w_tied), spec, 2)
+    _, _, idx, gates = route_ref(x, w_tied, top_k=2, **TIE_CASES[name])
     picked = np.asarray(out.expert_idx)
-    np.testing.assert_array_equal(picked[:, 1], picked[:, 0] + 3)  # the tied twin, second
+    np.testing.assert_array_equal(picked, idx)
+    np.testing.assert_allclose(np.asarray(out.gates, np.float64), gates, rtol=1e-5, atol=1e-6)
+    if spec.num_groups > 1:
+        assert (picked < 3).all()  # tied groups {0, 1, 2} and {3, 4, 5}: the first wins
+    else:
+        np.testing.assert_array_equal(picked[:, 1], picked[:, 0] + 3)  # the tied twin, second
 
 
 def test_exclude_and_disable_top1():
@@ -84,6 +98,52 @@ def test_exclude_and_disable_top1():
     for out in (via_mask, switched):
         np.testing.assert_array_equal(np.asarray(out.expert_idx), idx)
         np.testing.assert_allclose(np.asarray(out.gates, np.float64), gates, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["softmax_topk_raw", "topk_softmax", "sigmoid_bias", "grouped"])
+def test_exclude_mask_matches_reference(name):
+    options = CASES[name]
+    x, w, bias = _inputs(6)
+    rng = np.random.default_rng(7)
+    exclude = np.zeros((T, E), bool)
+    exclude[np.arange(T), rng.integers(0, E, T)] = True  # one banned expert per token
+    exclude[::4, 0] = True  # and a second one for some tokens
+    spec = RouterSpec(**options)
+    out = route(jnp.asarray(x), jnp.asarray(w), spec, K,
+                bias=jnp.asarray(bias) if spec.use_bias else None, exclude=jnp.asarray(exclude))
+    _, _, idx, gates = route_ref(x, w, top_k=K, exclude=exclude, **_ref_options(options, bias))
+    np.testing.assert_array_equal(np.asarray(out.expert_idx), idx)
+    np.testing.assert_allclose(np.asarray(out.gates, np.float64), gates, rtol=1e-5, atol=1e-6)
+    assert not np.take_along_axis(exclude, idx, axis=1).any()
+
+
+def test_router_module_matches_reference():
+    spec = RouterSpec(kind="sigmoid", use_bias=True, scaling_factor=2.5, num_groups=3,
+                      top_groups=2)
+    router = Router(D, E, K, spec, rngs=nnx.Rngs(3))
+    x, _, bias = _inputs(8)
+    router.bias[...] = jnp.asarray(bias)
+    out = router(jnp.asarray(x))
+    w = np.asarray(router.kernel[...], np.float64)
+    logits, probs, idx, gates = route_ref(x, w, top_k=K, kind="sigmoid", scaling_factor=2.5,
+                                          num_groups=3, top_groups=2, bias=bias)
+    np.testing.assert_allclose(np.asarray(out.logits, np.float64), logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out.probs, np.float64), probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(out.expert_idx), idx)
+    np.testing.assert_allclose(np.asarray(out.gates, np.float64), gates, rtol=1e-5, atol=1e-6)
+    unbiased = route_ref(x, w, top_k=K, kind="sigmoid", num_groups=3, top_groups=2)[2]
+    assert (unbiased != idx).any()  # the bias did change some selections
+
+
+def test_bfloat16_input_routes_in_float32():
+    x, w, _ = _inputs(9)
+    out = route(jnp.asarray(x, jnp.bfloat16), jnp.asarray(w), RouterSpec(), K)
+    assert out.logits.dtype == out.probs.dtype == out.gates.dtype == jnp.float32
+    assert out.expert_idx.dtype == jnp.int32
+    x16 = np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64)  # what the router sees
+    logits, _, _, gates = route_ref(x16, w, top_k=K)
+    np.testing.assert_allclose(np.asarray(out.logits, np.float64), logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out.gates, np.float64), gates, rtol=1e-5, atol=1e-6)
 
 
 def test_disable_top1_with_ties():
@@ -109,7 +169,7 @@ def test_jitter_in_training_only():
     np.testing.assert_allclose(c, x @ router.kernel[...], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["softmax_topk", "topk_softmax", "sigmoid_bias"])
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_gate_gradients(name):
     options = CASES[name]
     x, w, bias = _inputs(5)
@@ -135,6 +195,13 @@ def test_gate_gradients(name):
 def test_invalid_moe_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MoESpec(**kwargs)
+
+
+def test_router_module_checks_sizes():
+    with pytest.raises(ValueError, match="top_k=5"):
+        Router(D, 4, 5, RouterSpec(), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="num_groups=4"):
+        Router(D, 6, 2, RouterSpec(num_groups=4), rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.layers.dispatch import DispatchPlan
+from moejax.layers.dtypes import at_least_float32
 from moejax.layers.experts import ExpertWeights
 
 
@@ -60,7 +61,8 @@ def _swiglu_z_fwd(gate, up):
 
 def _swiglu_z_bwd(residuals, d_z):
     gate, up = residuals
-    gate32, up32, d_z32 = (a.astype(jnp.float32) for a in (gate, up, d_z))
+    wide = at_least_float32(gate.dtype)  # float64 stays float64 (gradient checks)
+    gate32, up32, d_z32 = (a.astype(wide) for a in (gate, up, d_z))
     sig = jax.nn.sigmoid(gate32)
     silu = gate32 * sig
     d_gate = d_z32 * up32 * (sig + silu * (1 - sig))

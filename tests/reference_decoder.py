@@ -1,0 +1,71 @@
+"""NumPy float64 reference of the decoder LM, written from HF Mixtral's semantics."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.reference import dense_swiglu_ref, moe_ref, rms_norm_ref, softmax
+
+
+def rope_ref(x, positions, theta):
+    """x [S, N, H] rotated by position (HF rotate_half; frequencies repeated over halves)."""
+    head_dim = x.shape[-1]
+    half = head_dim // 2
+    out = np.zeros_like(x, dtype=np.float64)
+    for s, pos in enumerate(positions):
+        for i in range(head_dim):
+            freq = theta ** (-(2 * (i % half)) / head_dim)
+            angle = pos * freq
+            partner = -x[s, :, i + half] if i < half else x[s, :, i - half]
+            out[s, :, i] = x[s, :, i] * np.cos(angle) + partner * np.sin(angle)
+    return out
+
+
+def attention_ref(x, w_q, w_k, w_v, w_o, theta):
+    """One sequence x [S, D]; w_q [D, N, H], w_k/w_v [D, K, H], w_o [N, H, D] -> [S, D]."""
+    x = np.asarray(x, np.float64)
+    seq, num_heads, num_kv = x.shape[0], w_q.shape[1], w_k.shape[1]
+    positions = np.arange(seq)
+    q = rope_ref(np.einsum("sd,dnh->snh", x, w_q), positions, theta)
+    k = rope_ref(np.einsum("sd,dkh->skh", x, w_k), positions, theta)
+    v = np.einsum("sd,dkh->skh", x, w_v)
+    out = np.zeros((seq, num_heads, w_q.shape[2]))
+    for n in range(num_heads):
+        kv = n // (num_heads // num_kv)
+        for s in range(seq):
+            scores = np.array([q[s, n] @ k[j, kv] for j in range(s + 1)]) / np.sqrt(q.shape[-1])
+            out[s, n] = softmax(scores) @ v[: s + 1, kv]
+    return np.einsum("snh,nhd->sd", out, w_o)
+
+
+def _ffn_ref(layer_params, x_flat, spec):
+    kind = layer_params["kind"]
+    if kind == "dense":
+        return x_flat + dense_swiglu_ref(rms_norm_ref(x_flat, layer_params["ffn_norm"]),
+                                         *layer_params["ffn"]), []
+    u = rms_norm_ref(x_flat, layer_params["ffn_norm"])
+    y, info = moe_ref(u, *layer_params["routed"], top_k=spec.moe.routed_top_k)
+    if kind == "deepseek":
+        y = y + dense_swiglu_ref(u, *layer_params["shared"])
+    return x_flat + y, [info]
+
+
+def decoder_ref(tokens, params, spec):
+    """tokens [B, S] -> (logits [B, S, V], list of per-router oracle infos in depth order).
+
+    params: dict with "embed" [V, D], "final_norm" [D], "head" [D, V], and "layers": a list
+    of dicts with "attn_norm", "attn" (w_q, w_k, w_v, w_o), "ffn_norm", "kind" ("dense",
+    "topk" or "deepseek"), "ffn" (dense weights) or "routed" (w_router, w_gate, w_up, w_down)
+    and "shared" (deepseek).
+    """
+    batch, seq = tokens.shape
+    x = params["embed"][tokens].astype(np.float64)  # [B, S, D]
+    infos = []
+    for layer in params["layers"]:
+        attn = np.stack([attention_ref(rms_norm_ref(x[b], layer["attn_norm"]), *layer["attn"],
+                                       spec.rope_theta) for b in range(batch)])
+        x = x + attn
+        flat, layer_infos = _ffn_ref(layer, x.reshape(batch * seq, -1), spec)
+        x = flat.reshape(batch, seq, -1)
+        infos += layer_infos
+    return rms_norm_ref(x, params["final_norm"]) @ params["head"], infos
