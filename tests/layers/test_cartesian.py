@@ -109,3 +109,41 @@ def test_gradients_finite_difference():
         analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads),
                                                       jax.tree.leaves(direction)))
         np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-6)
+
+
+def test_losses_on_mixed_cartesian_and_topk_records_match_numpy():
+    """A top-k layer (E=8, K=3) then a Cartesian layer (N=6, k=2): three routers, padded."""
+    from moejax.layers.moe_block import TopKMoE
+    from moejax.record import concat_records
+    from moejax.regularizers import coupling_loss, specialization_loss_from_cosine
+
+    x = np.random.default_rng(10).normal(size=(T, D)).astype(np.float32)
+    topk = TopKMoE(D, MoESpec(num_experts=8, top_k=3, d_hidden=8, record_cosine=True),
+                   rngs=nnx.Rngs(11))
+    cartesian = CartesianMoE(D, MoESpec(num_experts=N, top_k=K, d_hidden=16,
+                                        record_cosine=True), rngs=nnx.Rngs(12))
+    y, record_topk = topk(jnp.asarray(x))
+    _, record_cart = cartesian(jnp.asarray(x) + y)
+    record = concat_records([record_topk, record_cart])
+    assert record.probs.shape == (3, T, 8) and record.expert_idx.shape == (3, T, 3)
+
+    _, info_topk = moe_ref(x, *routed_params(topk), top_k=3)
+    h = x.astype(np.float64) + np.asarray(y, np.float64)
+    h_a, info_a = _sub_layer_ref(h, cartesian.sub_a, K)
+    _, info_b = _sub_layer_ref(h_a, cartesian.sub_b, K)
+    infos = [info_topk, info_a, info_b]
+    mass = [np.array([info["probs"][t, info["expert_idx"][t]].sum() for t in range(T)])
+            for info in infos]
+    coupling_ref = [-np.mean(mass[i] * mass[i + 1]) for i in range(2)]
+    special_ref = []
+    for info in infos:
+        k = info["expert_idx"].shape[1]
+        cos = info["pair_cos"]
+        special_ref.append(np.mean([(cos[t] ** 2).sum() - np.trace(cos[t] ** 2)
+                                    for t in range(T)]) / (k * (k - 1)))
+    cp, cp_pairs = coupling_loss(record.probs, record.expert_idx)
+    sp, sp_routers = specialization_loss_from_cosine(record.pair_cos, top_k=record.top_k)
+    np.testing.assert_allclose(cp_pairs, coupling_ref, rtol=1e-4)
+    np.testing.assert_allclose(sp_routers, special_ref, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(float(cp), np.mean(coupling_ref), rtol=1e-4)
+    np.testing.assert_allclose(float(sp), np.mean(special_ref), rtol=1e-3, atol=1e-6)
