@@ -56,19 +56,25 @@ def pathway_entropy(record: RoutingRecord, axis_name=None) -> jax.Array:
     return conditional / jnp.maximum(jnp.log(record.num_experts[1:].astype(jnp.float32)), 1e-9)
 
 
-def domain_nmi(record: RoutingRecord, domains, num_domains: int, axis_name=None) -> jax.Array:
-    """[R] normalised mutual information between top-1 expert and domain label.
+def domain_counts(record: RoutingRecord, domains, num_domains: int, axis_name=None):
+    """[R, E, num_domains] counts of (top-1 expert, domain label) over tokens.
 
     Args:
       domains: [T] int domain label of each token.
       num_domains: number of domain labels.
+    """
+    expert = jax.nn.one_hot(record.expert_idx[..., 0], record.probs.shape[-1], dtype=jnp.float32)
+    domain = jax.nn.one_hot(domains, num_domains, dtype=jnp.float32)
+    return _sum(jnp.einsum("RTE,TD->RED", expert, domain), axis_name)
+
+
+def domain_nmi(record: RoutingRecord, domains, num_domains: int, axis_name=None) -> jax.Array:
+    """[R] normalised mutual information between top-1 expert and domain label.
 
     Returns:
       I(expert; domain) / mean(H(expert), H(domain)) per router (0 when either is constant).
     """
-    expert = jax.nn.one_hot(record.expert_idx[..., 0], record.probs.shape[-1], dtype=jnp.float32)
-    domain = jax.nn.one_hot(domains, num_domains, dtype=jnp.float32)
-    joint = _sum(jnp.einsum("RTE,TD->RED", expert, domain), axis_name)
+    joint = domain_counts(record, domains, num_domains, axis_name)
     joint = joint / jnp.maximum(joint.sum((-2, -1), keepdims=True), 1.0)
     h_expert, h_domain = _entropy(joint.sum(-1), -1), _entropy(joint.sum(-2), -1)
     mutual = h_expert + h_domain - _entropy(joint.reshape(joint.shape[0], -1), -1)
@@ -87,7 +93,8 @@ def routing_metrics(record: RoutingRecord, *, domains=None, num_domains=None, ax
     Returns:
       dict of arrays: entropy, topk_mass, load_min, load_max, load_cv, dead_experts,
       dropped_fraction, tokens_per_expert [R, E], and when available specialization [R],
-      pathway_entropy [R-1], transitions [R-1, E, E], domain_nmi [R].
+      pathway_entropy [R-1], transitions [R-1, E, E], domain_nmi [R] and
+      domain_counts [R, E, num_domains].
     """
     valid = jnp.arange(record.probs.shape[-1])[None, :] < record.num_experts[:, None]
     tokens = _sum(jnp.asarray(record.probs.shape[1], jnp.float32), axis_name)
@@ -109,4 +116,5 @@ def routing_metrics(record: RoutingRecord, *, domains=None, num_domains=None, ax
         if num_domains is None:
             raise ValueError("domain_nmi needs num_domains with domains")
         metrics["domain_nmi"] = domain_nmi(record, domains, num_domains, axis_name)
+        metrics["domain_counts"] = domain_counts(record, domains, num_domains, axis_name)
     return metrics
