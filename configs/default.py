@@ -18,7 +18,7 @@ def get_config(arg=None):
     config.model.num_layers = 4  # decoder layers
     config.model.num_heads = 4  # query heads N
     config.model.num_kv_heads = 2  # key/value heads (grouped-query attention)
-    config.model.head_dim = None  # None: d_model // num_heads
+    config.model.head_dim = ml_collections.config_dict.placeholder(int)  # None: d_model // heads
     config.model.d_ff = 512  # hidden width of dense FFN layers
     config.model.rope_theta = 10000.0  # RoPE base
     config.model.norm_eps = 1e-5  # RMSNorm epsilon
@@ -33,7 +33,11 @@ def get_config(arg=None):
     config.model.moe.d_hidden = 256  # expert hidden width F
     config.model.moe.granularity = 1  # fine-grained factor m (DeepSeekMoE)
     config.model.moe.num_shared_experts = 0  # always-on shared experts S
-    config.model.moe.shared_d_hidden = None  # width of each shared expert (None: F / m)
+    # width of each shared expert (None: F / m)
+    config.model.moe.shared_d_hidden = ml_collections.config_dict.placeholder(int)
+    config.model.moe.shared_mix = "sum"  # shared experts: "sum" or learned 2-way "softmax"
+    # CartesianMoE sub-expert width (None: d_hidden // 2)
+    config.model.moe.sub_d_hidden = ml_collections.config_dict.placeholder(int)
     config.model.moe.engine = "dropless"  # "dense", "capacity" or "dropless"
     config.model.moe.capacity_factor = 1.25  # capacity engine: C = ceil(cf * T * k / E)
     config.model.moe.record_cosine = False  # record per-token cosine (set by the trainer)
@@ -48,13 +52,24 @@ def get_config(arg=None):
     config.model.moe.router.use_bias = False  # selection-only bias (aux-loss-free balancing)
     config.model.moe.router.jitter = 0.0  # multiplicative input jitter in training
 
+    config.data = ml_collections.ConfigDict()  # maps onto moejax.train.data.DataSpec
+    config.data.corpus = "stdlib"  # "stdlib", "files", "jsonl" or "arrayrecord" (moejax-prepare)
+    config.data.paths = ()  # files/globs ("files", "jsonl") or the prepared dir ("arrayrecord")
+    config.data.text_field = "text"  # JSONL key of the document text
+    # JSONL key of the domain name; None: the file's parent directory name
+    config.data.domain_field = ml_collections.config_dict.placeholder(str)
+    config.data.validation_every = 20  # one document in this many (by name hash) is validation
+    config.data.num_threads = 1  # grain reader threads preparing batches ahead (0: synchronous)
+    config.data.prefetch_buffer_size = 4  # batches prepared ahead
+
     config.loss = ml_collections.ConfigDict()  # maps onto moejax.regularizers.LossSpec
     config.loss.lb = 1e-2  # load-balance weight
     config.loss.lb_variant = "batch"  # "batch", "sequence" or "global"
     config.loss.z = 0.0  # router z-loss weight
     config.loss.sp = 2e-3  # intra-layer specialization weight (paper A)
     config.loss.sp_mode = "square"  # "square" or "abs" cosine penalty
-    config.loss.sp_max_tokens = None  # evaluate sp on an evenly spaced token subset
+    # evaluate sp on an evenly spaced subset of this many tokens (None: all)
+    config.loss.sp_max_tokens = ml_collections.config_dict.placeholder(int)
     config.loss.cp = 1e-3  # cross-layer coupling weight (paper A)
     config.loss.cp_form = "product"  # "product" or "log"
     config.loss.cp_stop_gradient_deeper = False  # deeper router as a fixed teacher
@@ -69,6 +84,19 @@ def get_config(arg=None):
     config.train.learning_rate = 3e-3  # peak learning rate
     config.train.warmup_steps = 30  # linear warmup, then cosine decay
     config.train.weight_decay = 0.1  # AdamW weight decay
-    config.train.log_every = 25  # steps between progress lines
+    config.train.min_lr_ratio = 0.1  # final learning rate / peak
+    config.train.b1 = 0.9  # AdamW beta1
+    config.train.b2 = 0.95  # AdamW beta2
+    config.train.grad_clip = 1.0  # global-norm gradient clipping (0 = off)
+    config.train.grad_accumulation = 1  # micro-steps per optimizer update
+    config.train.log_every = 25  # steps between metrics.jsonl rows
+    config.train.eval_every = 100  # steps between evaluations (and at the end)
     config.train.eval_batches = 4  # validation batches per evaluation
+    config.train.eval_top1_disabled = True  # also evaluate with each token's top-1 expert off
+    config.train.checkpoint_every = 100  # steps between checkpoints (and at the end)
+    config.train.max_to_keep = 3  # checkpoints kept
+    config.train.async_checkpoint = True  # write checkpoints in the background
+    config.train.tensorboard = False  # also write TensorBoard events (needs tensorboardX)
+    config.train.progress = True  # progress bar on the terminal
+    config.train.report = True  # write plots and report.md at the end
     return config

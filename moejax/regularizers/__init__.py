@@ -9,7 +9,7 @@ from types import MappingProxyType
 from moejax.regularizers.baselines import orthogonality_loss, score_variance_loss
 from moejax.regularizers.bias_update import updated_bias
 from moejax.regularizers.coupling import coupling_loss, topk_mass
-from moejax.regularizers.diagnostics import routing_metrics
+from moejax.regularizers.diagnostics import nmi_from_counts, routing_metrics
 from moejax.regularizers.load_balance import load_balance_loss
 from moejax.regularizers.specialization import (
     specialization_loss,
@@ -30,6 +30,6 @@ LOSSES = MappingProxyType({
 
 __all__ = [
     "LOSSES", "LossSpec", "aux_total", "coupling_loss", "load_balance_loss",
-    "orthogonality_loss", "routing_metrics", "score_variance_loss", "specialization_loss",
+    "nmi_from_counts", "orthogonality_loss", "routing_metrics", "score_variance_loss", "specialization_loss",
     "specialization_loss_from_cosine", "topk_mass", "updated_bias", "z_loss",
 ]

@@ -68,17 +68,25 @@ def domain_counts(record: RoutingRecord, domains, num_domains: int, axis_name=No
     return _sum(jnp.einsum("RTE,TD->RED", expert, domain), axis_name)
 
 
-def domain_nmi(record: RoutingRecord, domains, num_domains: int, axis_name=None) -> jax.Array:
-    """[R] normalised mutual information between top-1 expert and domain label.
+def nmi_from_counts(joint) -> jax.Array:
+    """[R] normalised mutual information 2 I / (H(expert) + H(domain)) of count tables.
+
+    Args:
+      joint: [R, E, num_domains] counts (e.g. `domain_counts` pooled over batches).
 
     Returns:
-      I(expert; domain) / mean(H(expert), H(domain)) per router (0 when either is constant).
+      [R] in [0, 1]; 0 when either marginal is constant.
     """
-    joint = domain_counts(record, domains, num_domains, axis_name)
+    joint = jnp.asarray(joint, jnp.float32)
     joint = joint / jnp.maximum(joint.sum((-2, -1), keepdims=True), 1.0)
     h_expert, h_domain = _entropy(joint.sum(-1), -1), _entropy(joint.sum(-2), -1)
     mutual = h_expert + h_domain - _entropy(joint.reshape(joint.shape[0], -1), -1)
     return jnp.where(h_expert * h_domain > 0, 2 * mutual / (h_expert + h_domain + 1e-12), 0.0)
+
+
+def domain_nmi(record: RoutingRecord, domains, num_domains: int, axis_name=None) -> jax.Array:
+    """[R] normalised mutual information between top-1 expert and domain label."""
+    return nmi_from_counts(domain_counts(record, domains, num_domains, axis_name))
 
 
 def routing_metrics(record: RoutingRecord, *, domains=None, num_domains=None, axis_name=None):

@@ -61,12 +61,29 @@ def train_step(model, optimizer, tokens: jax.Array, loss_spec: LossSpec):
         if loss_spec.bias_rate > 0:
             _update_router_biases(model, record, loss_spec.bias_rate)
         metrics.update(_routing_summary(record))
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return metrics
 
 
-@functools.partial(nnx.jit, static_argnames="loss_spec")
-def eval_step(model, tokens: jax.Array, loss_spec: LossSpec):
-    """Validation loss on tokens [B, S + 1] (nats and bits per byte)."""
-    loss = _loss_fn(model, tokens, loss_spec)[1][0]["loss"]
-    return {"val_loss": loss, "val_bits_per_byte": loss / jnp.log(2.0)}
+@functools.partial(nnx.jit, static_argnames=("num_domains", "disable_top1"))
+def eval_step(model, tokens: jax.Array, domains: jax.Array, num_domains: int,
+              disable_top1: bool = False):
+    """Validation on one batch.
+
+    Args:
+      tokens: [B, S + 1] int token ids.
+      domains: [B, S + 1] int domain id of each token.
+      num_domains: number of domain labels.
+      disable_top1: the robustness test (every router skips each token's first choice).
+
+    Returns:
+      {"loss": mean next-token loss, "domain_counts": [R, E, num_domains] top-1 expert vs
+      domain counts (absent for a model without routers)}.
+    """
+    logits, record = model(tokens[:, :-1], disable_top1=disable_top1)
+    out = {"loss": lm_loss(logits, tokens[:, 1:])}
+    if record is not None:
+        flat_domains = domains[:, :-1].reshape(-1)
+        out["domain_counts"] = routing_metrics(record, domains=flat_domains,
+                                               num_domains=num_domains)["domain_counts"]
+    return out

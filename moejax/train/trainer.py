@@ -1,65 +1,175 @@
-"""train_and_evaluate(config, workdir): the whole training run, read top to bottom."""
+"""train_and_evaluate(config, workdir): the whole training run, read top to bottom.
+
+Sections: specs, data, model and optimizer, restore, signals, loop (step, NaN guard, eval,
+log, checkpoint), final save and report.
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
+import math
 import pathlib
+import signal
 import time
 
+import jax
 import numpy as np
-import optax
+import tqdm
 from flax import nnx
 
 from moejax.layers.decoder import Decoder
+from moejax.regularizers import nmi_from_counts
 from moejax.train import data, step
+from moejax.train.checkpoint import Checkpointer
+from moejax.train.metrics import MetricsWriter
+from moejax.train.optim import make_optimizer
 from moejax.train.specs import specs_from_config
 
 
-def train_and_evaluate(config, workdir) -> dict:
-    """Trains config.model on the built-in corpus; writes metrics.jsonl to workdir.
+class _StopRequest:
+    """Turns SIGTERM/SIGINT into a flag the loop checks, so it can save before exiting."""
 
-    Returns the last logged metrics.
+    def __init__(self):
+        self.signal = None
+
+    def __call__(self, signum, frame):
+        self.signal = signum
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {s: signal.signal(s, self) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def evaluate(model, data_spec, config, num_domains: int) -> dict:
+    """Validation loss, bits per byte, expert-by-domain counts and NMI on fixed batches.
+
+    With `train.eval_top1_disabled`, also the loss with each token's top-1 expert disabled in
+    every router (CartesianMoE's robustness test).
     """
-    workdir = pathlib.Path(workdir).resolve()
+    results = {}
+    modes = [False, True] if config.train.get("eval_top1_disabled", False) else [False]
+    for disable_top1 in modes:
+        batches = iter(data.make_dataset(
+            data_spec, "validation", seq_len=config.train.seq_len,
+            batch_size=_host_batch(config), seed=config.seed,
+            process_index=jax.process_index(), process_count=jax.process_count()))
+        losses, counts = [], 0.0
+        for _ in range(config.train.eval_batches):
+            batch = next(batches)
+            out = step.eval_step(model, batch["tokens"], batch["domains"], num_domains,
+                                 disable_top1)
+            losses.append(float(out["loss"]))
+            counts = counts + np.asarray(out.get("domain_counts", 0.0))
+        suffix = "_top1_disabled" if disable_top1 else ""
+        results[f"val_loss{suffix}"] = float(np.mean(losses))
+        if not disable_top1:
+            results["val_bits_per_byte"] = results["val_loss"] / math.log(2.0)
+            if np.ndim(counts):
+                results["eval/routing/domain_counts"] = counts
+                results["eval/routing/domain_nmi"] = nmi_from_counts(counts)
+    return results
+
+
+def _host_batch(config) -> int:
+    batch, hosts = config.train.batch_size, jax.process_count()
+    if batch % hosts:
+        raise ValueError(f"train.batch_size={batch} is not divisible by {hosts} processes")
+    return batch // hosts
+
+
+def _check_finite(metrics: dict, step_number: int, last_saved: int | None) -> None:
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss) or not math.isfinite(float(metrics.get("total_loss", loss))):
+        where = f"step {last_saved}" if last_saved is not None else "none yet"
+        raise RuntimeError(f"non-finite loss ({loss}) at step {step_number}; stopping. The "
+                           f"last good checkpoint is {where}, and the run resumes from it.")
+
+
+def train_and_evaluate(config, workdir) -> dict:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+    Returns the last metrics row written.
+    """
+    # Specs: the typed options, with the checks across config sections.
+    workdir = pathlib.Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    model_spec, loss_spec = specs_from_config(config)
+    data_spec = data.data_spec_from_config(config.get("data"))
     train_cfg = config.train
 
-    # Data.
-    train_stream = data.stdlib_stream("train")
-    val_stream = data.stdlib_stream("validation")
-    rng = np.random.default_rng(config.seed)
-    length = train_cfg.seq_len + 1
+    # Data: the per-host shard of the training stream, and the domain names.
+    train_batches = iter(data.make_dataset(
+        data_spec, "train", seq_len=train_cfg.seq_len, batch_size=_host_batch(config),
+        seed=config.seed, process_index=jax.process_index(),
+        process_count=jax.process_count()))
+    domain_names = data.domain_names(data_spec)
 
     # Model and optimizer.
-    spec, loss_spec = specs_from_config(config)
-    model = Decoder(spec, rngs=nnx.Rngs(config.seed))
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, train_cfg.learning_rate, train_cfg.warmup_steps, train_cfg.steps
-    )
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(schedule, weight_decay=train_cfg.weight_decay))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    model = Decoder(model_spec, rngs=nnx.Rngs(config.seed))
+    optimizer = nnx.Optimizer(model, make_optimizer(train_cfg), wrt=nnx.Param)
+
+    # Restore: the latest good checkpoint, including the data iterator position.
+    checkpointer = Checkpointer(workdir, max_to_keep=train_cfg.max_to_keep,
+                                async_save=train_cfg.async_checkpoint)
+    restored = checkpointer.restore_latest(model, optimizer)
+    start, last_saved = 0, None
+    if restored is not None:
+        start = last_saved = restored.step
+        train_batches.set_state(restored.data_state)
+        print(f"resumed from step {start} ({restored.directory})", flush=True)
+
+    def save(step_number, force=False):
+        checkpointer.save(step_number, model=model, optimizer=optimizer, config=config,
+                          data_state=train_batches.get_state(), force=force)
+        return step_number
 
     # Loop.
-    metrics_path = workdir / "metrics.jsonl"
-    last, start = {}, time.perf_counter()
-    with metrics_path.open("w") as log:
-        for i in range(1, train_cfg.steps + 1):
-            tokens = data.random_windows(train_stream, train_cfg.batch_size, length, rng)
-            metrics = step.train_step(model, optimizer, tokens, loss_spec)
-            if i % train_cfg.log_every and i != train_cfg.steps:
-                continue
-            val = [step.eval_step(model, data.random_windows(val_stream, train_cfg.batch_size,
-                                                             length, rng), loss_spec)
-                   for _ in range(train_cfg.eval_batches)]
-            last = {"step": i, **{k: np.asarray(v).tolist() for k, v in metrics.items()},
-                    "val_loss": float(np.mean([float(v["val_loss"]) for v in val]))}
-            last["val_bits_per_byte"] = last["val_loss"] / np.log(2.0)
-            last["tokens_per_s"] = i * train_cfg.batch_size * train_cfg.seq_len / (
-                time.perf_counter() - start)
-            log.write(json.dumps(last) + "\n")
-            log.flush()
-            print(f"step {i:5d}  loss {last['loss']:.3f}  val_loss {last['val_loss']:.3f}  "
-                  f"({last['val_bits_per_byte']:.2f} bits/byte)  {last['tokens_per_s']:.0f} tok/s",
-                  flush=True)
-    return last
+    writer = MetricsWriter(workdir, tensorboard=train_cfg.tensorboard)
+    tokens_per_step = train_cfg.batch_size * train_cfg.seq_len
+    bar = tqdm.tqdm(total=train_cfg.steps, initial=start, unit="step", dynamic_ncols=True,
+                    disable=not train_cfg.progress or jax.process_index() != 0)
+    row, started = {}, time.perf_counter()
+    with _StopRequest().installed() as stop, contextlib.closing(writer), bar:
+        for step_number in range(start + 1, train_cfg.steps + 1):
+            batch = next(train_batches)
+            metrics = step.train_step(model, optimizer, batch["tokens"], loss_spec)
+            _check_finite(metrics, step_number, last_saved)
+            last = step_number == train_cfg.steps or stop.signal is not None
+            elapsed = time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(metrics['loss']):.3f}",
+                            tok_s=f"{(step_number - start) * tokens_per_step / elapsed:.0f}")
+            if step_number % train_cfg.eval_every == 0 or last:
+                metrics.update(evaluate(model, data_spec, config, len(domain_names)),
+                               **{"eval/domain_names": domain_names})
+            if step_number % train_cfg.log_every == 0 or last or "val_loss" in metrics:
+                metrics["tokens_per_s"] = (step_number - start) * tokens_per_step / elapsed
+                metrics["learning_rate"] = float(_learning_rate(train_cfg, step_number))
+                row = writer.write(step_number, metrics)
+                if "val_loss" in metrics:
+                    bar.write(f"step {step_number}: loss {row['loss']:.3f}  val_loss "
+                              f"{row['val_loss']:.3f} ({row['val_bits_per_byte']:.2f} bits/byte)")
+            if step_number % train_cfg.checkpoint_every == 0 or last:
+                last_saved = save(step_number, force=stop.signal is not None)
+            if stop.signal is not None:
+                bar.write(f"signal {stop.signal}: saved step {step_number}, exiting")
+                break
+
+    # Final save and report.
+    checkpointer.close()
+    if train_cfg.get("report", False) and jax.process_index() == 0 and row:
+        from moejax.train.report import write_report
+
+        print(f"report: {write_report(workdir)}", flush=True)
+    return row
+
+
+def _learning_rate(train_cfg, step_number: int):
+    from moejax.train.optim import learning_rate_schedule
+
+    return learning_rate_schedule(train_cfg)(step_number)

@@ -1,0 +1,373 @@
+"""Checkpoints: the whole training state to disk and back, and a parameter export for users.
+
+Training stage (outside the data path). One step is one Orbax Composite under
+`<workdir>/checkpoints/<step>/`:
+
+| item         | handler      | content                                                        |
+|--------------|--------------|----------------------------------------------------------------|
+| `model`      | StandardSave | `nnx.state(model)` as a pure dict: Params, RouterBias, RNG      |
+|              |              | stream keys and counts (every Variable the model owns)          |
+| `optimizer`  | StandardSave | `nnx.state(optimizer)`: optax state and the step counter        |
+| `meta`       | JsonSave     | format version, step, RNG key (`jax.random.key_data` + impl)    |
+| `data_state` | JsonSave     | data iterator state (JSON, or base64 when it is bytes)          |
+| `config`     | JsonSave     | `config.to_json_best_effort()`                                  |
+
+`Checkpointer.restore_latest` tries the newest step first; a step that does not restore
+(missing or truncated files, a wrong step number) is logged as a warning and the next older
+one is tried. Unreadable steps newer than the one restored are moved to
+`<workdir>/checkpoints.corrupt/`, so that the resumed run can save those step numbers again
+(Orbax refuses to save a step at or below the newest one it lists). Orbax itself ignores
+unfinished `<step>.orbax-checkpoint-tmp-*` directories and removes them at start-up.
+
+`export` writes `<out>/params` (a plain nested dict of arrays that
+`ocp.StandardCheckpointer().restore(path)` reads without moejax) and `<out>/config.json`.
+The export holds every model Variable except RNG streams: the Params and also the router
+biases, since a selection bias changes which experts a token picks.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import functools
+import json
+import logging
+import pathlib
+import shutil
+import time
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from moejax.layers.decoder import Decoder, DecoderSpec, decoder_spec_from_config
+
+FORMAT_VERSION = 1
+CHECKPOINTS = "checkpoints"
+CORRUPT = "checkpoints.corrupt"
+_JSON_ITEMS = ("meta", "data_state", "config")
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredInfo:
+    """What `restore_latest` gives back besides the model and optimizer it updated.
+
+    Attributes:
+      step: the restored step.
+      rng_key: the saved key (typed or raw, as saved), or None.
+      data_state: the data iterator state (dict or bytes, as saved), or None.
+      config: the saved config as a plain JSON dict.
+      directory: the step directory restored from.
+    """
+
+    step: int
+    rng_key: jax.Array | None
+    data_state: dict | list | bytes | None
+    config: dict
+    directory: pathlib.Path
+
+
+def _warn(message: str, *args) -> None:
+    logging.getLogger(__name__).warning(message, *args)
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def _encode_rng(key) -> dict | None:
+    """A PRNG key (typed or raw uint32) -> JSON {impl, dtype, shape, data}."""
+    if key is None:
+        return None
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    data = np.asarray(jax.random.key_data(key) if typed else key)
+    return {"impl": str(jax.random.key_impl(key)) if typed else None, "dtype": str(data.dtype),
+            "shape": list(data.shape), "data": data.tolist()}
+
+
+def _decode_rng(saved: dict | None):
+    if saved is None:
+        return None
+    data = jnp.asarray(np.asarray(saved["data"], saved["dtype"]).reshape(saved["shape"]))
+    return data if saved["impl"] is None else jax.random.wrap_key_data(data, impl=saved["impl"])
+
+
+def _encode_data_state(data_state) -> dict:
+    """dict/list -> {"encoding": "json"}; bytes -> base64; None -> "none"."""
+    if data_state is None:
+        return {"encoding": "none", "value": None}
+    if isinstance(data_state, bytes | bytearray):
+        return {"encoding": "base64", "value": base64.b64encode(data_state).decode("ascii")}
+    try:
+        return {"encoding": "json", "value": json.loads(json.dumps(data_state))}
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"data_state must be JSON-serialisable or bytes: {error}") from error
+
+
+def _decode_data_state(saved: dict):
+    if saved["encoding"] == "base64":
+        return base64.b64decode(saved["value"])
+    return saved["value"]
+
+
+def _config_json(config) -> dict:
+    """ConfigDict (or mapping) -> plain JSON dict."""
+    if hasattr(config, "to_json_best_effort"):
+        return json.loads(config.to_json_best_effort())
+    if isinstance(config, Mapping):
+        return json.loads(json.dumps(dict(config), default=repr))
+    raise TypeError(f"config must be a ConfigDict or a mapping, got {type(config).__name__}")
+
+
+def _abstract(tree):
+    """Arrays -> ShapeDtypeStructs carrying their sharding (the restore target)."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _restore_step(manager: ocp.CheckpointManager, targets: dict, step: int) -> dict:
+    """All items of one step; array items restored onto `targets`. Raises on any problem."""
+    args = {name: ocp.args.StandardRestore(target) for name, target in targets.items()}
+    args.update({name: ocp.args.JsonRestore() for name in _JSON_ITEMS})
+    restored = manager.restore(step, args=ocp.args.Composite(**args))
+    meta = restored["meta"]
+    if meta.get("format") != FORMAT_VERSION or meta.get("step") != step:
+        raise ValueError(f"meta {meta!r} does not belong to step {step} "
+                         f"(format {FORMAT_VERSION})")
+    return dict(restored)
+
+
+def _first_good(steps: list[int], restore_one: Callable[[int], dict], directory):
+    """Tries the steps newest first -> (step, restored, unreadable newer steps).
+
+    Raises:
+      RuntimeError: no step restores; names the directory and each step's error.
+    """
+    failed = []
+    for step in sorted(steps, reverse=True):
+        try:
+            return step, restore_one(step), [s for s, _ in failed]
+        except Exception as error:  # noqa: BLE001 - Orbax/TensorStore raise bare Exception
+            _warn("checkpoint step %d in %s does not restore (%s); trying an older step",
+                  step, directory, _short(error))
+            failed.append((step, error))
+    errors = "; ".join(f"step {step}: {_short(error, 160)}" for step, error in failed)
+    raise RuntimeError(f"no readable checkpoint in {directory} ({errors})") from failed[0][1]
+
+
+class Checkpointer:
+    """Saves and restores the training state under `<workdir>/checkpoints`.
+
+    Usage from the trainer:
+      checkpointer = Checkpointer(workdir, max_to_keep=3)
+      info = checkpointer.restore_latest(model, optimizer)  # None on a fresh workdir
+      checkpointer.save(step, model=model, optimizer=optimizer, rng_key=key,
+                        data_state=iterator.get_state(), config=config)
+      checkpointer.close()
+    """
+
+    def __init__(self, workdir, *, max_to_keep: int | None = 3, async_save: bool = True):
+        """workdir: any path (made absolute here; Orbax needs absolute paths)."""
+        self.workdir = pathlib.Path(workdir).expanduser().resolve()
+        self.directory = self.workdir / CHECKPOINTS
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def all_steps(self) -> list[int]:
+        """Finished steps on disk, ascending (an async save in flight may be missing)."""
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, *, model: nnx.Module, optimizer: nnx.Optimizer, config,
+             rng_key: jax.Array | None = None, data_state=None, force: bool = False) -> bool:
+        """Saves the whole training state as step `step`.
+
+        Asynchronous when the Checkpointer was built with `async_save` (device arrays are
+        copied before this returns, so the caller may donate them); `force=True` saves even at
+        a step Orbax would skip and waits until the files are on disk (for SIGTERM/SIGINT).
+
+        Args:
+          step: the training step (the number of optimizer updates done).
+          model: the live model; every Variable of `nnx.state(model)` is saved.
+          optimizer: the live `nnx.Optimizer`.
+          config: ml_collections ConfigDict (or a JSON-able mapping).
+          rng_key: a typed or raw PRNG key array, or None.
+          data_state: data iterator state, JSON-serialisable or bytes, or None.
+          force: save regardless of Orbax's policy, and block until done.
+
+        Returns:
+          True if a checkpoint was written; False if Orbax skipped the step (at or below the
+          newest saved step), or if `force` and the step is already on disk.
+        """
+        step = int(step)
+        items = ocp.args.Composite(
+            model=ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(model))),
+            optimizer=ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(optimizer))),
+            meta=ocp.args.JsonSave({"format": FORMAT_VERSION, "step": step,
+                                    "rng_key": _encode_rng(rng_key)}),
+            data_state=ocp.args.JsonSave(_encode_data_state(data_state)),
+            config=ocp.args.JsonSave(_config_json(config)))
+        if force:
+            self.wait()
+            if step in self._manager.all_steps():
+                logging.getLogger(__name__).info("step %d is already saved in %s", step,
+                                                 self.directory)
+                return False
+        saved = self._manager.save(step, args=items, force=force)
+        if force:
+            self.wait()
+        return bool(saved)
+
+    def restore_latest(self, model: nnx.Module,
+                       optimizer: nnx.Optimizer | None = None) -> RestoredInfo | None:
+        """Restores the newest readable step into `model` (and `optimizer`) in place.
+
+        Unreadable newer steps are logged (`logging.warning` naming the step and error) and
+        moved to `<workdir>/checkpoints.corrupt/`. The live objects are only touched once a
+        step has restored completely.
+
+        Returns:
+          RestoredInfo, or None when there is no checkpoint at all.
+
+        Raises:
+          RuntimeError: checkpoints exist but none restores (names the directory); nothing
+            is moved then, since a changed model config makes every step fail.
+        """
+        self.wait()
+        self._manager.reload()
+        steps = self._manager.all_steps()
+        if not steps:
+            return None
+        targets = {"model": _abstract(nnx.to_pure_dict(nnx.state(model)))}
+        if optimizer is not None:
+            targets["optimizer"] = _abstract(nnx.to_pure_dict(nnx.state(optimizer)))
+        restore_one = functools.partial(_restore_step, self._manager, targets)
+        step, restored, unreadable = _first_good(steps, restore_one, self.directory)
+        self._set_aside(unreadable)
+        nnx.update(model, restored["model"])
+        if optimizer is not None:
+            nnx.update(optimizer, restored["optimizer"])
+        return RestoredInfo(step=step, rng_key=_decode_rng(restored["meta"]["rng_key"]),
+                            data_state=_decode_data_state(restored["data_state"]),
+                            config=restored["config"], directory=self.directory / str(step))
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves unreadable step directories out of Orbax's sight (process 0 only)."""
+        if not steps or jax.process_index() != 0:
+            return
+        aside = self.workdir / CORRUPT
+        aside.mkdir(exist_ok=True)
+        for step in steps:
+            target = aside / str(step)
+            if target.exists():
+                target = aside / f"{step}.{time.time_ns()}"
+            shutil.move(self.directory / str(step), target)
+            _warn("moved unreadable checkpoint step %d to %s", step, target)
+        self._manager.reload()
+
+    def wait(self) -> None:
+        """Blocks until an asynchronous save has finished (re-raises its error)."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases Orbax's threads."""
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _resolve_source(source) -> tuple[pathlib.Path, int | None]:
+    """workdir, its checkpoints/ directory or one step directory -> (checkpoints dir, step)."""
+    path = pathlib.Path(source).expanduser().resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint path {path} does not exist")
+    if (path / CHECKPOINTS).is_dir():
+        return path / CHECKPOINTS, None
+    if path.name.isdigit() and (path / "meta").is_dir():
+        return path.parent, int(path.name)
+    return path, None
+
+
+def _inference_state(spec: DecoderSpec):
+    """The abstract Decoder for `spec` and the filter of what an export holds."""
+    return nnx.eval_shape(lambda: Decoder(spec, rngs=nnx.Rngs(0))), nnx.Not(nnx.RngState)
+
+
+def _restore_exportable(manager: ocp.CheckpointManager, step: int) -> tuple[dict, dict]:
+    """One step -> (config JSON, exported variables as a pure dict); no training state."""
+    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    config = config["config"]
+    abstract_model, keep = _inference_state(decoder_spec_from_config(config["model"]))
+    target = nnx.to_pure_dict(nnx.state(abstract_model))
+    restored = manager.restore(
+        step, args=ocp.args.Composite(model=ocp.args.StandardRestore(target)))
+    nnx.update(abstract_model, restored["model"])
+    return config, nnx.to_pure_dict(nnx.state(abstract_model, keep))
+
+
+def export(source, out_dir, *, step: int | None = None, overwrite: bool = False) -> pathlib.Path:
+    """Writes `<out_dir>/params` (plain Orbax pytree) and `<out_dir>/config.json`.
+
+    Args:
+      source: a workdir, its `checkpoints/` directory, or one step directory.
+      out_dir: where to write (created).
+      step: the step to export (default: the newest readable one).
+      overwrite: replace an existing non-empty `out_dir`.
+
+    Returns:
+      The absolute out_dir.
+
+    Raises:
+      FileNotFoundError: `source` (or the requested step) does not exist, or holds no
+        checkpoint.
+      FileExistsError: `out_dir` is not empty and `overwrite` is False.
+      RuntimeError: no candidate step restores.
+    """
+    root, step_in_path = _resolve_source(source)
+    step = step if step is not None else step_in_path
+    out = pathlib.Path(out_dir).expanduser().resolve()
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"export directory {out} is not empty (pass overwrite=True)")
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    with ocp.CheckpointManager(root, options=options) as manager:
+        steps = manager.all_steps()
+        if not steps or (step is not None and step not in steps):
+            wanted = "" if step is None else f" at step {step}"
+            raise FileNotFoundError(f"no checkpoint{wanted} in {root} (steps: {sorted(steps)})")
+        restore_one = functools.partial(_restore_exportable, manager)
+        step, (config, params), _ = _first_good(
+            [step] if step is not None else steps, restore_one, root)
+    out.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(out / "params", params, force=overwrite)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    logging.getLogger(__name__).info("exported step %d of %s to %s", step, root, out)
+    return out
+
+
+def load_exported(out_dir) -> tuple[DecoderSpec, dict]:
+    """Reads an `export` directory -> (DecoderSpec, variables as a nested dict).
+
+    The dict has integer layer keys, so `nnx.update(Decoder(spec, rngs=nnx.Rngs(0)), params)`
+    loads it. Arrays land on the default device.
+
+    Raises:
+      FileNotFoundError: `out_dir` or its config.json / params is missing.
+    """
+    out = pathlib.Path(out_dir).expanduser().resolve()
+    for needed in (out / "config.json", out / "params"):
+        if not needed.exists():
+            raise FileNotFoundError(f"{needed} does not exist (not a moejax export)")
+    spec = decoder_spec_from_config(json.loads((out / "config.json").read_text())["model"])
+    abstract_model, keep = _inference_state(spec)
+    target = nnx.to_pure_dict(nnx.state(abstract_model, keep))
+    with ocp.StandardCheckpointer() as checkpointer:
+        return spec, checkpointer.restore(out / "params", target)
