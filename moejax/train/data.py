@@ -147,7 +147,7 @@ def num_sequences(spec: DataSpec, split: str, *, seq_len: int) -> int:
 
 
 def make_dataset(spec: DataSpec, split: str, *, seq_len: int, batch_size: int, seed: int,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1, shuffle: bool | None = None):
     """Endless batches of packed windows for one host.
 
     Args:
@@ -158,6 +158,8 @@ def make_dataset(spec: DataSpec, split: str, *, seq_len: int, batch_size: int, s
       seed: shuffle seed in 0..2**32-1 (unused for validation).
       process_index: this host's index; it reads windows process_index, +process_count, ...
       process_count: number of hosts; their shards are disjoint and cover every window.
+      shuffle: shuffle windows with `seed` (default: train only). Evaluation uses a shuffled,
+        fixed sample of the validation split, so its few batches span many documents.
 
     Returns:
       A grain IterDataset; its iterator yields {"tokens": int32 [B, S + 1],
@@ -182,7 +184,7 @@ def make_dataset(spec: DataSpec, split: str, *, seq_len: int, batch_size: int, s
                          f"windows of seq_len + 1 = {seq_len + 1}; fewer than "
                          f"process_count={process_count}: use a larger corpus or shorter seq_len")
     dataset = grain.MapDataset.source(windows)[process_index::process_count]
-    if split == "train":
+    if (split == "train") if shuffle is None else shuffle:
         dataset = dataset.shuffle(seed=seed)
     dataset = dataset.repeat(None).batch(batch_size, drop_remainder=True)
     return dataset.to_iter_dataset(grain.ReadOptions(

@@ -197,8 +197,14 @@ def plot_transitions(rows: list[dict], path: pathlib.Path) -> str | None:
     return None
 
 
+MAX_DOMAINS = 24
+
+
 def plot_expert_domain(rows: list[dict], path: pathlib.Path) -> str | None:
-    """Per router, P(domain | top-1 expert) over experts x domains, from the last eval."""
+    """Per router, P(domain | top-1 expert) over experts x domains, from the last eval.
+
+    With more than MAX_DOMAINS domains, only the most frequent ones are drawn.
+    """
     counts, row = last_value(rows, "eval/routing/domain_counts")
     if counts is None:
         return "no `eval/routing/domain_counts` logged (no eval with domain labels ran)"
@@ -209,6 +215,10 @@ def plot_expert_domain(rows: list[dict], path: pathlib.Path) -> str | None:
     names = row.get("eval/domain_names") or last_value(rows, "eval/domain_names")[0]
     if names is None or len(names) != num_domains:
         names = [f"domain {d}" for d in range(num_domains)]
+    if num_domains > MAX_DOMAINS:  # keep the most frequent domains readable
+        keep = np.sort(np.argsort(-counts.sum((0, 1)), kind="stable")[:MAX_DOMAINS])
+        counts, names = counts[:, :, keep], [names[d] for d in keep]
+        num_domains = MAX_DOMAINS
     nmi = row.get("eval/routing/domain_nmi")
     fig, axes = _figure(num_routers, width=min(max(3.5, 0.8 * num_domains + 2.0), 10.0),
                         height=min(max(3.0, 0.35 * num_experts + 1.8), 7.0), max_cols=6)

@@ -57,7 +57,8 @@ def evaluate(model, data_spec, config, num_domains: int) -> dict:
         batches = iter(data.make_dataset(
             data_spec, "validation", seq_len=config.train.seq_len,
             batch_size=_host_batch(config), seed=config.seed,
-            process_index=jax.process_index(), process_count=jax.process_count()))
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            shuffle=True))
         losses, counts = [], 0.0
         for _ in range(config.train.eval_batches):
             batch = next(batches)
