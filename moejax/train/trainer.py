@@ -70,6 +70,7 @@ def evaluate(model, data_spec, config, num_domains: int) -> dict:
         results[f"val_loss{suffix}"] = float(np.mean(losses))
         if not disable_top1:
             results["val_bits_per_byte"] = results["val_loss"] / math.log(2.0)
+            results["val_perplexity"] = math.exp(results["val_loss"])
             if np.ndim(counts):
                 results["eval/routing/domain_counts"] = counts
                 results["eval/routing/domain_nmi"] = nmi_from_counts(counts)

@@ -40,10 +40,10 @@ def cartesian_ref(x, layer, top_k):
 
 
 @pytest.mark.parametrize("shared", [0, 1])
-@pytest.mark.parametrize("engine", ["dense", "dropless"])
+@pytest.mark.parametrize("engine", ["dense", "capacity", "dropless"])
 def test_layer_matches_reference(shared, engine):
     spec = MoESpec(num_experts=N, top_k=K, d_hidden=16, num_shared_experts=shared,
-                   shared_mix="softmax", engine=engine)
+                   shared_mix="softmax", engine=engine, capacity_factor=float(N))
     layer = CartesianMoE(D, spec, rngs=nnx.Rngs(0))
     _randomize_mix(layer, 1)
     x = np.random.default_rng(2).normal(size=(T, D)).astype(np.float32)

@@ -41,6 +41,13 @@ def test_tiny_trains_logs_checkpoints_and_reports(tmp_path):
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2, 3, 4]
 
 
+def test_tensorboard_events_are_written(tmp_path):
+    last = train_and_evaluate(_tiny(steps=2, tensorboard=True), tmp_path)
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    np.testing.assert_allclose(last["val_perplexity"], np.exp(last["val_loss"]), rtol=1e-6)
+
+
 def test_resume_is_bitwise_identical(tmp_path):
     """4 steps in one run == 2 steps, an interruption, and a resume to 4 (same schedule)."""
     straight, halves2 = tmp_path / "straight", tmp_path / "halves"
