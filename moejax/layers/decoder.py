@@ -22,6 +22,8 @@ from moejax.layers.embed import Embed, LMHead
 from moejax.layers.ffn import SwiGLU
 from moejax.layers.moe_block import MoESpec, TopKMoE
 from moejax.layers.norms import RMSNorm
+from moejax.layers.options import check_known, spec_from_mapping
+from moejax.layers.router import RouterSpec
 from moejax.record import concat_records
 
 BLOCKS = MappingProxyType({"topk": TopKMoE, "deepseek": DeepSeekMoE, "cartesian": CartesianMoE})
@@ -107,17 +109,10 @@ def decoder_spec_from_config(model_config) -> DecoderSpec:
     """
     fields = dict(model_config)
     moe = dict(fields.pop("moe", {}))
-    router = dict(moe.pop("router", {}))
-    from moejax.layers.router import RouterSpec
-
-    for cls, values, prefix in ((RouterSpec, router, "model.moe.router"),
-                                (MoESpec, moe, "model.moe"), (DecoderSpec, fields, "model")):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(prefix + '.' + u for u in unknown)}; "
-                             f"allowed: {', '.join(sorted(known))}")
-    return DecoderSpec(**fields, moe=MoESpec(**moe, router=RouterSpec(**router)))
+    router = spec_from_mapping(RouterSpec, moe.pop("router", {}), "model.moe.router")
+    check_known(MoESpec, moe, "model.moe")
+    check_known(DecoderSpec, fields, "model")
+    return DecoderSpec(**fields, moe=MoESpec(**moe, router=router))
 
 
 class DenseFeedForward(nnx.Module):

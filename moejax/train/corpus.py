@@ -32,6 +32,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from moejax.layers.options import spec_from_mapping
+
 PAD_ID, BOS_ID, EOS_ID = 256, 257, 258
 VOCAB_SIZE = 259
 CORPORA = ("stdlib", "files", "jsonl", "arrayrecord")
@@ -117,13 +119,7 @@ def data_spec_from_config(data_config) -> DataSpec:
 
     An unknown key raises ValueError naming it.
     """
-    values = dict(data_config or {})
-    known = {f.name for f in dataclasses.fields(DataSpec)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join('data.' + u for u in unknown)}; "
-                         f"allowed: {', '.join(sorted(known))}")
-    return DataSpec(**values)
+    return spec_from_mapping(DataSpec, data_config, "data")
 
 
 def is_validation(name: str, every: int = 20) -> bool:

@@ -5,18 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 from moejax.layers.decoder import DecoderSpec, decoder_spec_from_config
+from moejax.layers.options import spec_from_mapping
 from moejax.regularizers import LossSpec
 
 
 def loss_spec_from_config(loss_config) -> LossSpec:
     """`config.loss` -> LossSpec; an unknown key raises ValueError naming it."""
-    values = dict(loss_config or {})
-    known = {f.name for f in dataclasses.fields(LossSpec)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join('loss.' + u for u in unknown)}; "
-                         f"allowed: {', '.join(sorted(known))}")
-    return LossSpec(**values)
+    return spec_from_mapping(LossSpec, loss_config, "loss")
 
 
 def num_routers(spec: DecoderSpec) -> int:

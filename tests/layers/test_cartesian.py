@@ -8,6 +8,7 @@ from flax import nnx
 
 from moejax.layers.cartesian import CartesianMoE
 from moejax.layers.moe_block import MoESpec
+from tests.gradcheck import assert_directional_derivative
 from tests.layers.block_params import f64, routed_params, shared_params
 from tests.reference import dense_swiglu_ref, moe_ref, rms_norm_ref, shared_mix_ref
 
@@ -96,19 +97,11 @@ def test_gradients_finite_difference():
     with jax.enable_x64(True):
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
         x = jnp.asarray(np.random.default_rng(8).normal(size=(T, D)))
-        direction = jax.tree.map(
-            lambda a: jnp.asarray(np.random.default_rng(9).normal(size=a.shape)), params)
 
         def loss(params):
             return jnp.sum(jnp.sin(nnx.merge(graphdef, params)(x)[0]))
 
-        grads = jax.grad(loss)(params)
-        eps = 1e-6
-        numeric = (loss(jax.tree.map(lambda p, d: p + eps * d, params, direction))
-                   - loss(jax.tree.map(lambda p, d: p - eps * d, params, direction))) / (2 * eps)
-        analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads),
-                                                      jax.tree.leaves(direction)))
-        np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-6)
+        assert_directional_derivative(loss, params, seed=9)
 
 
 def test_losses_on_mixed_cartesian_and_topk_records_match_numpy():

@@ -8,6 +8,7 @@ from flax import nnx
 
 from moejax.layers.decoder import Decoder, DenseFeedForward, decoder_spec_from_config
 from moejax.layers.deepseek_block import DeepSeekMoE
+from tests.gradcheck import assert_directional_derivative
 from tests.layers.block_params import f64, routed_params, shared_params
 from tests.reference_decoder import decoder_ref
 
@@ -65,21 +66,12 @@ def test_decoder_gradient_finite_difference():
     tokens = jnp.asarray(np.random.default_rng(3).integers(0, 19, (B, S)))
     with jax.enable_x64(True):
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        direction = jax.tree.map(
-            lambda a: jnp.asarray(np.random.default_rng(4).normal(size=a.shape)), params)
 
         def loss(params):
             logits, record = nnx.merge(graphdef, params)(tokens)
             return jnp.mean(jnp.sin(logits)) + jnp.mean(record.probs**2)
 
-        grads = jax.grad(loss)(params)
-        eps = 1e-5
-        numeric = (loss(jax.tree.map(lambda p, d: p + eps * d, params, direction))
-                   - loss(jax.tree.map(lambda p, d: p - eps * d, params, direction))) / (2 * eps)
-        analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads),
-                                                      jax.tree.leaves(direction)))
-        np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-6)
-        assert abs(float(analytic)) > 1e-3  # a non-trivial direction
+        assert_directional_derivative(loss, params, seed=4, eps=1e-5)
 
 
 def test_cartesian_decoder_records_two_routers_per_layer():

@@ -1,7 +1,6 @@
 """The trainer: runs, resumes bitwise, saves on SIGTERM, stops on a non-finite loss."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess

@@ -6,7 +6,8 @@ a slot at position >= C is dropped: its output is zero and `plan.dropped` counts
 Moving rows in (tokens -> buffers) and out (buffers -> slots) are gathers whose
 gradients are gathers too: kept slots and filled buffer rows correspond one to one, so
 each move's transpose is the other direction's gather (plus a sum over a token's K
-slots), never a scatter-add into a zeroed [E, C, D] or [T, D] array.
+slots), never a scatter-add into a zeroed [E, C, D] or [T, D] array. Being custom VJPs, they
+support reverse-mode autodiff only (no `jax.jvp` through this engine).
 """
 
 from __future__ import annotations

@@ -1,0 +1,21 @@
+"""Options from config mappings: a frozen dataclass spec built from a dict, unknown keys named."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+def check_known(cls, values, prefix: str) -> None:
+    """Raises ValueError naming every key of `values` that is no field of dataclass `cls`."""
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(prefix + '.' + u for u in unknown)}; "
+                         f"allowed: {', '.join(sorted(known))}")
+
+
+def spec_from_mapping(cls, mapping, prefix: str):
+    """`cls(**mapping)` (None: the defaults) after `check_known`."""
+    values = dict(mapping or {})
+    check_known(cls, values, prefix)
+    return cls(**values)
