@@ -1,7 +1,7 @@
 """Test set-up: 8 CPU devices before any JAX operation; strict dtype promotion for moejax code.
 
-Strict promotion is not applied under tests/train/, where optax's own update code mixes
-Python floats with int32 step counters.
+Strict promotion is not applied under tests/train/ and tests/parallel/, which run optax
+updates: optax's own code mixes Python floats with int32 step counters.
 """
 
 import jax
@@ -12,7 +12,7 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 @pytest.fixture(autouse=True)
 def _strict_dtype_promotion(request):
-    if "train" in request.node.path.parts:
+    if {"train", "parallel"} & set(request.node.path.parts):
         yield
         return
     with jax.numpy_dtype_promotion("strict"):

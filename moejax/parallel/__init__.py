@@ -1,0 +1,15 @@
+"""Parallelism: the device mesh, logical axis rules and shardings (`jax.jit` + NamedSharding)."""
+
+from moejax.parallel.axes import DEFAULT_RULES, MESH_AXES
+from moejax.parallel.mesh import MeshSpec, make_mesh
+from moejax.parallel.sharding import (
+    batch_sharding,
+    logical_axes,
+    shard_model_and_optimizer,
+    state_shardings,
+)
+
+__all__ = [
+    "DEFAULT_RULES", "MESH_AXES", "MeshSpec", "batch_sharding", "logical_axes", "make_mesh",
+    "shard_model_and_optimizer", "state_shardings",
+]

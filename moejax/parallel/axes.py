@@ -1,0 +1,35 @@
+"""Logical axis names and the default logical -> mesh axis rules.
+
+Parameters and activations are described by logical axes (what a dimension *is*); one table
+maps them to the (data, fsdp, expert, tensor) mesh. Batch goes over (data, fsdp), parameters
+are fully sharded over fsdp along their model-width dimension, expert weights over expert, and
+attention heads and hidden widths over tensor.
+"""
+
+from types import MappingProxyType
+
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
+
+BATCH = "batch"
+EMBED = "embed"
+VOCAB = "vocab"
+HEADS = "heads"
+KV_HEADS = "kv_heads"
+HEAD_DIM = "head_dim"
+MLP = "mlp"
+EXPERT = "expert"
+EXPERT_MLP = "expert_mlp"
+ROUTER_EXPERTS = "router_experts"
+
+DEFAULT_RULES = MappingProxyType({
+    BATCH: ("data", "fsdp"),
+    EMBED: "fsdp",
+    VOCAB: "tensor",
+    HEADS: "tensor",
+    KV_HEADS: "tensor",
+    HEAD_DIM: None,
+    MLP: "tensor",
+    EXPERT: "expert",
+    EXPERT_MLP: "tensor",
+    ROUTER_EXPERTS: None,
+})

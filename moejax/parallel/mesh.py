@@ -1,0 +1,50 @@
+"""The device mesh from config: `mesh.data`, `mesh.fsdp`, `mesh.expert`, `mesh.tensor`.
+
+One axis may be -1 ("the rest of the devices"). Axis types are Auto on purpose: shardings are
+given explicitly to `jax.jit` (in/out shardings, `with_sharding_constraint`) and XLA propagates
+the rest, and `shard_map` accepts plain arrays (see environment.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+
+from moejax.parallel.axes import MESH_AXES
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+    """Mesh axis sizes; their product must equal the device count (one may be -1)."""
+
+    data: int = -1
+    fsdp: int = 1
+    expert: int = 1
+    tensor: int = 1
+
+    def shape(self, num_devices: int) -> tuple[int, ...]:
+        """The four axis sizes for `num_devices` devices, -1 resolved."""
+        sizes = [getattr(self, name) for name in MESH_AXES]
+        described = ", ".join(f"mesh.{n}={s}" for n, s in zip(MESH_AXES, sizes))
+        if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+            raise ValueError(f"{described}: sizes must be >= 1, with at most one -1")
+        known = math.prod(s for s in sizes if s != -1)
+        if -1 in sizes:
+            if num_devices % known:
+                raise ValueError(f"{described} do not fit {num_devices} devices: "
+                                 f"{num_devices} is not divisible by {known}")
+            sizes[sizes.index(-1)] = num_devices // known
+        if math.prod(sizes) != num_devices:
+            raise ValueError(f"{described} need {math.prod(sizes)} devices, but there are "
+                             f"{num_devices}")
+        return tuple(sizes)
+
+
+def make_mesh(spec: MeshSpec, devices=None) -> jax.sharding.Mesh:
+    """A (data, fsdp, expert, tensor) mesh over `devices` (default: all) with Auto axes."""
+    devices = jax.devices() if devices is None else list(devices)
+    shape = spec.shape(len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 4,
+                         devices=devices)

@@ -1,0 +1,77 @@
+"""Sharded ("pjit") training equals single-device training; sharding rules and their errors."""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from moejax.layers.decoder import Decoder, decoder_spec_from_config
+from moejax.parallel import (
+    MeshSpec,
+    batch_sharding,
+    make_mesh,
+    shard_model_and_optimizer,
+    state_shardings,
+)
+from moejax.regularizers import LossSpec
+from moejax.train import step
+from moejax.train.config_files import load_config
+from moejax.train.specs import specs_from_config
+
+SPEC = {"vocab_size": 32, "d_model": 16, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
+        "d_ff": 24, "moe": {"num_experts": 8, "top_k": 2, "d_hidden": 8, "engine": "capacity",
+                            "capacity_factor": 2.0, "record_cosine": True}}
+LOSSES = LossSpec(lb=1e-2, z=1e-3, sp=2e-3, cp=1e-3)
+
+
+def _train(mesh, steps=3):
+    model = Decoder(decoder_spec_from_config(SPEC), rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adamw(1e-2), wrt=nnx.Param)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 32, (8, 9)), jnp.int32)
+    if mesh is not None:
+        shard_model_and_optimizer(model, optimizer, mesh)
+        tokens = jax.device_put(tokens, batch_sharding(mesh))
+    losses = [float(step.train_step(model, optimizer, tokens, LOSSES)["total_loss"])
+              for _ in range(steps)]
+    return losses, nnx.state(model, nnx.Param)
+
+
+@pytest.mark.parametrize("mesh_spec", [
+    MeshSpec(data=1, expert=8),
+    MeshSpec(data=2, expert=4),
+    MeshSpec(data=1, fsdp=2, expert=2, tensor=2),
+])
+def test_three_sharded_steps_equal_single_device(mesh_spec):
+    mesh = make_mesh(mesh_spec)
+    want_losses, want = _train(None)
+    got_losses, got = _train(mesh)
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
+    experts = nnx.state(Decoder(decoder_spec_from_config(SPEC), rngs=nnx.Rngs(0)))
+    shardings = state_shardings(experts, mesh)
+    w_gate = shardings["layers"][0]["ffn"]["block"]["experts"]["w_gate"]
+    w_gate = getattr(w_gate, "value", w_gate)
+    assert w_gate.spec[0] == "expert"
+
+
+def test_expert_axis_that_does_not_divide_experts_is_an_error():
+    mesh = make_mesh(MeshSpec(data=2, expert=4))
+    spec = dict(SPEC, moe=dict(SPEC["moe"], num_experts=6))
+    model = Decoder(decoder_spec_from_config(spec), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="experts/w_.*size 6.*mesh axis expert"):
+        state_shardings(nnx.state(model), mesh)
+
+
+def test_every_parameter_of_tiny_gets_a_sharding():
+    config = load_config(pathlib.Path(__file__).resolve().parents[2] / "configs" / "tiny.py")
+    model_spec, _ = specs_from_config(config)
+    model = nnx.eval_shape(lambda: Decoder(model_spec, rngs=nnx.Rngs(0)))
+    mesh = make_mesh(MeshSpec(data=4, expert=2))
+    shardings = state_shardings(nnx.state(model, nnx.Param), mesh)
+    leaves = jax.tree.leaves(shardings)
+    assert leaves and all(s.mesh is mesh for s in leaves)
