@@ -62,6 +62,13 @@ def get_config(arg=None):
     config.data.num_threads = 1  # grain reader threads preparing batches ahead (0: synchronous)
     config.data.prefetch_buffer_size = 4  # batches prepared ahead
 
+    config.mesh = ml_collections.ConfigDict()  # maps onto moejax.parallel.MeshSpec
+    config.mesh.data = -1  # data-parallel axis (-1: all devices not used by the others)
+    config.mesh.fsdp = 1  # fully sharded data parallel: batch and parameter model width
+    config.mesh.expert = 1  # expert weights over this axis; must divide num_experts
+    config.mesh.tensor = 1  # attention heads and hidden widths over this axis
+    config.mesh.devices = -1  # devices the mesh uses (-1: all; else the first N)
+
     config.loss = ml_collections.ConfigDict()  # maps onto moejax.regularizers.LossSpec
     config.loss.lb = 1e-2  # load-balance weight
     config.loss.lb_variant = "batch"  # "batch", "sequence" or "global"

@@ -17,6 +17,7 @@ def get_config(arg=None):
     config.model.moe.num_experts = 6  # routed experts
     config.model.moe.top_k = 3  # experts per token
     config.model.moe.d_hidden = 16  # expert width
+    config.mesh.devices = 1  # one device, also under the tests' 8 fake CPU devices
     config.train.steps = 4  # optimizer steps
     config.train.batch_size = 2  # sequences per step
     config.train.seq_len = 16  # tokens per sequence

@@ -17,12 +17,16 @@ from moejax.parallel.axes import MESH_AXES
 
 @dataclasses.dataclass(frozen=True)
 class MeshSpec:
-    """Mesh axis sizes; their product must equal the device count (one may be -1)."""
+    """Mesh axis sizes; their product must equal the device count (one may be -1).
+
+    `devices` is how many devices the mesh uses (-1: all of them; otherwise the first N).
+    """
 
     data: int = -1
     fsdp: int = 1
     expert: int = 1
     tensor: int = 1
+    devices: int = -1
 
     def shape(self, num_devices: int) -> tuple[int, ...]:
         """The four axis sizes for `num_devices` devices, -1 resolved."""
@@ -43,8 +47,12 @@ class MeshSpec:
 
 
 def make_mesh(spec: MeshSpec, devices=None) -> jax.sharding.Mesh:
-    """A (data, fsdp, expert, tensor) mesh over `devices` (default: all) with Auto axes."""
+    """A (data, fsdp, expert, tensor) mesh over `devices` (default: `spec.devices` of all)."""
     devices = jax.devices() if devices is None else list(devices)
+    if spec.devices != -1:
+        if not 1 <= spec.devices <= len(devices):
+            raise ValueError(f"mesh.devices={spec.devices}; allowed: -1 or 1..{len(devices)}")
+        devices = devices[: spec.devices]
     shape = spec.shape(len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 4,
                          devices=devices)

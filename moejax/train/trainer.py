@@ -18,6 +18,8 @@ import tqdm
 from flax import nnx
 
 from moejax.layers.decoder import Decoder
+from moejax.layers.options import spec_from_mapping
+from moejax.parallel import MeshSpec, batch_sharding, make_mesh, shard_model_and_optimizer
 from moejax.regularizers import nmi_from_counts
 from moejax.train import data, step
 from moejax.train.checkpoint import Checkpointer
@@ -84,6 +86,13 @@ def _host_batch(config) -> int:
     return batch // hosts
 
 
+def _check_batch_fits_mesh(batch_size: int, mesh) -> None:
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch_size % shards:
+        raise ValueError(f"train.batch_size={batch_size} is not divisible by mesh.data x "
+                         f"mesh.fsdp = {shards}")
+
+
 def _check_finite(metrics: dict, step_number: int, last_saved: int | None) -> None:
     loss = float(metrics["loss"])
     if not math.isfinite(loss) or not math.isfinite(float(metrics.get("total_loss", loss))):
@@ -111,9 +120,14 @@ def train_and_evaluate(config, workdir) -> dict:
         process_count=jax.process_count()))
     domain_names = data.domain_names(data_spec)
 
-    # Model and optimizer.
+    # Mesh, model and optimizer: the state is placed on its shardings before any restore, so a
+    # checkpoint written on another mesh restores onto this one.
+    mesh = make_mesh(spec_from_mapping(MeshSpec, config.get("mesh"), "mesh"))
+    _check_batch_fits_mesh(train_cfg.batch_size, mesh)
     model = Decoder(model_spec, rngs=nnx.Rngs(config.seed))
     optimizer = nnx.Optimizer(model, make_optimizer(train_cfg), wrt=nnx.Param)
+    shard_model_and_optimizer(model, optimizer, mesh)
+    tokens_sharding = batch_sharding(mesh)
 
     # Restore: the latest good checkpoint, including the data iterator position.
     checkpointer = Checkpointer(workdir, max_to_keep=train_cfg.max_to_keep,
@@ -139,7 +153,8 @@ def train_and_evaluate(config, workdir) -> dict:
     with _StopRequest().installed() as stop, contextlib.closing(writer), bar:
         for step_number in range(start + 1, train_cfg.steps + 1):
             batch = next(train_batches)
-            metrics = step.train_step(model, optimizer, batch["tokens"], loss_spec)
+            tokens = jax.make_array_from_process_local_data(tokens_sharding, batch["tokens"])
+            metrics = step.train_step(model, optimizer, tokens, loss_spec)
             _check_finite(metrics, step_number, last_saved)
             last = step_number == train_cfg.steps or stop.signal is not None
             elapsed = time.perf_counter() - started

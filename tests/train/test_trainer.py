@@ -40,6 +40,36 @@ def test_tiny_trains_logs_checkpoints_and_reports(tmp_path):
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2, 3, 4]
 
 
+def test_checkpoint_from_a_sharded_mesh_restores_on_one_device(tmp_path):
+    """2 steps with the batch over 2 devices, then resume on a 1-device mesh: same losses."""
+    import jax
+
+    straight = tmp_path / "straight"
+    train_and_evaluate(_tiny(steps=3), straight)
+    config = _tiny(steps=3)
+    config.mesh.devices = 2  # data=2
+    sharded = tmp_path / "sharded"
+    original = step_module.train_step
+    calls = []
+
+    def stop_after_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    step_module.train_step = stop_after_two
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_and_evaluate(config, sharded)
+    finally:
+        step_module.train_step = original
+    last = train_and_evaluate(_tiny(steps=3), sharded)  # resumes on one device
+    assert last["step"] == 3 and len(jax.devices()) == 8
+    np.testing.assert_allclose(list(_losses(sharded).values()),
+                               list(_losses(straight).values()), rtol=1e-5)
+
+
 def test_tensorboard_events_are_written(tmp_path):
     last = train_and_evaluate(_tiny(steps=2, tensorboard=True), tmp_path)
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
@@ -120,5 +150,6 @@ def test_every_preset_trains_a_step(tmp_path, name):
     config = load_config(CONFIGS / path, arg or None)
     config.train.update(steps=1, batch_size=2, seq_len=16, eval_batches=1, progress=False,
                         report=False, async_checkpoint=False)
+    config.mesh.devices = 2  # the batch over two of the 8 test devices
     last = train_and_evaluate(config, tmp_path)
     assert last["step"] == 1 and np.isfinite(last["loss"])
