@@ -103,3 +103,10 @@ def central_difference(fn, x, direction, step=1e-6):
 
 def data_mesh():
     return jax.make_mesh((NUM_DEVICES,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def check_mean_and_per_router(values, reference, rtol=1e-5):
+    """values = (mean, per-router) from moejax; reference = the same from the NumPy oracle."""
+    mean, per_router = values
+    np.testing.assert_allclose(np.asarray(per_router), reference[1], rtol=rtol)
+    np.testing.assert_allclose(float(mean), reference[0], rtol=rtol)

@@ -10,6 +10,7 @@ from moejax.regularizers import orthogonality_loss, score_variance_loss
 from tests.regularizers.reference_losses import orthogonality as orth_ref
 from tests.regularizers.reference_losses import score_variance as var_ref
 from tests.regularizers.regularizer_inputs import (
+    check_mean_and_per_router,
     PADDED_SHAPES,
     F,
     K,
@@ -23,18 +24,12 @@ from tests.regularizers.regularizer_inputs import (
 )
 
 
-def _check(values, reference, rtol=1e-5):
-    mean, per_router = values
-    np.testing.assert_allclose(np.asarray(per_router), reference[1], rtol=rtol)
-    np.testing.assert_allclose(float(mean), reference[0], rtol=rtol)
-
-
 @pytest.mark.parametrize("max_tokens", [None, 11])
 def test_orthogonality_matches_reference(max_tokens):
     outputs = random_routers(50).z  # [T, K, D] outputs of the chosen experts (D = F here)
     values = orthogonality_loss(stack(outputs), max_tokens=max_tokens)
     assert values[1].shape == (R,)
-    _check(values, orth_ref(outputs, max_tokens=max_tokens))
+    check_mean_and_per_router(values, orth_ref(outputs, max_tokens=max_tokens))
 
 
 def test_orthogonality_single_router_and_needs_two_experts():
@@ -49,14 +44,14 @@ def test_orthogonality_single_router_and_needs_two_experts():
 def test_score_variance_matches_reference():
     routers = random_routers(52)
     values = score_variance_loss(stack(routers.probs))
-    _check(values, var_ref(routers.probs))
+    check_mean_and_per_router(values, var_ref(routers.probs))
 
 
 def test_score_variance_of_padded_record_matches_reference():
     routers = random_routers(53, shapes=PADDED_SHAPES)
     record = routers.record
     values = score_variance_loss(record.probs, num_experts=record.num_experts)
-    _check(values, var_ref(routers.probs))
+    check_mean_and_per_router(values, var_ref(routers.probs))
     unaware = score_variance_loss(record.probs)[1]  # padding counted as experts: wrong
     assert not np.allclose(np.asarray(unaware), var_ref(routers.probs)[1])
 

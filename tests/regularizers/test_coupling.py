@@ -10,6 +10,7 @@ from moejax.regularizers import coupling_loss, topk_mass
 from tests.regularizers.reference_losses import coupling as cp_ref
 from tests.regularizers.reference_losses import topk_mass as mass_ref
 from tests.regularizers.regularizer_inputs import (
+    check_mean_and_per_router,
     PADDED_SHAPES,
     R,
     assert_directional,
@@ -20,18 +21,12 @@ from tests.regularizers.regularizer_inputs import (
 )
 
 
-def _check(values, reference, rtol=1e-5):
-    mean, per_pair = values
-    np.testing.assert_allclose(np.asarray(per_pair), reference[1], rtol=rtol)
-    np.testing.assert_allclose(float(mean), reference[0], rtol=rtol)
-
-
 @pytest.mark.parametrize("form", ["product", "log"])
 def test_matches_reference_stacked(form):
     routers = random_routers(40)
     values = coupling_loss(stack(routers.probs), stack(routers.expert_idx), form=form)
     assert values[1].shape == (R - 1,)
-    _check(values, cp_ref(routers.probs, routers.expert_idx, form=form))
+    check_mean_and_per_router(values, cp_ref(routers.probs, routers.expert_idx, form=form))
 
 
 @pytest.mark.parametrize("form", ["product", "log"])
@@ -39,7 +34,7 @@ def test_padded_record_matches_reference(form):
     routers = random_routers(41, shapes=PADDED_SHAPES)
     record = routers.record
     values = coupling_loss(record.probs, record.expert_idx, form=form)
-    _check(values, cp_ref(routers.probs, routers.expert_idx, form=form))
+    check_mean_and_per_router(values, cp_ref(routers.probs, routers.expert_idx, form=form))
 
 
 def test_topk_mass_ignores_padded_choices():

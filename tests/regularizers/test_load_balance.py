@@ -10,6 +10,7 @@ from jax.test_util import check_grads
 from moejax.regularizers import load_balance_loss
 from tests.regularizers.reference_losses import load_balance as lb_ref
 from tests.regularizers.regularizer_inputs import (
+    check_mean_and_per_router,
     PADDED_SHAPES,
     R,
     assert_directional,
@@ -24,18 +25,11 @@ SEQUENCE_T, SEQUENCE_LENGTH = 35, 7
 SHARDED_T = 40  # 8 shards of 5 tokens
 
 
-def _check(values, reference, rtol=1e-5):
-    mean, per_router = values
-    ref_mean, ref_per_router = reference
-    np.testing.assert_allclose(np.asarray(per_router), ref_per_router, rtol=rtol)
-    np.testing.assert_allclose(float(mean), ref_mean, rtol=rtol)
-
-
 def test_matches_reference_stacked():
     routers = random_routers(0)
     values = load_balance_loss(stack(routers.probs), stack(routers.expert_idx))
     assert values[1].shape == (R,)
-    _check(values, lb_ref(routers.probs, routers.expert_idx))
+    check_mean_and_per_router(values, lb_ref(routers.probs, routers.expert_idx))
 
 
 def test_single_router_without_router_axis():
@@ -51,7 +45,7 @@ def test_padded_record_matches_reference():
     routers = random_routers(2, shapes=PADDED_SHAPES)
     record = routers.record
     values = load_balance_loss(record.probs, record.expert_idx, num_experts=record.num_experts)
-    _check(values, lb_ref(routers.probs, routers.expert_idx))
+    check_mean_and_per_router(values, lb_ref(routers.probs, routers.expert_idx))
     # the padding must be told: the padded E would scale every router by max E
     unaware = load_balance_loss(record.probs, record.expert_idx)[1]
     assert not np.allclose(np.asarray(unaware), lb_ref(routers.probs, routers.expert_idx)[1])
@@ -70,7 +64,7 @@ def test_sequence_wise_matches_reference():
     values = load_balance_loss(record.probs, record.expert_idx, num_experts=record.num_experts,
                                sequence_length=SEQUENCE_LENGTH)
     reference = lb_ref(routers.probs, routers.expert_idx, sequence_length=SEQUENCE_LENGTH)
-    _check(values, reference)
+    check_mean_and_per_router(values, reference)
     batch = lb_ref(routers.probs, routers.expert_idx)[1]
     assert not np.allclose(reference[1], batch)  # the variant really differs from the batch one
 
@@ -99,7 +93,7 @@ def test_extra_tokens_per_expert_matches_reference():
         padded[r, :len(row)] = row
     values = load_balance_loss(record.probs, record.expert_idx, num_experts=record.num_experts,
                                extra_tokens_per_expert=jnp.asarray(padded))
-    _check(values, lb_ref(routers.probs, routers.expert_idx, extra_tokens_per_expert=extra))
+    check_mean_and_per_router(values, lb_ref(routers.probs, routers.expert_idx, extra_tokens_per_expert=extra))
 
 
 def test_uniform_assignment_is_one():

@@ -12,6 +12,7 @@ from tests.regularizers.reference_losses import pair_cosines, subset
 from tests.regularizers.reference_losses import specialization as sp_ref
 from tests.regularizers.reference_losses import specialization_from_cosine as sp_cos_ref
 from tests.regularizers.regularizer_inputs import (
+    check_mean_and_per_router,
     PADDED_SHAPES,
     F,
     K,
@@ -25,19 +26,13 @@ from tests.regularizers.regularizer_inputs import (
 )
 
 
-def _check(values, reference, rtol=1e-5):
-    mean, per_router = values
-    np.testing.assert_allclose(np.asarray(per_router), reference[1], rtol=rtol)
-    np.testing.assert_allclose(float(mean), reference[0], rtol=rtol)
-
-
 @pytest.mark.parametrize("mode", ["square", "abs"])
 @pytest.mark.parametrize("max_tokens", [None, 10])
 def test_from_activations_matches_reference(mode, max_tokens):
     routers = random_routers(30)
     values = specialization_loss(stack(routers.z), mode=mode, max_tokens=max_tokens)
     assert values[1].shape == (R,)
-    _check(values, sp_ref(routers.z, mode=mode, max_tokens=max_tokens))
+    check_mean_and_per_router(values, sp_ref(routers.z, mode=mode, max_tokens=max_tokens))
 
 
 @pytest.mark.parametrize("mode", ["square", "abs"])
@@ -47,7 +42,7 @@ def test_from_cosine_of_padded_record_matches_reference(mode, max_tokens):
     record = routers.record
     values = specialization_loss_from_cosine(record.pair_cos, top_k=record.top_k, mode=mode,
                                              max_tokens=max_tokens)
-    _check(values, sp_cos_ref(routers.cos, mode=mode, max_tokens=max_tokens))
+    check_mean_and_per_router(values, sp_cos_ref(routers.cos, mode=mode, max_tokens=max_tokens))
 
 
 def test_from_cosine_reads_only_each_routers_true_choices():
@@ -57,7 +52,7 @@ def test_from_cosine_reads_only_each_routers_true_choices():
     garbage[1, :, 2:, :] = 0.9  # router 1 has K = 2: slots 2.. are padding
     garbage[1, :, :, 2:] = -0.7
     values = specialization_loss_from_cosine(jnp.asarray(garbage), top_k=record.top_k)
-    _check(values, sp_cos_ref(routers.cos))
+    check_mean_and_per_router(values, sp_cos_ref(routers.cos))
 
 
 def test_max_tokens_is_the_evenly_spaced_subset():

@@ -30,6 +30,25 @@ def _losses(workdir):
     return {row["step"]: row["loss"] for row in rows}
 
 
+def _interrupted_after_two_steps(config, workdir):
+    """Runs `config` in `workdir` and kills the run (KeyboardInterrupt) at its third step."""
+    original = step_module.train_step
+    calls = []
+
+    def stop_after_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    step_module.train_step = stop_after_two
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_and_evaluate(config, workdir)
+    finally:
+        step_module.train_step = original
+
+
 def test_tiny_trains_logs_checkpoints_and_reports(tmp_path):
     config = _tiny(report=True)
     last = train_and_evaluate(config, tmp_path)
@@ -49,21 +68,7 @@ def test_checkpoint_from_a_sharded_mesh_restores_on_one_device(tmp_path):
     config = _tiny(steps=3)
     config.mesh.devices = 2  # data=2
     sharded = tmp_path / "sharded"
-    original = step_module.train_step
-    calls = []
-
-    def stop_after_two(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    step_module.train_step = stop_after_two
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train_and_evaluate(config, sharded)
-    finally:
-        step_module.train_step = original
+    _interrupted_after_two_steps(config, sharded)
     last = train_and_evaluate(_tiny(steps=3), sharded)  # resumes on one device
     assert last["step"] == 3 and len(jax.devices()) == 8
     np.testing.assert_allclose(list(_losses(sharded).values()),
@@ -81,22 +86,7 @@ def test_resume_is_bitwise_identical(tmp_path):
     """4 steps in one run == 2 steps, an interruption, and a resume to 4 (same schedule)."""
     straight, halves2 = tmp_path / "straight", tmp_path / "halves"
     train_and_evaluate(_tiny(steps=4), straight)
-    config = _tiny(steps=4)
-    original = step_module.train_step
-    calls = []
-
-    def stop_after_two(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    step_module.train_step = stop_after_two
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train_and_evaluate(config, halves2)
-    finally:
-        step_module.train_step = original
+    _interrupted_after_two_steps(_tiny(steps=4), halves2)
     train_and_evaluate(_tiny(steps=4), halves2)  # resumes at step 2
     assert _losses(halves2) == _losses(straight)
 
