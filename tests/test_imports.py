@@ -28,8 +28,7 @@ def _moejax_imports(path: pathlib.Path):
 @pytest.mark.parametrize("part", sorted(ALLOWED))
 def test_import_direction(part):
     paths = [PACKAGE / part] if part.endswith(".py") else sorted((PACKAGE / part).rglob("*.py"))
-    if not paths or not paths[0].exists():
-        pytest.skip(f"moejax/{part} does not exist yet")
+    assert paths and all(p.exists() for p in paths), part
     bad = [(str(p.relative_to(PACKAGE)), name) for p in paths for name in _moejax_imports(p)
            if not name.startswith(ALLOWED[part])]
     assert not bad, f"imports against the data path: {bad}"
