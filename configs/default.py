@@ -68,6 +68,12 @@ def get_config(arg=None):
     config.mesh.expert = 1  # expert weights over this axis; must divide num_experts
     config.mesh.tensor = 1  # attention heads and hidden widths over this axis
     config.mesh.devices = -1  # devices the mesh uses (-1: all; else the first N)
+    # how routed experts run over mesh.expert: "none" (XLA partitions them), or shard_map
+    # "all_to_all" (needs moe.engine="capacity"), "ring" (dropless, any device), "ragged"
+    # (dropless, GPU/TPU only)
+    config.mesh.expert_parallel = "none"
+    # all_to_all: rows per device pair as a multiple of the balanced load (None: never drops)
+    config.mesh.pair_capacity_factor = ml_collections.config_dict.placeholder(float)
 
     config.loss = ml_collections.ConfigDict()  # maps onto moejax.regularizers.LossSpec
     config.loss.lb = 1e-2  # load-balance weight

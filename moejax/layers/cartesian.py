@@ -44,9 +44,10 @@ def sub_layer_spec(spec: MoESpec) -> MoESpec:
 class CartesianSubLayer(nnx.Module):
     """x [T, D] -> (x + m [T, D], record with R = 1): norm, routed experts, optional shared."""
 
-    def __init__(self, d_model: int, spec: MoESpec, *, norm_eps: float, rngs: nnx.Rngs):
+    def __init__(self, d_model: int, spec: MoESpec, *, norm_eps: float, rngs: nnx.Rngs,
+                 engine=None):
         self.norm = RMSNorm(d_model, eps=norm_eps)
-        self.routed = TopKMoE(d_model, spec, rngs=rngs)
+        self.routed = TopKMoE(d_model, spec, rngs=rngs, engine=engine)
         self.shared = (SharedExperts(d_model, spec.shared_width, spec.shared_mix, rngs=rngs)
                        if spec.num_shared_experts else None)
 
@@ -62,10 +63,10 @@ class CartesianMoE(nnx.Module):
     """One Cartesian layer: x [T, D] -> (y [T, D], record with R = 2, A then B)."""
 
     def __init__(self, d_model: int, spec: MoESpec, *, norm_eps: float = 1e-5,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, engine=None):
         sub = sub_layer_spec(spec)
-        self.sub_a = CartesianSubLayer(d_model, sub, norm_eps=norm_eps, rngs=rngs)
-        self.sub_b = CartesianSubLayer(d_model, sub, norm_eps=norm_eps, rngs=rngs)
+        self.sub_a = CartesianSubLayer(d_model, sub, norm_eps=norm_eps, rngs=rngs, engine=engine)
+        self.sub_b = CartesianSubLayer(d_model, sub, norm_eps=norm_eps, rngs=rngs, engine=engine)
 
     def __call__(self, x: jax.Array, **kwargs):
         h, record_a = self.sub_a(x, **kwargs)

@@ -118,7 +118,7 @@ def decoder_spec_from_config(model_config) -> DecoderSpec:
 class DenseFeedForward(nnx.Module):
     """h -> h + SwiGLU(RMSNorm(h)); no routers."""
 
-    def __init__(self, spec: DecoderSpec, *, rngs: nnx.Rngs):
+    def __init__(self, spec: DecoderSpec, *, rngs: nnx.Rngs, engine=None):
         self.norm = RMSNorm(spec.d_model, eps=spec.norm_eps)
         self.ffn = SwiGLU(spec.d_model, spec.d_ff, rngs=rngs)
 
@@ -129,9 +129,9 @@ class DenseFeedForward(nnx.Module):
 class MoEFeedForward(nnx.Module):
     """h -> h + Block(RMSNorm(h)), with the block's routing record."""
 
-    def __init__(self, spec: DecoderSpec, *, rngs: nnx.Rngs):
+    def __init__(self, spec: DecoderSpec, *, rngs: nnx.Rngs, engine=None):
         self.norm = RMSNorm(spec.d_model, eps=spec.norm_eps)
-        self.block = BLOCKS[spec.block](spec.d_model, spec.moe, rngs=rngs)
+        self.block = BLOCKS[spec.block](spec.d_model, spec.moe, rngs=rngs, engine=engine)
 
     def __call__(self, h: jax.Array, **kwargs):
         """h: [T, D] -> ([T, D], record)."""
@@ -142,8 +142,9 @@ class MoEFeedForward(nnx.Module):
 class CartesianFeedForward(nnx.Module):
     """h -> CartesianMoE(h): the layer brings its own norms and residuals."""
 
-    def __init__(self, spec: DecoderSpec, *, rngs: nnx.Rngs):
-        self.block = CartesianMoE(spec.d_model, spec.moe, norm_eps=spec.norm_eps, rngs=rngs)
+    def __init__(self, spec: DecoderSpec, *, rngs: nnx.Rngs, engine=None):
+        self.block = CartesianMoE(spec.d_model, spec.moe, norm_eps=spec.norm_eps, rngs=rngs,
+                                  engine=engine)
 
     def __call__(self, h: jax.Array, **kwargs):
         return self.block(h, **kwargs)
@@ -156,11 +157,11 @@ def _feed_forward_cls(spec: DecoderSpec, layer: int):
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, spec: DecoderSpec, layer: int, *, rngs: nnx.Rngs):
+    def __init__(self, spec: DecoderSpec, layer: int, *, rngs: nnx.Rngs, engine=None):
         self.attn_norm = RMSNorm(spec.d_model, eps=spec.norm_eps)
         self.attn = Attention(spec.d_model, spec.num_heads, spec.num_kv_heads,
                               spec.resolved_head_dim, rope_theta=spec.rope_theta, rngs=rngs)
-        self.ffn = _feed_forward_cls(spec, layer)(spec, rngs=rngs)
+        self.ffn = _feed_forward_cls(spec, layer)(spec, rngs=rngs, engine=engine)
 
     def __call__(self, x: jax.Array, positions: jax.Array, **router_kwargs):
         """x: [B, S, D] -> ([B, S, D], record or None)."""
@@ -171,12 +172,16 @@ class DecoderLayer(nnx.Module):
 
 
 class Decoder(nnx.Module):
-    """tokens [B, S] -> (logits [B, S, V] float32, RoutingRecord over T = B*S tokens or None)."""
+    """tokens [B, S] -> (logits [B, S, V] float32, RoutingRecord over T = B*S tokens or None).
 
-    def __init__(self, spec: DecoderSpec, *, rngs: nnx.Rngs):
+    `engine` replaces the MoE layers' `moe.engine` (e.g. a `moejax.parallel.ExpertParallel`).
+    """
+
+    def __init__(self, spec: DecoderSpec, *, rngs: nnx.Rngs, engine=None):
         self.spec = spec
         self.embed = Embed(spec.vocab_size, spec.d_model, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(spec, i, rngs=rngs) for i in range(spec.num_layers)])
+        self.layers = nnx.List([DecoderLayer(spec, i, rngs=rngs, engine=engine)
+                                for i in range(spec.num_layers)])
         self.final_norm = RMSNorm(spec.d_model, eps=spec.norm_eps)
         self.head = LMHead(spec.d_model, spec.vocab_size, rngs=rngs)
 

@@ -16,13 +16,13 @@ from moejax.layers.shared_experts import SharedExperts
 class DeepSeekMoE(nnx.Module):
     """x [T, D] -> (y [T, D], record with R = 1); the record covers the routed experts."""
 
-    def __init__(self, d_model: int, spec: MoESpec, *, rngs: nnx.Rngs):
+    def __init__(self, d_model: int, spec: MoESpec, *, rngs: nnx.Rngs, engine=None):
         if spec.num_shared_experts < 1:
             raise ValueError(
                 f"moe.num_shared_experts={spec.num_shared_experts}: DeepSeekMoE needs >= 1 "
                 "(use the top-k block for none)"
             )
-        self.routed = TopKMoE(d_model, spec, rngs=rngs)
+        self.routed = TopKMoE(d_model, spec, rngs=rngs, engine=engine)
         self.shared = SharedExperts(d_model, spec.shared_width, spec.shared_mix, rngs=rngs)
 
     def __call__(self, x: jax.Array, **kwargs):

@@ -120,7 +120,8 @@ def make_record(routing: Routing, plan, pair_cos: jax.Array | None) -> RoutingRe
     return jax.tree.map(lambda a: a[None], record)
 
 
-def routed_experts_forward(x: jax.Array, routing: Routing, weights, spec: MoESpec):
+def routed_experts_forward(x: jax.Array, routing: Routing, weights, spec: MoESpec,
+                           engine=None):
     """Plan, engine and combine for routed experts.
 
     Args:
@@ -128,6 +129,9 @@ def routed_experts_forward(x: jax.Array, routing: Routing, weights, spec: MoESpe
       routing: the router's output for x.
       weights: ExpertWeights in the compute dtype.
       spec: the layer's options (engine, capacity, record_cosine).
+      engine: None for `ENGINES[spec.engine]`, or an engine object with `prepare_plan(plan)`
+        and the engines' call signature (`moejax.parallel.ExpertParallel`); the plan it
+        prepares (e.g. with extra drops marked) is the one the record reports.
 
     Returns:
       (y [T, D], record with R = 1).
@@ -138,7 +142,10 @@ def routed_experts_forward(x: jax.Array, routing: Routing, weights, spec: MoESpe
     if spec.engine == "capacity":
         capacity = capacity_for(x.shape[0], top_k, num_experts, spec.capacity_factor)
     plan = make_plan(routing.expert_idx, num_experts, capacity)
-    engine = ENGINES[spec.engine]
+    if engine is None:
+        engine = ENGINES[spec.engine]
+    else:
+        plan = engine.prepare_plan(plan)
     with_z = spec.record_cosine and spec.cosine_source == "activation"
     y_slots, z_slots = engine(x, plan, weights, with_activations=with_z)
     y = combine(y_slots, routing.gates, plan.kept)
@@ -151,8 +158,9 @@ def routed_experts_forward(x: jax.Array, routing: Routing, weights, spec: MoESpe
 class TopKMoE(nnx.Module):
     """Routed top-k experts: x [T, D] -> (y [T, D], record with R = 1)."""
 
-    def __init__(self, d_model: int, spec: MoESpec, *, rngs: nnx.Rngs):
+    def __init__(self, d_model: int, spec: MoESpec, *, rngs: nnx.Rngs, engine=None):
         self.spec = spec
+        self.engine = engine  # None: ENGINES[spec.engine]; else e.g. an ExpertParallel
         self.router = Router(d_model, spec.routed_experts, spec.routed_top_k, spec.router,
                              rngs=rngs)
         self.experts = Experts(spec.routed_experts, d_model, spec.routed_d_hidden, rngs=rngs)
@@ -160,7 +168,8 @@ class TopKMoE(nnx.Module):
     def __call__(self, x: jax.Array, **router_kwargs):
         """x: [T, D] compute dtype; router_kwargs (exclude, disable_top1) go to the router."""
         routing = self.router(x, **router_kwargs)
-        return routed_experts_forward(x, routing, self.experts.weights(x.dtype), self.spec)
+        return routed_experts_forward(x, routing, self.experts.weights(x.dtype), self.spec,
+                                      self.engine)
 
     def routers(self) -> list[Router]:
         """This block's routers in record order."""

@@ -1,6 +1,11 @@
 """Parallelism: the device mesh, logical axis rules and shardings (`jax.jit` + NamedSharding)."""
 
 from moejax.parallel.axes import DEFAULT_RULES, MESH_AXES
+from moejax.parallel.expert_parallel import (
+    EXPERT_PARALLEL_MODES,
+    ExpertParallel,
+    make_expert_parallel,
+)
 from moejax.parallel.mesh import MeshSpec, make_mesh
 from moejax.parallel.sharding import (
     batch_sharding,
@@ -10,6 +15,7 @@ from moejax.parallel.sharding import (
 )
 
 __all__ = [
-    "DEFAULT_RULES", "MESH_AXES", "MeshSpec", "batch_sharding", "logical_axes", "make_mesh",
+    "DEFAULT_RULES", "EXPERT_PARALLEL_MODES", "MESH_AXES", "ExpertParallel", "MeshSpec",
+    "batch_sharding", "logical_axes", "make_expert_parallel", "make_mesh",
     "shard_model_and_optimizer", "state_shardings",
 ]

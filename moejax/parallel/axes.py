@@ -1,9 +1,12 @@
 """Logical axis names and the default logical -> mesh axis rules.
 
 Parameters and activations are described by logical axes (what a dimension *is*); one table
-maps them to the (data, fsdp, expert, tensor) mesh. Batch goes over (data, fsdp), parameters
-are fully sharded over fsdp along their model-width dimension, expert weights over expert, and
-attention heads and hidden widths over tensor.
+maps them to the (data, fsdp, expert, tensor) mesh. Batch goes over (data, fsdp, expert): outside
+the expert layers the expert axis is one more data-parallel axis (as in MaxText and
+DeepSpeed-MoE), so attention is not recomputed on every expert shard, and inside them the
+expert-parallel engines exchange tokens along it. Parameters are fully sharded over fsdp along
+their model-width dimension, expert weights over expert, and attention heads and hidden widths
+over tensor.
 """
 
 from types import MappingProxyType
@@ -22,7 +25,7 @@ EXPERT_MLP = "expert_mlp"
 ROUTER_EXPERTS = "router_experts"
 
 DEFAULT_RULES = MappingProxyType({
-    BATCH: ("data", "fsdp"),
+    BATCH: ("data", "fsdp", "expert"),
     EMBED: "fsdp",
     VOCAB: "tensor",
     HEADS: "tensor",

@@ -20,6 +20,10 @@ class MeshSpec:
     """Mesh axis sizes; their product must equal the device count (one may be -1).
 
     `devices` is how many devices the mesh uses (-1: all of them; otherwise the first N).
+    `expert_parallel` picks how the routed experts run over the expert axis: "none" (XLA
+    partitions the engine like any other op) or a shard_map mode of
+    `moejax.parallel.expert_parallel` ("all_to_all", "ring", "ragged");
+    `pair_capacity_factor` sizes the all_to_all mode's per-pair buffers (None: never drops).
     """
 
     data: int = -1
@@ -27,6 +31,14 @@ class MeshSpec:
     expert: int = 1
     tensor: int = 1
     devices: int = -1
+    expert_parallel: str = "none"
+    pair_capacity_factor: float | None = None
+
+    def __post_init__(self):
+        modes = ("none", "all_to_all", "ring", "ragged")
+        if self.expert_parallel not in modes:
+            raise ValueError(f"mesh.expert_parallel={self.expert_parallel!r}; allowed: "
+                             f"{', '.join(modes)}")
 
     def shape(self, num_devices: int) -> tuple[int, ...]:
         """The four axis sizes for `num_devices` devices, -1 resolved."""

@@ -19,7 +19,13 @@ from flax import nnx
 
 from moejax.layers.decoder import Decoder
 from moejax.layers.options import spec_from_mapping
-from moejax.parallel import MeshSpec, batch_sharding, make_mesh, shard_model_and_optimizer
+from moejax.parallel import (
+    MeshSpec,
+    batch_sharding,
+    make_expert_parallel,
+    make_mesh,
+    shard_model_and_optimizer,
+)
 from moejax.regularizers import nmi_from_counts
 from moejax.train import data, step
 from moejax.train.checkpoint import Checkpointer
@@ -87,10 +93,10 @@ def _host_batch(config) -> int:
 
 
 def _check_batch_fits_mesh(batch_size: int, mesh) -> None:
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    shards = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
     if batch_size % shards:
         raise ValueError(f"train.batch_size={batch_size} is not divisible by mesh.data x "
-                         f"mesh.fsdp = {shards}")
+                         f"mesh.fsdp x mesh.expert = {shards} (the batch axes)")
 
 
 def _check_finite(metrics: dict, step_number: int, last_saved: int | None) -> None:
@@ -122,9 +128,12 @@ def train_and_evaluate(config, workdir) -> dict:
 
     # Mesh, model and optimizer: the state is placed on its shardings before any restore, so a
     # checkpoint written on another mesh restores onto this one.
-    mesh = make_mesh(spec_from_mapping(MeshSpec, config.get("mesh"), "mesh"))
+    mesh_spec = spec_from_mapping(MeshSpec, config.get("mesh"), "mesh")
+    mesh = make_mesh(mesh_spec)
     _check_batch_fits_mesh(train_cfg.batch_size, mesh)
-    model = Decoder(model_spec, rngs=nnx.Rngs(config.seed))
+    engine = make_expert_parallel(mesh_spec.expert_parallel, mesh,
+                                  pair_capacity_factor=mesh_spec.pair_capacity_factor)
+    model = Decoder(model_spec, rngs=nnx.Rngs(config.seed), engine=engine)
     optimizer = nnx.Optimizer(model, make_optimizer(train_cfg), wrt=nnx.Param)
     shard_model_and_optimizer(model, optimizer, mesh)
     tokens_sharding = batch_sharding(mesh)

@@ -13,6 +13,7 @@ from moejax.layers.decoder import Decoder, decoder_spec_from_config
 from moejax.parallel import (
     MeshSpec,
     batch_sharding,
+    make_expert_parallel,
     make_mesh,
     shard_model_and_optimizer,
     state_shardings,
@@ -28,8 +29,9 @@ SPEC = {"vocab_size": 32, "d_model": 16, "num_layers": 2, "num_heads": 2, "num_k
 LOSSES = LossSpec(lb=1e-2, z=1e-3, sp=2e-3, cp=1e-3)
 
 
-def _train(mesh, steps=3):
-    model = Decoder(decoder_spec_from_config(SPEC), rngs=nnx.Rngs(0))
+def _train(mesh, steps=3, expert_parallel="none"):
+    engine = make_expert_parallel(expert_parallel, mesh) if mesh is not None else None
+    model = Decoder(decoder_spec_from_config(SPEC), rngs=nnx.Rngs(0), engine=engine)
     optimizer = nnx.Optimizer(model, optax.adamw(1e-2), wrt=nnx.Param)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 32, (8, 9)), jnp.int32)
     if mesh is not None:
@@ -57,6 +59,18 @@ def test_three_sharded_steps_equal_single_device(mesh_spec):
     w_gate = shardings["layers"][0]["ffn"]["block"]["experts"]["w_gate"]
     w_gate = getattr(w_gate, "value", w_gate)
     assert w_gate.spec[0] == "expert"
+
+
+@pytest.mark.parametrize("mesh_spec, mode", [
+    (MeshSpec(data=2, expert=4), "all_to_all"),
+    (MeshSpec(data=1, fsdp=2, expert=2, tensor=2), "ring"),
+])
+def test_three_expert_parallel_steps_equal_single_device(mesh_spec, mode):
+    want_losses, want = _train(None)
+    got_losses, got = _train(make_mesh(mesh_spec), expert_parallel=mode)
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
 
 
 def test_expert_axis_that_does_not_divide_experts_is_an_error():

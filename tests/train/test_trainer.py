@@ -59,17 +59,21 @@ def test_tiny_trains_logs_checkpoints_and_reports(tmp_path):
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2, 3, 4]
 
 
-def test_checkpoint_from_a_sharded_mesh_restores_on_one_device(tmp_path):
-    """2 steps with the batch over 2 devices, then resume on a 1-device mesh: same losses."""
+@pytest.mark.parametrize("resume_mesh", [{"devices": 1}, {"devices": 2, "data": 1, "fsdp": 2}])
+def test_checkpoint_from_an_expert_parallel_mesh_restores_on_another(tmp_path, resume_mesh):
+    """2 steps on data=2 x expert=2 (ring of experts), then resume on one device or on an
+    fsdp=2 mesh: the same losses as a straight single-device run."""
     import jax
 
     straight = tmp_path / "straight"
-    train_and_evaluate(_tiny(steps=3), straight)
-    config = _tiny(steps=3)
-    config.mesh.devices = 2  # data=2
+    train_and_evaluate(_tiny(steps=3, batch_size=4), straight)
+    config = _tiny(steps=3, batch_size=4)
+    config.mesh.update(devices=4, data=2, expert=2, expert_parallel="ring")
     sharded = tmp_path / "sharded"
     _interrupted_after_two_steps(config, sharded)
-    last = train_and_evaluate(_tiny(steps=3), sharded)  # resumes on one device
+    resumed = _tiny(steps=3, batch_size=4)
+    resumed.mesh.update(**resume_mesh)
+    last = train_and_evaluate(resumed, sharded)
     assert last["step"] == 3 and len(jax.devices()) == 8
     np.testing.assert_allclose(list(_losses(sharded).values()),
                                list(_losses(straight).values()), rtol=1e-5)
