@@ -9,10 +9,11 @@ document it ends); ids index the sorted `domain_names(spec)` and are the same fo
 
 `make_dataset` builds a grain pipeline over the windows:
 
-    MapDataset.source(windows)[process_index::process_count]   per-host disjoint shard
+    MapDataset.source(windows)
       .shuffle(seed)                                            train only; reseeded every epoch
       .repeat(None)                                             endless
-      .batch(batch_size)                                        batches may straddle epochs
+      [process_index::process_count]                            this host's rows of each batch
+      .batch(batch_size)                                        host batch; may straddle epochs
       .to_iter_dataset(ReadOptions(num_threads, prefetch))      threads, no worker processes
 
 Iterator state: `iterator.get_state()` is grain's JSON-serialisable dict `{"next_index": int}`
@@ -156,8 +157,9 @@ def make_dataset(spec: DataSpec, split: str, *, seq_len: int, batch_size: int, s
       seq_len: model sequence length S; windows hold S + 1 tokens.
       batch_size: windows per batch B on this host.
       seed: shuffle seed in 0..2**32-1 (unused for validation).
-      process_index: this host's index; it reads windows process_index, +process_count, ...
-      process_count: number of hosts; their shards are disjoint and cover every window.
+      process_index: this host's index; it reads stream elements process_index,
+        + process_count, ... of the shuffled, repeated split.
+      process_count: number of hosts; together they read every global batch once.
       shuffle: shuffle windows with `seed` (default: train only). Evaluation uses a shuffled,
         fixed sample of the validation split, so its few batches span many documents.
 
@@ -183,9 +185,13 @@ def make_dataset(spec: DataSpec, split: str, *, seq_len: int, batch_size: int, s
         raise ValueError(f"the {split} split has {windows.num_tokens} tokens, {len(windows)} "
                          f"windows of seq_len + 1 = {seq_len + 1}; fewer than "
                          f"process_count={process_count}: use a larger corpus or shorter seq_len")
-    dataset = grain.MapDataset.source(windows)[process_index::process_count]
+    dataset = grain.MapDataset.source(windows)
     if (split == "train") if shuffle is None else shuffle:
         dataset = dataset.shuffle(seed=seed)
-    dataset = dataset.repeat(None).batch(batch_size, drop_remainder=True)
+    # Shuffle and repeat the whole split, then deal it out: batch i of process p holds stream
+    # elements p, p + P, ... of global batch i, so P processes together see exactly the global
+    # batches of one process (and their iterator states are equal: one saved state resumes all).
+    dataset = dataset.repeat(None)[process_index::process_count]
+    dataset = dataset.batch(batch_size, drop_remainder=True)
     return dataset.to_iter_dataset(grain.ReadOptions(
         num_threads=spec.num_threads, prefetch_buffer_size=spec.prefetch_buffer_size))

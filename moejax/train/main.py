@@ -1,6 +1,10 @@
 """moejax-train: `moejax-train --config configs/NAME.py[:arg] --workdir DIR [--config.a.b=value]`.
 
 `--dry-run` prints the resolved config and the parameter counts (from shapes only) and exits.
+Several hosts: start the same command on every host with `--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I` (or the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+JAX_PROCESS_ID environment variables), or `--distributed_cluster` under SLURM / MPI /
+Kubernetes; see `moejax/parallel/distributed.py`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,14 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics and checkpoints.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print config and parameter counts, then exit.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host: HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Multi-host: number of processes (or JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "Multi-host: this process's index (or JAX_PROCESS_ID).")
+_CLUSTER = flags.DEFINE_bool(
+    "distributed_cluster", False, "Multi-host: let JAX detect SLURM, MPI, Kubernetes or TPU.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -34,6 +46,10 @@ def _main(argv):
     if _DRY_RUN.value:
         print(dry_run(_CONFIG.value))
         return
+    from moejax.parallel.distributed import distributed_spec, initialize_distributed
+
+    initialize_distributed(distributed_spec(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                            _PROCESS_ID.value), cluster=_CLUSTER.value)
     from moejax.train.trainer import train_and_evaluate
 
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -53,11 +53,12 @@ class _StopRequest:
                 signal.signal(signum, handler)
 
 
-def evaluate(model, data_spec, config, num_domains: int) -> dict:
+def evaluate(model, data_spec, config, num_domains: int, sharding) -> dict:
     """Validation loss, bits per byte, expert-by-domain counts and NMI on fixed batches.
 
     With `train.eval_top1_disabled`, also the loss with each token's top-1 expert disabled in
-    every router (CartesianMoE's robustness test).
+    every router (CartesianMoE's robustness test). Each process reads its part of every
+    batch; `sharding` assembles the global batch.
     """
     results = {}
     modes = [False, True] if config.train.get("eval_top1_disabled", False) else [False]
@@ -70,8 +71,9 @@ def evaluate(model, data_spec, config, num_domains: int) -> dict:
         losses, counts = [], 0.0
         for _ in range(config.train.eval_batches):
             batch = next(batches)
-            out = step.eval_step(model, batch["tokens"], batch["domains"], num_domains,
-                                 disable_top1)
+            tokens, domains = (jax.make_array_from_process_local_data(sharding, batch[name])
+                               for name in ("tokens", "domains"))
+            out = step.eval_step(model, tokens, domains, num_domains, disable_top1)
             losses.append(float(out["loss"]))
             counts = counts + np.asarray(out.get("domain_counts", 0.0))
         suffix = "_top1_disabled" if disable_top1 else ""
@@ -171,7 +173,8 @@ def train_and_evaluate(config, workdir) -> dict:
             bar.set_postfix(loss=f"{float(metrics['loss']):.3f}",
                             tok_s=f"{(step_number - start) * tokens_per_step / elapsed:.0f}")
             if step_number % train_cfg.eval_every == 0 or last:
-                metrics.update(evaluate(model, data_spec, config, len(domain_names)),
+                metrics.update(evaluate(model, data_spec, config, len(domain_names),
+                                        tokens_sharding),
                                **{"eval/domain_names": domain_names})
             if step_number % train_cfg.log_every == 0 or last or "val_loss" in metrics:
                 metrics["tokens_per_s"] = (step_number - start) * tokens_per_step / elapsed

@@ -151,6 +151,21 @@ def test_host_shards_are_disjoint_and_cover(tmp_path, process_count, split):
     assert union == everything
 
 
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_processes_together_read_the_single_process_batches(tmp_path, process_count):
+    """Global batch i of P processes (host batch 4/P each) holds the windows of batch i of one
+    process (batch 4), over more than one epoch."""
+    spec = _spec(tmp_path)
+    steps = data.num_sequences(spec, "train", seq_len=SEQ_LEN) // 2  # two epochs of batch 4
+    single = _take(spec, "train", steps, batch_size=4, seed=5)
+    hosts = [_take(spec, "train", steps, batch_size=4 // process_count, seed=5,
+                   process_index=index, process_count=process_count)
+             for index in range(process_count)]
+    for step_number, batch in enumerate(single):
+        together = [row for host in hosts for row in _rows([host[step_number]])]
+        assert sorted(together) == sorted(_rows([batch]))
+
+
 @pytest.mark.parametrize("skip", [1, 3])  # 3 batches of 2 cross the epoch boundary
 def test_resume_gives_the_identical_next_batch(tmp_path, skip):
     spec = _spec(tmp_path, num_threads=2)
