@@ -156,8 +156,15 @@ def _run_sharded(body, mesh, x, routing: tuple, weights: ExpertWeights, with_act
     return out if with_activations else (out, None)
 
 
-def make_expert_parallel(mode: str, mesh, *, pair_capacity_factor: float | None = None):
-    """An ExpertParallel engine for `mesh.expert_parallel=mode`, or None for "none"."""
+def make_expert_parallel(mode: str, mesh, *, pair_capacity_factor: float | None = None,
+                         moe_engine: str | None = None):
+    """An ExpertParallel engine for `mesh.expert_parallel=mode`, or None for "none".
+
+    `moe_engine` (the config's `moe.engine`) is checked against the mode when given.
+    """
     if mode == "none":
         return None
+    if mode == "all_to_all" and moe_engine not in (None, "capacity"):
+        raise ValueError(f"mesh.expert_parallel='all_to_all' needs moe.engine='capacity', not "
+                         f"{moe_engine!r}; the dropless modes are 'ring' and 'ragged'")
     return ExpertParallel(mesh, mode, pair_capacity_factor)

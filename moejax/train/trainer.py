@@ -134,7 +134,8 @@ def train_and_evaluate(config, workdir) -> dict:
     mesh = make_mesh(mesh_spec)
     _check_batch_fits_mesh(train_cfg.batch_size, mesh)
     engine = make_expert_parallel(mesh_spec.expert_parallel, mesh,
-                                  pair_capacity_factor=mesh_spec.pair_capacity_factor)
+                                  pair_capacity_factor=mesh_spec.pair_capacity_factor,
+                                  moe_engine=model_spec.moe.engine)
     model = Decoder(model_spec, rngs=nnx.Rngs(config.seed), engine=engine)
     optimizer = nnx.Optimizer(model, make_optimizer(train_cfg), wrt=nnx.Param)
     shard_model_and_optimizer(model, optimizer, mesh)

@@ -142,6 +142,11 @@ def test_bad_combinations_are_clear_errors(mode, engine, message):
         _run(spec, _engine(mode, "expert8"), _tokens())
 
 
+def test_all_to_all_without_capacity_engine_is_an_error_at_construction():
+    with pytest.raises(ValueError, match="needs moe.engine='capacity', not 'dropless'"):
+        make_expert_parallel("all_to_all", make_mesh(MESHES["expert8"]), moe_engine="dropless")
+
+
 def test_unknown_mode_names_the_options():
     with pytest.raises(ValueError, match="allowed: none, all_to_all, ring, ragged"):
         make_expert_parallel("alltoall", make_mesh(MESHES["expert8"]))
