@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from moejax.layers.decoder import Decoder, decoder_spec_from_config
+from moejax.layers.router import RouterBias
 from moejax.parallel import (
     MeshSpec,
     batch_sharding,
@@ -29,17 +30,21 @@ SPEC = {"vocab_size": 32, "d_model": 16, "num_layers": 2, "num_heads": 2, "num_k
 LOSSES = LossSpec(lb=1e-2, z=1e-3, sp=2e-3, cp=1e-3)
 
 
-def _train(mesh, steps=3, expert_parallel="none"):
+BIASED = dict(SPEC, moe=dict(SPEC["moe"], router={"use_bias": True}))
+BIAS_LOSSES = LossSpec(lb=1e-2, lb_variant="global", z=1e-3, sp=2e-3, cp=1e-3, bias_rate=1e-2)
+
+
+def _train(mesh, steps=3, expert_parallel="none", spec=SPEC, losses=LOSSES):
     engine = make_expert_parallel(expert_parallel, mesh) if mesh is not None else None
-    model = Decoder(decoder_spec_from_config(SPEC), rngs=nnx.Rngs(0), engine=engine)
+    model = Decoder(decoder_spec_from_config(spec), rngs=nnx.Rngs(0), engine=engine)
     optimizer = nnx.Optimizer(model, optax.adamw(1e-2), wrt=nnx.Param)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 32, (8, 9)), jnp.int32)
     if mesh is not None:
         shard_model_and_optimizer(model, optimizer, mesh)
         tokens = jax.device_put(tokens, batch_sharding(mesh))
-    losses = [float(step.train_step(model, optimizer, tokens, LOSSES)["total_loss"])
+    totals = [float(step.train_step(model, optimizer, tokens, losses)["total_loss"])
               for _ in range(steps)]
-    return losses, nnx.state(model, nnx.Param)
+    return totals, nnx.state(model, (nnx.Param, RouterBias))
 
 
 @pytest.mark.parametrize("mesh_spec", [
@@ -57,7 +62,7 @@ def test_three_sharded_steps_equal_single_device(mesh_spec):
     experts = nnx.state(Decoder(decoder_spec_from_config(SPEC), rngs=nnx.Rngs(0)))
     shardings = state_shardings(experts, mesh)
     w_gate = shardings["layers"][0]["ffn"]["block"]["experts"]["w_gate"]
-    w_gate = getattr(w_gate, "value", w_gate)
+    w_gate = w_gate.get_value() if isinstance(w_gate, nnx.Variable) else w_gate
     assert w_gate.spec[0] == "expert"
 
 
@@ -66,8 +71,12 @@ def test_three_sharded_steps_equal_single_device(mesh_spec):
     (MeshSpec(data=1, fsdp=2, expert=2, tensor=2), "ring"),
 ])
 def test_three_expert_parallel_steps_equal_single_device(mesh_spec, mode):
-    want_losses, want = _train(None)
-    got_losses, got = _train(make_mesh(mesh_spec), expert_parallel=mode)
+    """Global-batch load balance and the aux-loss-free bias update included."""
+    want_losses, want = _train(None, spec=BIASED, losses=BIAS_LOSSES)
+    got_losses, got = _train(make_mesh(mesh_spec), expert_parallel=mode, spec=BIASED,
+                             losses=BIAS_LOSSES)
+    biases = [b for b in jax.tree.leaves(nnx.state(want)) if b.ndim == 1 and b.shape[0] == 8]
+    assert biases and any(np.abs(np.asarray(b)).max() > 0 for b in biases)
     np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
