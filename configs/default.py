@@ -40,7 +40,7 @@ def get_config(arg=None):
     config.model.moe.sub_d_hidden = ml_collections.config_dict.placeholder(int)
     config.model.moe.engine = "dropless"  # "dense", "capacity" or "dropless"
     config.model.moe.capacity_factor = 1.25  # capacity engine: C = ceil(cf * T * k / E)
-    config.model.moe.record_cosine = False  # record per-token cosine (set by the trainer)
+    config.model.moe.record_cosine = False  # per-token cosine in the record (on if a loss needs it)
     config.model.moe.cosine_source = "activation"  # cosine of "activation" z or "output"
 
     config.model.moe.router = ml_collections.ConfigDict()  # maps onto moejax.RouterSpec

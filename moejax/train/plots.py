@@ -233,3 +233,36 @@ def plot_expert_domain(rows: list[dict], path: pathlib.Path) -> str | None:
     fig.suptitle(f"Expert vs document domain (eval at step {row['step']})")
     _save(fig, path)
     return None
+
+
+_COMPARED = (("loss", "train loss (nats / token)"), ("routing/entropy", "routing entropy (nats)"),
+             ("routing/specialization", "specialization (mean squared cosine)"))
+
+
+def plot_variants(runs: dict, path: pathlib.Path) -> str | None:
+    """Side by side: train loss, routing entropy and specialization vs step, one line per variant.
+
+    Args:
+      runs: variant name -> list of logged rows of each seed; a seed's per-router values are
+        averaged over routers, then the seeds' curves (on their common steps) are averaged.
+      path: the PNG to write.
+    """
+    fig, axes = _figure(len(_COMPARED), width=5.2, height=3.8)
+    drawn = False
+    for ax, (key, label) in zip(axes, _COMPARED):
+        for name, seeds in runs.items():
+            curves = [series(rows, key) for rows in seeds]
+            curves = [(s, v.reshape(len(s), -1).mean(-1)) for s, v in curves if s is not None]
+            if not curves:
+                continue
+            steps = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
+            mean = np.mean([[dict(zip(s.tolist(), v))[t] for t in steps] for s, v in curves], 0)
+            ax.plot(steps, mean, label=name)
+            drawn = True
+        ax.set(title=label, xlabel="step")
+        ax.grid(alpha=0.3)
+    if not drawn:
+        return "no loss or routing metrics logged"
+    axes[0].legend(fontsize="small")
+    _save(fig, path)
+    return None

@@ -37,6 +37,8 @@ def specs_from_config(config) -> tuple[DecoderSpec, LossSpec]:
     if loss.bias_rate > 0 and not model.moe.router.use_bias:
         raise ValueError(f"loss.bias_rate={loss.bias_rate} needs model.moe.router.use_bias=True")
     source = loss.needs_cosine
-    moe = dataclasses.replace(model.moe, record_cosine=source is not None,
+    # the losses' needs, or an explicit model.moe.record_cosine (to measure specialization)
+    moe = dataclasses.replace(model.moe, record_cosine=source is not None or
+                              model.moe.record_cosine,
                               cosine_source=source or model.moe.cosine_source)
     return dataclasses.replace(model, moe=moe), loss

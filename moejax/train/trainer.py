@@ -161,13 +161,16 @@ def train_and_evaluate(config, workdir) -> dict:
     tokens_per_step = train_cfg.batch_size * train_cfg.seq_len
     bar = tqdm.tqdm(total=train_cfg.steps, initial=start, unit="step", dynamic_ncols=True,
                     disable=not train_cfg.progress or jax.process_index() != 0)
-    row, started = {}, time.perf_counter()
+    row, started, step_seconds = {}, time.perf_counter(), []
     with _StopRequest().installed() as stop, contextlib.closing(writer), bar:
         for step_number in range(start + 1, train_cfg.steps + 1):
+            step_started = time.perf_counter()
             batch = next(train_batches)
             tokens = jax.make_array_from_process_local_data(tokens_sharding, batch["tokens"])
             metrics = step.train_step(model, optimizer, tokens, loss_spec)
-            _check_finite(metrics, step_number, last_saved)
+            _check_finite(metrics, step_number, last_saved)  # waits for the step
+            if step_number > start + 1:  # the first step of a run includes compilation
+                step_seconds.append(time.perf_counter() - step_started)
             last = step_number == train_cfg.steps or stop.signal is not None
             elapsed = time.perf_counter() - started
             bar.update(1)
@@ -179,6 +182,8 @@ def train_and_evaluate(config, workdir) -> dict:
                                **{"eval/domain_names": domain_names})
             if step_number % train_cfg.log_every == 0 or last or "val_loss" in metrics:
                 metrics["tokens_per_s"] = (step_number - start) * tokens_per_step / elapsed
+                if step_seconds:  # data + step, median since the start of this run
+                    metrics["step_ms"] = 1e3 * float(np.median(step_seconds))
                 metrics["learning_rate"] = float(_learning_rate(train_cfg, step_number))
                 row = writer.write(step_number, metrics)
                 if "val_loss" in metrics:

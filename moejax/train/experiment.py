@@ -1,0 +1,176 @@
+"""moejax-experiment: run a suite of matched variants over seeds and write its report.
+
+    moejax-experiment --suite specialization|cartesian|baselines|all --workdir DIR
+                      [--seeds N] [--quick]
+
+Each run trains in DIR/<suite>/<variant>/seed_<i> (finished runs are skipped, so an interrupted
+suite continues where it stopped); the report DIR/<suite>/report.md has, per variant, the mean
+and standard deviation over seeds of the final numbers, each claim's verdict
+(`experiment_stats.py`), the side-by-side plot and links to every seed-0 run report.
+Suites and scales are in `experiment_suites.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from absl import app, flags, logging
+
+from moejax.train import experiment_stats as stats
+from moejax.train import plots
+from moejax.train.experiment_suites import CLAIMS, SUITES, Variant, variant_config
+from moejax.train.report import METRICS_FILE, read_metrics
+
+COLUMNS = (("val_loss", "val loss"), ("val_perplexity", "val ppl"),
+           ("routing_entropy", "routing entropy"), ("specialization", "specialization"),
+           ("pathway_entropy", "pathway entropy"), ("domain_nmi", "domain NMI"),
+           ("load_cv", "load CV"), ("dropped_fraction", "dropped"), ("step_ms", "step ms"),
+           ("top1_disabled_increase", "top-1 off: +val loss"))
+
+
+def flat_config(config) -> dict:
+    """A ConfigDict as {dotted key: value}."""
+    out = {}
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            out.update({f"{key}.{k}": v for k, v in flat_config(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def config_differences(suite: str, *, quick: bool = False, config_dir=None) -> dict:
+    """variant name -> {dotted key: value} where its config differs from the first variant's."""
+    variants = SUITES[suite]
+    first = flat_config(variant_config(variants[0], seed=0, quick=quick, config_dir=config_dir))
+    out = {}
+    for variant in variants:
+        config = flat_config(variant_config(variant, seed=0, quick=quick, config_dir=config_dir))
+        out[variant.name] = {key: config.get(key) for key in sorted(set(first) | set(config))
+                             if config.get(key) != first.get(key)}
+    return out
+
+
+def run_dir(workdir: pathlib.Path, suite: str, variant: Variant, seed: int) -> pathlib.Path:
+    return workdir / suite / variant.name.replace("/", "__") / f"seed_{seed}"
+
+
+def _finished(directory: pathlib.Path, steps: int) -> bool:
+    path = directory / METRICS_FILE
+    if not path.exists():
+        return False
+    rows = read_metrics(path)
+    return bool(rows) and rows[-1]["step"] >= steps and "val_loss" in rows[-1]
+
+
+def run_suite(suite: str, workdir, *, seeds: int, quick: bool = False, config_dir=None) -> dict:
+    """Trains every (variant, seed) not yet finished; returns variant name -> rows per seed."""
+    from moejax.train.trainer import train_and_evaluate
+
+    workdir = pathlib.Path(workdir).resolve()
+    runs = {}
+    for variant in SUITES[suite]:
+        runs[variant.name] = []
+        for seed in range(seeds):
+            config = variant_config(variant, seed=seed, quick=quick, config_dir=config_dir)
+            config.train.report = config.train.report and seed == 0
+            directory = run_dir(workdir, suite, variant, seed)
+            if not _finished(directory, config.train.steps):
+                print(f"[{suite}] {variant.name} seed {seed} -> {directory}", flush=True)
+                train_and_evaluate(config, directory)
+            runs[variant.name].append(read_metrics(directory / METRICS_FILE))
+    return runs
+
+
+def _cell(values) -> str:
+    mean, std = stats.mean_std(values)
+    return "n/a" if mean != mean else f"{mean:.4g} ± {std:.2g}"
+
+
+def _claim_rows(suite: str, finals: dict) -> list[str]:
+    lines = ["| claim | A (mean ± std) | B (mean ± std) | improvement ± se | verdict |",
+             "|---|---|---|---|---|"]
+    for claim in CLAIMS[suite]:
+        if claim.metric == "step_ms_overhead":
+            a, b = finals[claim.better]["step_ms"], finals[claim.than]["step_ms"]
+            label, value, se = stats.overhead_verdict(a, b)
+            shown = f"overhead {value:+.2%} ± {se:.2%}"
+        else:
+            a, b = finals[claim.better][claim.metric], finals[claim.than][claim.metric]
+            label, value, se = stats.verdict(a, b, lower_is_better=claim.lower_is_better)
+            shown = f"{value:+.4g} ± {se:.2g}"
+        lines.append(f"| {claim.text} ({claim.better} vs {claim.than}) | {_cell(a)} | "
+                     f"{_cell(b)} | {shown} | **{label}** |")
+    return lines
+
+
+def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
+                       config_dir=None) -> pathlib.Path:
+    """Writes DIR/<suite>/report.md and DIR/<suite>/variants.png; returns the report path."""
+    suite_dir = pathlib.Path(workdir).resolve() / suite
+    finals = {name: {} for name in runs}
+    for name, seeds in runs.items():
+        per_seed = [stats.run_metrics(rows) for rows in seeds]
+        finals[name] = {key: [m[key] for m in per_seed] for key in per_seed[0]}
+    seeds = len(next(iter(runs.values())))
+    columns = [(key, label) for key, label in COLUMNS  # those measured for some variant
+               if any(v == v for name in runs for v in finals[name][key])]
+    lines = [f"# Experiment: {suite}", "",
+             f"{len(runs)} variants x {seeds} seeds, {'quick (toy) scale' if quick else 'default scale'}"
+             f"; cells are mean ± sample std over seeds (final evaluation; routing numbers from "
+             "the last logged training batch, averaged over routers).", "",
+             "| variant | " + " | ".join(label for _, label in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for name in runs:
+        cells = [_cell(finals[name][key]) for key, _ in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Claims", "", "Verdict rule: `moejax/train/experiment_stats.py`.", ""]
+    lines += _claim_rows(suite, finals)
+    lines += ["", "## What differs between the variants", ""]
+    for name, diff in config_differences(suite, quick=quick, config_dir=config_dir).items():
+        shown = ", ".join(f"`{k}={v}`" for k, v in diff.items()) or "(the reference)"
+        lines.append(f"- {name}: {shown}")
+    reason = plots.plot_variants(runs, suite_dir / "variants.png")
+    lines += ["", "## Curves", "", reason or "![variants](variants.png)", ""]
+    for variant in SUITES[suite]:
+        report = run_dir(suite_dir.parent, suite, variant, 0) / "report.md"
+        if report.exists():
+            lines.append(f"- [{variant.name}, seed 0]({report.relative_to(suite_dir)})")
+    path = suite_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    (suite_dir / "finals.json").write_text(json.dumps(finals, indent=1) + "\n")
+    return path
+
+
+def _main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+    options = flags.FLAGS
+    seeds = options.seeds or (2 if options.quick else 3)
+    if seeds < 1:
+        sys.exit(f"moejax-experiment: --seeds={seeds}; allowed: >= 1")
+    suites = list(SUITES) if options.suite == "all" else [options.suite]
+    for suite in suites:
+        runs = run_suite(suite, options.workdir, seeds=seeds, quick=options.quick,
+                         config_dir=options.configs)
+        print(write_suite_report(suite, options.workdir, runs, quick=options.quick,
+                                 config_dir=options.configs))
+
+
+def run():
+    """Console-script entry point. Flags are defined here, not at import, so this module can be
+    imported next to moejax.train.main (which defines its own --workdir)."""
+    flags.DEFINE_enum("suite", None, [*SUITES, "all"], "Suite to run.")
+    flags.DEFINE_string("workdir", None, "Directory for the runs and reports.")
+    flags.DEFINE_integer("seeds", None, "Seeds per variant (default 3; --quick: 2).")
+    flags.DEFINE_bool("quick", False, "Toy scale (a smoke test, not evidence).")
+    flags.DEFINE_string("configs", None, "configs/ directory (default: the checkout's).")
+    flags.mark_flags_as_required(["suite", "workdir"])
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,71 @@
+"""moejax-experiment: statistics against NumPy, matched variants, and --quick end to end."""
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from moejax.train import experiment
+from moejax.train import experiment_stats as stats
+from moejax.train.experiment_suites import CLAIMS, SUITES
+
+
+def test_mean_std_and_verdicts_against_numpy():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 0.1, 5), rng.normal(2.0, 0.1, 4)
+    mean, std = stats.mean_std(a)
+    assert mean == pytest.approx(a.sum() / 5)
+    assert std == pytest.approx(math.sqrt(((a - a.mean()) ** 2).sum() / 4))
+    label, improvement, se = stats.verdict(a, b)  # a is lower: reproduced
+    assert improvement == pytest.approx(b.mean() - a.mean())
+    assert se == pytest.approx(math.sqrt(a.var(ddof=1) / 5 + b.var(ddof=1) / 4))
+    assert label == "reproduced"
+    assert stats.verdict(b, a)[0] == "not reproduced"
+    assert stats.verdict(a, b, lower_is_better=False)[0] == "not reproduced"
+    assert stats.verdict(a, a + 0.01)[0].startswith("inconclusive")
+    assert stats.verdict(a[:1], b)[0].startswith("inconclusive")
+
+
+def test_overhead_verdict_is_paired_by_seed():
+    baseline = np.array([100.0, 200.0, 300.0])
+    assert stats.overhead_verdict(baseline * 1.005, baseline)[0] == "reproduced"
+    assert stats.overhead_verdict(baseline * 1.10, baseline)[0] == "not reproduced"
+    label, mean, se = stats.overhead_verdict(baseline * [1.0, 1.04, 1.02], baseline)
+    assert label.startswith("inconclusive") and mean == pytest.approx(0.02)
+    assert se == pytest.approx(np.std([0.0, 0.04, 0.02], ddof=1) / math.sqrt(3))
+
+
+@pytest.mark.parametrize("suite", list(SUITES))
+def test_variants_differ_only_in_the_intended_options(suite):
+    differences = experiment.config_differences(suite, quick=True)
+    reference = SUITES[suite][0]
+    for variant in SUITES[suite]:
+        changed = set(differences[variant.name])
+        if suite == "cartesian":  # the architectures differ, nothing else
+            assert changed and all(key.startswith("model.") for key in changed) or (
+                variant is reference and not changed)
+        else:
+            intended = {k for k in set(variant.overrides) | set(reference.overrides)
+                        if variant.overrides.get(k) != reference.overrides.get(k)}
+            assert changed == intended, variant.name
+
+
+def test_every_claim_names_variants_of_its_suite():
+    for suite, claims in CLAIMS.items():
+        names = {v.name for v in SUITES[suite]}
+        assert claims and all({c.better, c.than} <= names for c in claims)
+
+
+def test_quick_runs_every_suite_end_to_end(tmp_path):
+    for suite in SUITES:
+        runs = experiment.run_suite(suite, tmp_path, seeds=2, quick=True)
+        report = experiment.write_suite_report(suite, tmp_path, runs, quick=True)
+        text = report.read_text()
+        table = text.split("## Claims")[0]
+        cells = re.findall(r"\| ([^|]*±[^|]*) ", table)
+        assert len(cells) >= len(SUITES[suite]) * 8
+        numbers = [float(x) for cell in cells for x in cell.split("±")]
+        assert all(math.isfinite(x) for x in numbers), table
+        assert text.count("**") == 2 * len(CLAIMS[suite])  # one verdict per claim
+        assert (tmp_path / suite / "variants.png").exists()
