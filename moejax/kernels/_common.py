@@ -1,0 +1,95 @@
+"""Shared plumbing of the kernels: implementation choice, interpret mode, block padding.
+
+Not a data-path stage. The Pallas kernels of this package are written once, in a subset of
+Pallas that both interpret mode and the Triton lowering accept: every load and store moves a
+power-of-two number of elements, inputs are padded in the wrapper so that no block reads past
+an array, and no kernel slices or concatenates register values. On CPU the kernels run in
+interpret mode (tested). On GPU they are lowered through Pallas's Triton backend
+(`compiler_params=pltriton.CompilerParams`, deprecated in jax 0.11 in favour of Mosaic GPU):
+lowering to Triton IR is tested on CPU, compiling and running on a GPU is NOT tested. TPU has
+no lowering: "auto" picks the jnp reference there, "pallas" raises NotImplementedError.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+try:  # Pallas's Triton backend; absent from some jax builds, removed in a future jax
+    from jax.experimental.pallas import triton as _pltriton
+except ImportError:  # pragma: no cover - depends on the installed jax
+    _pltriton = None
+
+KERNEL_IMPLEMENTATIONS = ("auto", "pallas", "jnp")
+_AUTO_PALLAS_BACKENDS = ("gpu",)  # where implementation="auto" picks the Pallas kernel
+_TRITON_NUM_WARPS = 4  # untuned: no GPU was available when the kernels were written
+
+
+def check_implementation(implementation: str) -> None:
+    """Raises ValueError unless `implementation` is one of KERNEL_IMPLEMENTATIONS."""
+    if implementation not in KERNEL_IMPLEMENTATIONS:
+        raise ValueError(
+            f"implementation={implementation!r}; allowed: {', '.join(KERNEL_IMPLEMENTATIONS)}"
+        )
+
+
+def use_pallas(implementation: str) -> bool:
+    """True when the Pallas kernel runs: "pallas", or "auto" on a GPU backend."""
+    check_implementation(implementation)
+    if implementation == "auto":
+        return jax.default_backend() in _AUTO_PALLAS_BACKENDS
+    return implementation == "pallas"
+
+
+def resolve_interpret(interpret: bool | None) -> bool:
+    """interpret=None: interpret mode on CPU, compiled (Triton) on GPU; TPU is not supported."""
+    if interpret is not None:
+        return bool(interpret)
+    backend = jax.default_backend()
+    if backend == "cpu":
+        return True
+    if backend == "gpu":
+        return False
+    raise NotImplementedError(
+        f"the Pallas kernels have no {backend} lowering; use implementation='jnp' or interpret=True"
+    )
+
+
+def compiler_params(interpret: bool):
+    """None in interpret mode, else the Triton backend's parameters (GPU)."""
+    if interpret:
+        return None
+    if _pltriton is None:
+        raise NotImplementedError(
+            "the Pallas GPU path needs jax.experimental.pallas.triton, which this jax lacks; "
+            "use implementation='jnp'"
+        )
+    return _pltriton.CompilerParams(num_warps=_TRITON_NUM_WARPS, num_stages=1)
+
+
+def check_block(name: str, value: int, minimum: int = 16) -> None:
+    """Raises ValueError unless value is a power of two >= minimum (Triton needs both)."""
+    if value < minimum or value & (value - 1):
+        raise ValueError(f"{name}={value} must be a power of two >= {minimum}")
+
+
+def next_power_of_2(value: int) -> int:
+    """The smallest power of two >= value (value >= 1)."""
+    return 1 << (max(value, 1) - 1).bit_length()
+
+
+def round_up(value: int, multiple: int) -> int:
+    """value rounded up to a multiple of `multiple`."""
+    return -(-value // multiple) * multiple
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+    """float32, or float64 for float64 inputs (gradient checks run in float64)."""
+    dtype = jnp.dtype(dtype)
+    return dtype if dtype == jnp.float64 else jnp.dtype(jnp.float32)
+
+
+def check_float(name: str, x: jax.Array) -> None:
+    """Raises ValueError unless x has a floating dtype."""
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{name} must have a floating dtype; got {x.dtype}")
