@@ -1,12 +1,13 @@
 """Kernels: the hot spots of the MoE data path, each behind one public function.
 
 Each kernel takes `implementation=` one of KERNEL_IMPLEMENTATIONS: "jnp" (the reference),
-"pallas" (the Pallas kernel with a custom_vjp; interpret mode on CPU) or "auto" (Pallas on
-GPU, jnp elsewhere). Anything else raises ValueError. `kernels/` imports nothing else from
+"pallas" (the Pallas kernel with a custom_vjp; interpret mode on CPU) or "auto" (the jnp
+reference for now: the GPU path has not yet run on a GPU; see `_common.py`). Anything else
+raises ValueError; `use_pallas(implementation)` says which one runs. `kernels/` imports nothing else from
 moejax.
 """
 
-from moejax.kernels._common import KERNEL_IMPLEMENTATIONS
+from moejax.kernels._common import KERNEL_IMPLEMENTATIONS, use_pallas
 from moejax.kernels.grouped_matmul import grouped_matmul
 from moejax.kernels.pairwise_cosine import pairwise_cosine, pairwise_cosine_sorted
 from moejax.kernels.topk_dispatch import TopKDispatch, topk_dispatch
@@ -18,4 +19,5 @@ __all__ = [
     "pairwise_cosine",
     "pairwise_cosine_sorted",
     "topk_dispatch",
+    "use_pallas",
 ]

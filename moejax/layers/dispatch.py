@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,25 +49,47 @@ def capacity_for(num_tokens: int, top_k: int, num_experts: int, capacity_factor:
     return max(1, math.ceil(capacity_factor * num_tokens * top_k / num_experts))
 
 
-def make_plan(expert_idx: jax.Array, num_experts: int, capacity: int | None = None) -> DispatchPlan:
+class SortedActivations(NamedTuple):
+    """Expert activations left in the engine's expert-sorted layout (not gathered to slots).
+
+    Attributes:
+      rows: [M, F] activations, one row per filled buffer row.
+      index: [T, K] int32 row of each slot; M (out of range) for a dropped slot.
+    """
+
+    rows: jax.Array
+    index: jax.Array
+
+
+def make_plan(expert_idx: jax.Array, num_experts: int, capacity: int | None = None,
+              dispatch=None) -> DispatchPlan:
     """Builds the dispatch plan.
 
     Args:
       expert_idx: [T, K] int chosen experts.
       num_experts: E.
       capacity: slots per expert C, or None for dropless.
+      dispatch: `kernels.TopKDispatch` of these choices (counts and expert-sorted positions
+        from the fused kernel), or None to compute them here with a stable argsort.
 
     Returns:
       DispatchPlan.
     """
     tokens, top_k = expert_idx.shape
     flat_expert = expert_idx.reshape(-1).astype(jnp.int32)
-    sorted_slots = jnp.argsort(flat_expert, stable=True).astype(jnp.int32)
-    tokens_per_expert = jnp.bincount(flat_expert, length=num_experts).astype(jnp.int32)
-    group_start = jnp.cumsum(tokens_per_expert) - tokens_per_expert
-    rank_sorted = jnp.arange(tokens * top_k, dtype=jnp.int32) - group_start[flat_expert[sorted_slots]]
-    position = jnp.zeros_like(flat_expert).at[sorted_slots].set(rank_sorted)
-    position_in_expert = position.reshape(tokens, top_k)
+    slot_ids = jnp.arange(tokens * top_k, dtype=jnp.int32)
+    if dispatch is None:
+        sorted_slots = jnp.argsort(flat_expert, stable=True).astype(jnp.int32)
+        tokens_per_expert = jnp.bincount(flat_expert, length=num_experts).astype(jnp.int32)
+        group_start = jnp.cumsum(tokens_per_expert) - tokens_per_expert
+        rank_sorted = slot_ids - group_start[flat_expert[sorted_slots]]
+        position_in_expert = jnp.zeros_like(flat_expert).at[sorted_slots].set(rank_sorted)
+        position_in_expert = position_in_expert.reshape(tokens, top_k)
+    else:  # a permutation: invert it with one scatter instead of sorting
+        sorted_slots = jnp.zeros_like(slot_ids).at[
+            dispatch.expert_sorted_index.reshape(-1)].set(slot_ids)
+        tokens_per_expert = dispatch.tokens_per_expert.astype(jnp.int32)
+        position_in_expert = dispatch.position_in_expert.astype(jnp.int32)
     if capacity is None:
         kept = jnp.ones((tokens, top_k), bool)
     else:

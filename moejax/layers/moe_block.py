@@ -12,9 +12,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from moejax.kernels import pairwise_cosine
+from moejax.kernels import (
+    KERNEL_IMPLEMENTATIONS,
+    pairwise_cosine,
+    pairwise_cosine_sorted,
+    use_pallas,
+)
 from moejax.layers.combine import combine
-from moejax.layers.dispatch import capacity_for, make_plan
+from moejax.layers.dispatch import SortedActivations, capacity_for, make_plan
 from moejax.layers.engines import ENGINES
 from moejax.layers.experts import Experts
 from moejax.layers.router import Router, RouterSpec, Routing
@@ -36,6 +41,9 @@ class MoESpec:
       shared_mix: how shared experts join the routed output: "sum" (DeepSeekMoE) or
         "softmax" (a learned 2-way softmax gate, CartesianMoE).
       engine: "dense", "capacity" or "dropless".
+      kernel: "auto", "pallas" or "jnp": the fused top-k dispatch and pairwise-cosine
+        kernels (`moejax.kernels`) or their jnp references; "auto" is jnp until the Pallas
+        kernels have been checked on a GPU.
       capacity_factor: C = ceil(capacity_factor * T * k / E) for the capacity engine.
       record_cosine: put each token's [K, K] cosine of its chosen experts in the record.
       cosine_source: what that cosine compares: "activation" (the SwiGLU z, for the
@@ -52,6 +60,7 @@ class MoESpec:
     sub_d_hidden: int | None = None
     shared_mix: str = "sum"
     engine: str = "dropless"
+    kernel: str = "auto"
     capacity_factor: float = 1.25
     record_cosine: bool = False
     cosine_source: str = "activation"
@@ -71,6 +80,9 @@ class MoESpec:
             )
         if self.engine not in ENGINES:
             raise ValueError(f"moe.engine={self.engine!r}; allowed: {', '.join(ENGINES)}")
+        if self.kernel not in KERNEL_IMPLEMENTATIONS:
+            raise ValueError(f"moe.kernel={self.kernel!r}; allowed: "
+                             f"{', '.join(KERNEL_IMPLEMENTATIONS)}")
         if self.cosine_source not in ("activation", "output"):
             raise ValueError(f"moe.cosine_source={self.cosine_source!r}; allowed: activation, "
                              "output")
@@ -141,17 +153,20 @@ def routed_experts_forward(x: jax.Array, routing: Routing, weights, spec: MoESpe
     capacity = None
     if spec.engine == "capacity":
         capacity = capacity_for(x.shape[0], top_k, num_experts, spec.capacity_factor)
-    plan = make_plan(routing.expert_idx, num_experts, capacity)
+    plan = make_plan(routing.expert_idx, num_experts, capacity, routing.dispatch)
     if engine is None:
         engine = ENGINES[spec.engine]
     else:
         plan = engine.prepare_plan(plan)
     with_z = spec.record_cosine and spec.cosine_source == "activation"
-    y_slots, z_slots = engine(x, plan, weights, with_activations=with_z)
+    y_slots, z = engine(x, plan, weights, with_activations=with_z,
+                        sorted_activations=with_z and use_pallas(spec.kernel))
     y = combine(y_slots, routing.gates, plan.kept)
     pair_cos = None
-    if spec.record_cosine:
-        pair_cos = pairwise_cosine(z_slots if with_z else y_slots)
+    if isinstance(z, SortedActivations):  # the kernel reads z where the engine left it
+        pair_cos = pairwise_cosine_sorted(z.rows, z.index, implementation=spec.kernel)
+    elif spec.record_cosine:
+        pair_cos = pairwise_cosine(z if with_z else y_slots, implementation=spec.kernel)
     return y, make_record(routing, plan, pair_cos)
 
 
@@ -167,7 +182,7 @@ class TopKMoE(nnx.Module):
 
     def __call__(self, x: jax.Array, **router_kwargs):
         """x: [T, D] compute dtype; router_kwargs (exclude, disable_top1) go to the router."""
-        routing = self.router(x, **router_kwargs)
+        routing = self.router(x, kernel=self.spec.kernel, **router_kwargs)
         return routed_experts_forward(x, routing, self.experts.weights(x.dtype), self.spec,
                                       self.engine)
 

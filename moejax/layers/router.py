@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from moejax.kernels import TopKDispatch, topk_dispatch, use_pallas
 from moejax.layers.dtypes import at_least_float32
 
 ROUTER_KINDS = ("softmax_topk", "topk_softmax", "sigmoid")
@@ -85,12 +86,15 @@ class Routing(NamedTuple):
       probs: [T, E] float32 softmax of the logits (the distribution losses read).
       expert_idx: [T, K] int32 chosen experts, best first (ties: lowest index).
       gates: [T, K] float32 combine weights.
+      dispatch: the fused kernel's output (counts and expert-sorted positions) when it
+        routed, else None; `make_plan` then skips its argsort.
     """
 
     logits: jax.Array
     probs: jax.Array
     expert_idx: jax.Array
     gates: jax.Array
+    dispatch: TopKDispatch | None = None
 
 
 def _group_limit(selection: jax.Array, num_groups: int, top_groups: int) -> jax.Array:
@@ -123,6 +127,7 @@ def route(
     bias: jax.Array | None = None,
     exclude: jax.Array | None = None,
     disable_top1: bool = False,
+    kernel: str = "jnp",
 ) -> Routing:
     """Routes T tokens to k of E experts.
 
@@ -135,12 +140,22 @@ def route(
       exclude: [T, E] bool, experts a token may not pick, or None.
       disable_top1: drop each token's first choice and re-pick top-k from the remaining
         experts (CartesianMoE's robustness test); gates are computed over the new picks.
+      kernel: "jnp", "pallas" or "auto": where `kernels.use_pallas(kernel)`, a plain
+        softmax_topk routing (no bias, groups, exclusions or disabled top-1) runs as the
+        fused `kernels.topk_dispatch`, which also returns the dispatch positions.
 
     Returns:
       Routing with logits/probs [T, E] and expert_idx/gates [T, K].
     """
     dtype = at_least_float32(x.dtype)
     logits = jnp.einsum("TD,DE->TE", x.astype(dtype), w_router.astype(dtype))
+    fusable = (spec.kind == "softmax_topk" and bias is None and exclude is None
+               and spec.num_groups == 1 and not disable_top1)
+    if fusable and use_pallas(kernel):
+        fused = topk_dispatch(logits, top_k, normalize=spec.normalize_gates, return_probs=True,
+                              implementation=kernel)
+        return Routing(logits, fused.probs, fused.expert_idx,
+                       fused.gates * spec.scaling_factor, fused)
     probs = jax.nn.softmax(logits, axis=-1)
     if spec.kind == "softmax_topk":
         scores = probs
@@ -191,10 +206,10 @@ class Router(nnx.Module):
         self.deterministic = False
 
     def __call__(self, x: jax.Array, *, exclude: jax.Array | None = None,
-                 disable_top1: bool = False) -> Routing:
+                 disable_top1: bool = False, kernel: str = "jnp") -> Routing:
         """x: [T, D] -> Routing; see `route`."""
         if self.rngs is not None and not self.deterministic:
             x = apply_jitter(x, self.spec.jitter, self.rngs.jitter())
         bias = None if self.bias is None else self.bias[...]
         return route(x, self.kernel[...], self.spec, self.top_k, bias=bias, exclude=exclude,
-                     disable_top1=disable_top1)
+                     disable_top1=disable_top1, kernel=kernel)

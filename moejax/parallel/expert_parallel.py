@@ -113,8 +113,9 @@ class ExpertParallel:
                                          pair_rows=self._pair_rows(plan))
 
     def __call__(self, x: jax.Array, plan: DispatchPlan, weights: ExpertWeights, *,
-                 with_activations: bool = False):
-        """Same contract as `layers.engines.dense_engine`, for a plan from `prepare_plan`.
+                 with_activations: bool = False, sorted_activations: bool = False):
+        """Same contract as `layers.engines.dense_engine`, for a plan from `prepare_plan`;
+        z is always returned in slot order ([T, K, F]).
 
         Args:
           x: [T, D] tokens; plan: the global plan; weights: [E, D, F], [E, D, F], [E, F, D].
@@ -122,6 +123,7 @@ class ExpertParallel:
         Returns:
           (y_slots [T, K, D], z_slots [T, K, F] or None); dropped slots are zero.
         """
+        del sorted_activations  # z is returned to its tokens' shards, in slot order
         self._check(x.shape[0], plan.num_experts)
         names = dict(expert_axis=_EXPERT_AXIS, tensor_axis=_TENSOR_AXIS,
                      with_activations=with_activations)

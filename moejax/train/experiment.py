@@ -3,8 +3,9 @@
     moejax-experiment --suite specialization|cartesian|baselines|all --workdir DIR
                       [--seeds N] [--quick]
 
-Each run trains in DIR/<suite>/<variant>/seed_<i> (finished runs are skipped, so an interrupted
-suite continues where it stopped); the report DIR/<suite>/report.md has, per variant, the mean
+Each run trains in DIR/runs/<config hash>/seed_<i> (finished runs are skipped, so an interrupted
+suite continues where it stopped, and a configuration two suites share is trained once); the
+report DIR/<suite>/report.md has, per variant, the mean
 and standard deviation over seeds of the final numbers, each claim's verdict
 (`experiment_stats.py`), the side-by-side plot and links to every seed-0 run report.
 Suites and scales are in `experiment_suites.py`.
@@ -12,7 +13,9 @@ Suites and scales are in `experiment_suites.py`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import pathlib
 import sys
 
@@ -53,8 +56,12 @@ def config_differences(suite: str, *, quick: bool = False, config_dir=None) -> d
     return out
 
 
-def run_dir(workdir: pathlib.Path, suite: str, variant: Variant, seed: int) -> pathlib.Path:
-    return workdir / suite / variant.name.replace("/", "__") / f"seed_{seed}"
+def run_dir(workdir: pathlib.Path, config) -> pathlib.Path:
+    """DIR/runs/<hash of the resolved config>/seed_<seed>: identical runs of different suites
+    (e.g. the load-balance-only arm) are trained once."""
+    settings = {k: v for k, v in flat_config(config).items() if k != "seed"}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    return workdir / "runs" / digest.hexdigest()[:12] / f"seed_{config.seed}"
 
 
 def _finished(directory: pathlib.Path, steps: int) -> bool:
@@ -63,6 +70,15 @@ def _finished(directory: pathlib.Path, steps: int) -> bool:
         return False
     rows = read_metrics(path)
     return bool(rows) and rows[-1]["step"] >= steps and "val_loss" in rows[-1]
+
+
+def _label_run(directory: pathlib.Path, label: str) -> None:
+    """Notes in DIR/runs/<hash>/variants.txt which suite variants use this configuration."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "variants.txt"
+    labels = path.read_text().splitlines() if path.exists() else []
+    if label not in labels:
+        path.write_text("\n".join([*labels, label]) + "\n")
 
 
 def run_suite(suite: str, workdir, *, seeds: int, quick: bool = False, config_dir=None) -> dict:
@@ -76,7 +92,8 @@ def run_suite(suite: str, workdir, *, seeds: int, quick: bool = False, config_di
         for seed in range(seeds):
             config = variant_config(variant, seed=seed, quick=quick, config_dir=config_dir)
             config.train.report = config.train.report and seed == 0
-            directory = run_dir(workdir, suite, variant, seed)
+            directory = run_dir(workdir, config)
+            _label_run(directory.parent, f"{suite}: {variant.name}")
             if not _finished(directory, config.train.steps):
                 print(f"[{suite}] {variant.name} seed {seed} -> {directory}", flush=True)
                 train_and_evaluate(config, directory)
@@ -110,10 +127,15 @@ def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
                        config_dir=None) -> pathlib.Path:
     """Writes DIR/<suite>/report.md and DIR/<suite>/variants.png; returns the report path."""
     suite_dir = pathlib.Path(workdir).resolve() / suite
+    suite_dir.mkdir(parents=True, exist_ok=True)
     finals = {name: {} for name in runs}
-    for name, seeds in runs.items():
-        per_seed = [stats.run_metrics(rows) for rows in seeds]
-        finals[name] = {key: [m[key] for m in per_seed] for key in per_seed[0]}
+    output_cosine = []  # variants whose record holds output cosines (the orthogonality loss)
+    for variant in SUITES[suite]:
+        per_seed = [stats.run_metrics(rows) for rows in runs[variant.name]]
+        finals[variant.name] = {key: [m[key] for m in per_seed] for key in per_seed[0]}
+        if variant.overrides.get("loss.orth", 0) > 0:
+            finals[variant.name]["specialization"] = [math.nan] * len(per_seed)
+            output_cosine.append(variant.name)
     seeds = len(next(iter(runs.values())))
     columns = [(key, label) for key, label in COLUMNS  # those measured for some variant
                if any(v == v for name in runs for v in finals[name][key])]
@@ -126,6 +148,9 @@ def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
     for name in runs:
         cells = [_cell(finals[name][key]) for key, _ in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if output_cosine:
+        lines += ["", f"Specialization is n/a for {', '.join(output_cosine)}: with the "
+                  "orthogonality loss on, the record holds cosines of expert outputs, not of z."]
     lines += ["", "## Claims", "", "Verdict rule: `moejax/train/experiment_stats.py`.", ""]
     lines += _claim_rows(suite, finals)
     lines += ["", "## What differs between the variants", ""]
@@ -135,9 +160,10 @@ def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
     reason = plots.plot_variants(runs, suite_dir / "variants.png")
     lines += ["", "## Curves", "", reason or "![variants](variants.png)", ""]
     for variant in SUITES[suite]:
-        report = run_dir(suite_dir.parent, suite, variant, 0) / "report.md"
+        config = variant_config(variant, seed=0, quick=quick, config_dir=config_dir)
+        report = run_dir(suite_dir.parent, config) / "report.md"
         if report.exists():
-            lines.append(f"- [{variant.name}, seed 0]({report.relative_to(suite_dir)})")
+            lines.append(f"- [{variant.name}, seed 0](../{report.relative_to(suite_dir.parent)})")
     path = suite_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     (suite_dir / "finals.json").write_text(json.dumps(finals, indent=1) + "\n")

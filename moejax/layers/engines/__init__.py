@@ -1,8 +1,10 @@
 """Engines: how token-slots reach their experts (methods.md section 4).
 
 Every engine has the signature
-`engine(x [T, D], plan: DispatchPlan, weights: ExpertWeights, *, with_activations)`
-and returns `(y_slots [T, K, D], z_slots [T, K, F] or None)`, dropped slots zero.
+`engine(x [T, D], plan: DispatchPlan, weights: ExpertWeights, *, with_activations,
+sorted_activations)` and returns `(y_slots [T, K, D], z)`, dropped slots zero, where z is None,
+[T, K, F], or (with `sorted_activations`, where the engine has that layout) a
+`dispatch.SortedActivations` that the pairwise-cosine kernel reads without a gather.
 """
 
 from types import MappingProxyType

@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.layers.dispatch import DispatchPlan
+from moejax.layers.dispatch import DispatchPlan, SortedActivations
 from moejax.layers.dtypes import at_least_float32
 from moejax.layers.experts import ExpertWeights
 
@@ -108,10 +108,11 @@ def _gather_slots(rows: jax.Array, row_slot: jax.Array, slot_row: jax.Array) -> 
 
 
 def capacity_engine(x: jax.Array, plan: DispatchPlan, weights: ExpertWeights, *,
-                    with_activations: bool = False):
+                    with_activations: bool = False, sorted_activations: bool = False):
     """Runs the experts on [E, C, D] buffers; same signature as `dense_engine`.
 
-    Requires a plan made with a capacity (`make_plan(..., capacity=C)`).
+    Requires a plan made with a capacity (`make_plan(..., capacity=C)`). With
+    `sorted_activations`, z stays in its [E*C, F] buffer rows (`SortedActivations`).
     """
     if plan.capacity is None:
         raise ValueError("the capacity engine needs a plan made with capacity=C")
@@ -122,5 +123,8 @@ def capacity_engine(x: jax.Array, plan: DispatchPlan, weights: ExpertWeights, *,
     z = _swiglu_z(gate, up)
     out = jnp.einsum("ECF,EFD->ECD", z, weights.w_down)
     y_slots = _gather_slots(out, row_slot, slot_row)
-    z_slots = _gather_slots(z, row_slot, slot_row) if with_activations else None
-    return y_slots, z_slots
+    if not with_activations:
+        return y_slots, None
+    if sorted_activations:
+        return y_slots, SortedActivations(z.reshape(-1, z.shape[-1]), slot_row)
+    return y_slots, _gather_slots(z, row_slot, slot_row)

@@ -14,7 +14,7 @@ from moejax.layers.experts import ExpertWeights
 
 
 def dense_engine(x: jax.Array, plan: DispatchPlan, weights: ExpertWeights, *,
-                 with_activations: bool = False):
+                 with_activations: bool = False, sorted_activations: bool = False):
     """Runs the experts on their token-slots.
 
     Args:
@@ -22,6 +22,8 @@ def dense_engine(x: jax.Array, plan: DispatchPlan, weights: ExpertWeights, *,
       plan: the dispatch plan.
       weights: expert weights [E, D, F], [E, D, F], [E, F, D].
       with_activations: also return each slot's SwiGLU activation z.
+      sorted_activations: engines with an expert-sorted layout may return z there, as
+        `dispatch.SortedActivations`; this one has none and returns [T, K, F].
 
     Returns:
       (y_slots [T, K, D], z_slots [T, K, F] or None); dropped slots are zero.
