@@ -3,8 +3,8 @@
 Each kernel takes `implementation=` one of KERNEL_IMPLEMENTATIONS: "jnp" (the reference),
 "pallas" (the Pallas kernel with a custom_vjp; interpret mode on CPU) or "auto" (the jnp
 reference for now: the GPU path has not yet run on a GPU; see `_common.py`). Anything else
-raises ValueError; `use_pallas(implementation)` says which one runs. `kernels/` imports nothing else from
-moejax.
+raises ValueError; `use_pallas(implementation)` says which one runs. `kernels/` imports
+nothing else from moejax.
 """
 
 from moejax.kernels._common import KERNEL_IMPLEMENTATIONS, use_pallas

@@ -111,7 +111,8 @@ def all_to_all_body(x, expert_idx, position, kept, weights: ExpertWeights, *, ca
     row_slot = jnp.full((num_rows,), tokens * top_k, jnp.int32).at[send_row].set(
         jnp.arange(tokens * top_k, dtype=jnp.int32), mode="drop")
     buffer_row = (expert_idx % num_local) * capacity + position  # [T_l, K]
-    row_target = _take(buffer_row.reshape(-1), row_slot) + buffer_rows * (row_slot >= tokens * top_k)
+    empty_row = row_slot >= tokens * top_k
+    row_target = _take(buffer_row.reshape(-1), row_slot) + buffer_rows * empty_row
 
     def exchange(a):  # [n*P, ...] -> [n*P, ...]: block d goes to device d, block s comes from s
         blocks = a.reshape(num_shards, pair_rows, *a.shape[1:])

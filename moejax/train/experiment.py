@@ -23,7 +23,7 @@ from absl import app, flags, logging
 
 from moejax.train import experiment_stats as stats
 from moejax.train import plots
-from moejax.train.experiment_suites import CLAIMS, SUITES, Variant, variant_config
+from moejax.train.experiment_suites import CLAIMS, SUITES, variant_config
 from moejax.train.report import METRICS_FILE, read_metrics
 
 COLUMNS = (("val_loss", "val loss"), ("val_perplexity", "val ppl"),
@@ -140,7 +140,8 @@ def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
     columns = [(key, label) for key, label in COLUMNS  # those measured for some variant
                if any(v == v for name in runs for v in finals[name][key])]
     lines = [f"# Experiment: {suite}", "",
-             f"{len(runs)} variants x {seeds} seeds, {'quick (toy) scale' if quick else 'default scale'}"
+             f"{len(runs)} variants x {seeds} seeds, "
+             f"{'quick (toy) scale' if quick else 'default scale'}"
              f"; cells are mean ± sample std over seeds (final evaluation; routing numbers from "
              "the last logged training batch, averaged over routers).", "",
              "| variant | " + " | ".join(label for _, label in columns) + " |",

@@ -41,7 +41,7 @@ def run_metrics(rows: list[dict]) -> dict:
         value, _ = plots.last_value(rows, key)
         out[name] = float(np.mean(value)) if value is not None else math.nan
     disabled, row = plots.last_value(rows, "val_loss_top1_disabled")
-    out["top1_disabled_increase"] = (disabled - row["val_loss"]) if disabled is not None else math.nan
+    out["top1_disabled_increase"] = math.nan if disabled is None else disabled - row["val_loss"]
     return out
 
 
