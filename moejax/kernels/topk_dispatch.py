@@ -130,16 +130,16 @@ def _topk_dispatch_jnp(logits: jax.Array, k: int, normalize: bool,
     chosen = jax.nn.one_hot(expert_idx, num_experts, dtype=jnp.int32).sum(1)  # [T, E] 0/1
     before = jnp.cumsum(chosen, axis=0, dtype=jnp.int32) - chosen  # earlier tokens' slots
     position = jnp.take_along_axis(before, expert_idx, axis=1)
-    tokens_per_expert = chosen.sum(0, dtype=jnp.int32)
+    return _dispatch(gates, expert_idx, chosen.sum(0, dtype=jnp.int32), position,
+                     probs if return_probs else None)
+
+
+def _dispatch(gates, expert_idx, tokens_per_expert, position, probs) -> TopKDispatch:
+    """TopKDispatch, with each slot's expert-sorted index from its position and the counts."""
     group_start = jnp.cumsum(tokens_per_expert, dtype=jnp.int32) - tokens_per_expert
-    return TopKDispatch(
-        gates=gates,
-        expert_idx=expert_idx,
-        tokens_per_expert=tokens_per_expert,
-        position_in_expert=position,
-        expert_sorted_index=position + group_start[expert_idx],
-        probs=probs if return_probs else None,
-    )
+    return TopKDispatch(gates=gates, expert_idx=expert_idx, tokens_per_expert=tokens_per_expert,
+                        position_in_expert=position,
+                        expert_sorted_index=position + group_start[expert_idx], probs=probs)
 
 
 def _normalize(picked: jax.Array) -> jax.Array:
@@ -271,17 +271,10 @@ def _topk_forward(logits: jax.Array, config: _Config) -> TopKDispatch:
     block_counts = block_counts[:, :num_experts]
     tokens_per_expert = block_counts.sum(0, dtype=jnp.int32)
     block_offset = jnp.cumsum(block_counts, axis=0, dtype=jnp.int32) - block_counts  # [blocks, E]
-    group_start = jnp.cumsum(tokens_per_expert, dtype=jnp.int32) - tokens_per_expert  # [E]
     block_id = jnp.arange(num_tokens, dtype=jnp.int32)[:, None] // config.block_tokens
     position = rank + block_offset[block_id, expert_idx]
-    return TopKDispatch(
-        gates=gates,
-        expert_idx=expert_idx,
-        tokens_per_expert=tokens_per_expert,
-        position_in_expert=position,
-        expert_sorted_index=position + group_start[expert_idx],
-        probs=None if probs is None else probs[:num_tokens, :num_experts],
-    )
+    return _dispatch(gates, expert_idx, tokens_per_expert, position,
+                     None if probs is None else probs[:num_tokens, :num_experts])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
