@@ -1,7 +1,7 @@
 """moejax-experiment: run a suite of matched variants over seeds and write its report.
 
     moejax-experiment --suite specialization|cartesian|baselines|all --workdir DIR
-                      [--seeds N] [--quick]
+                      [--seeds N] [--quick] [--set KEY=VALUE ...]
 
 Each run trains in DIR/runs/<config hash>/seed_<i> (finished runs are skipped, so an interrupted
 suite continues where it stopped, and a configuration two suites share is trained once); the
@@ -13,6 +13,7 @@ Suites and scales are in `experiment_suites.py`.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import math
@@ -44,13 +45,14 @@ def flat_config(config) -> dict:
     return out
 
 
-def config_differences(suite: str, *, quick: bool = False, config_dir=None) -> dict:
+def config_differences(suite: str, *, quick: bool = False, config_dir=None, extra=None) -> dict:
     """variant name -> {dotted key: value} where its config differs from the first variant's."""
     variants = SUITES[suite]
-    first = flat_config(variant_config(variants[0], seed=0, quick=quick, config_dir=config_dir))
+    options = dict(seed=0, quick=quick, config_dir=config_dir, extra=extra)
+    first = flat_config(variant_config(variants[0], **options))
     out = {}
     for variant in variants:
-        config = flat_config(variant_config(variant, seed=0, quick=quick, config_dir=config_dir))
+        config = flat_config(variant_config(variant, **options))
         out[variant.name] = {key: config.get(key) for key in sorted(set(first) | set(config))
                              if config.get(key) != first.get(key)}
     return out
@@ -81,7 +83,8 @@ def _label_run(directory: pathlib.Path, label: str) -> None:
         path.write_text("\n".join([*labels, label]) + "\n")
 
 
-def run_suite(suite: str, workdir, *, seeds: int, quick: bool = False, config_dir=None) -> dict:
+def run_suite(suite: str, workdir, *, seeds: int, quick: bool = False, config_dir=None,
+              extra=None) -> dict:
     """Trains every (variant, seed) not yet finished; returns variant name -> rows per seed."""
     from moejax.train.trainer import train_and_evaluate
 
@@ -90,7 +93,8 @@ def run_suite(suite: str, workdir, *, seeds: int, quick: bool = False, config_di
     for variant in SUITES[suite]:
         runs[variant.name] = []
         for seed in range(seeds):
-            config = variant_config(variant, seed=seed, quick=quick, config_dir=config_dir)
+            config = variant_config(variant, seed=seed, quick=quick, config_dir=config_dir,
+                                    extra=extra)
             config.train.report = config.train.report and seed == 0
             directory = run_dir(workdir, config)
             _label_run(directory.parent, f"{suite}: {variant.name}")
@@ -124,7 +128,7 @@ def _claim_rows(suite: str, finals: dict) -> list[str]:
 
 
 def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
-                       config_dir=None) -> pathlib.Path:
+                       config_dir=None, extra=None) -> pathlib.Path:
     """Writes DIR/<suite>/report.md and DIR/<suite>/variants.png; returns the report path."""
     suite_dir = pathlib.Path(workdir).resolve() / suite
     suite_dir.mkdir(parents=True, exist_ok=True)
@@ -155,13 +159,14 @@ def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
     lines += ["", "## Claims", "", "Verdict rule: `moejax/train/experiment_stats.py`.", ""]
     lines += _claim_rows(suite, finals)
     lines += ["", "## What differs between the variants", ""]
-    for name, diff in config_differences(suite, quick=quick, config_dir=config_dir).items():
+    differences = config_differences(suite, quick=quick, config_dir=config_dir, extra=extra)
+    for name, diff in differences.items():
         shown = ", ".join(f"`{k}={v}`" for k, v in diff.items()) or "(the reference)"
         lines.append(f"- {name}: {shown}")
     reason = plots.plot_variants(runs, suite_dir / "variants.png")
     lines += ["", "## Curves", "", reason or "![variants](variants.png)", ""]
     for variant in SUITES[suite]:
-        config = variant_config(variant, seed=0, quick=quick, config_dir=config_dir)
+        config = variant_config(variant, seed=0, quick=quick, config_dir=config_dir, extra=extra)
         report = run_dir(suite_dir.parent, config) / "report.md"
         if report.exists():
             lines.append(f"- [{variant.name}, seed 0](../{report.relative_to(suite_dir.parent)})")
@@ -180,11 +185,25 @@ def _main(argv):
     if seeds < 1:
         sys.exit(f"moejax-experiment: --seeds={seeds}; allowed: >= 1")
     suites = list(SUITES) if options.suite == "all" else [options.suite]
+    common = dict(quick=options.quick, config_dir=options.configs,
+                  extra=parse_overrides(options.set))
     for suite in suites:
-        runs = run_suite(suite, options.workdir, seeds=seeds, quick=options.quick,
-                         config_dir=options.configs)
-        print(write_suite_report(suite, options.workdir, runs, quick=options.quick,
-                                 config_dir=options.configs))
+        runs = run_suite(suite, options.workdir, seeds=seeds, **common)
+        print(write_suite_report(suite, options.workdir, runs, **common))
+
+
+def parse_overrides(items) -> dict:
+    """["train.steps=2000", "mesh.expert=8", ...] -> {dotted key: Python value or string}."""
+    out = {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise app.UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=2000")
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key] = text
+    return out
 
 
 def run():
@@ -195,6 +214,8 @@ def run():
     flags.DEFINE_integer("seeds", None, "Seeds per variant (default 3; --quick: 2).")
     flags.DEFINE_bool("quick", False, "Toy scale (a smoke test, not evidence).")
     flags.DEFINE_string("configs", None, "configs/ directory (default: the checkout's).")
+    flags.DEFINE_multi_string("set", [], "KEY=VALUE applied to every variant after the scale, "
+                              "e.g. --set train.steps=2000 --set mesh.expert=8.")
     flags.mark_flags_as_required(["suite", "workdir"])
     app.run(_main)
 

@@ -138,12 +138,15 @@ def default_config_dir() -> pathlib.Path:
     return beside_package if beside_package.is_dir() else pathlib.Path("configs").resolve()
 
 
-def variant_config(variant: Variant, *, seed: int, quick: bool = False, config_dir=None):
-    """The resolved ConfigDict of one run: base file, variant overrides, scale, seed."""
+def variant_config(variant: Variant, *, seed: int, quick: bool = False, config_dir=None,
+                   extra=None):
+    """The resolved ConfigDict of one run: base file, variant overrides, scale, `extra`
+    overrides ({dotted key: value}, e.g. from `moejax-experiment --set`), seed."""
     path, _, arg = variant.config.partition(":")
     config_dir = pathlib.Path(config_dir) if config_dir else default_config_dir()
     config = load_config(config_dir / f"{path}.py", arg or None)
-    for dotted, value in {**variant.overrides, **(QUICK_SCALE if quick else DEFAULT_SCALE)}.items():
+    scale = QUICK_SCALE if quick else DEFAULT_SCALE
+    for dotted, value in {**variant.overrides, **scale, **(extra or {})}.items():
         _set(config, dotted, value)
     config.seed = seed
     return config

@@ -69,3 +69,16 @@ def test_quick_runs_every_suite_end_to_end(tmp_path):
         assert all(math.isfinite(x) for x in numbers), table
         assert text.count("**") == 2 * len(CLAIMS[suite])  # one verdict per claim
         assert (tmp_path / suite / "variants.png").exists()
+
+
+def test_set_overrides_parse_and_apply_to_every_variant():
+    extra = experiment.parse_overrides(["train.steps=7", "mesh.expert_parallel=ring"])
+    assert extra == {"train.steps": 7, "mesh.expert_parallel": "ring"}
+    differences = experiment.config_differences("baselines", quick=True, extra=extra)
+    assert all("train.steps" not in diff for diff in differences.values())  # all alike
+    from moejax.train.experiment_suites import variant_config
+
+    config = variant_config(SUITES["baselines"][1], seed=0, quick=True, extra=extra)
+    assert config.train.steps == 7 and config.mesh.expert_parallel == "ring"
+    with pytest.raises(ValueError, match="no such config field"):
+        variant_config(SUITES["baselines"][0], seed=0, extra={"train.stepz": 1})
