@@ -171,7 +171,8 @@ def train_and_evaluate(config, workdir) -> dict:
             _check_finite(metrics, step_number, last_saved)  # waits for the step
             if step_number > start + 1:  # the first step of a run includes compilation
                 step_seconds.append(time.perf_counter() - step_started)
-            last = step_number == train_cfg.steps or stop.signal is not None
+            stopping = stop.signal  # read once: a signal arriving later waits for the next step
+            last = step_number == train_cfg.steps or stopping is not None
             elapsed = time.perf_counter() - started
             bar.update(1)
             bar.set_postfix(loss=f"{float(metrics['loss']):.3f}",
@@ -190,9 +191,9 @@ def train_and_evaluate(config, workdir) -> dict:
                     bar.write(f"step {step_number}: loss {row['loss']:.3f}  val_loss "
                               f"{row['val_loss']:.3f} ({row['val_bits_per_byte']:.2f} bits/byte)")
             if step_number % train_cfg.checkpoint_every == 0 or last:
-                last_saved = save(step_number, force=stop.signal is not None)
-            if stop.signal is not None:
-                bar.write(f"signal {stop.signal}: saved step {step_number}, exiting")
+                last_saved = save(step_number, force=stopping is not None)
+            if stopping is not None:
+                bar.write(f"signal {stopping}: saved step {step_number}, exiting")
                 break
 
     # Final save and report.
