@@ -156,7 +156,9 @@ def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
     if output_cosine:
         lines += ["", f"Specialization is n/a for {', '.join(output_cosine)}: with the "
                   "orthogonality loss on, the record holds cosines of expert outputs, not of z."]
-    lines += ["", "## Claims", "", "Verdict rule: `moejax/train/experiment_stats.py`.", ""]
+    lines += ["", "## Claims", "", "Improvements are paired by seed (the arms share each seed's "
+              "initial weights and data order); verdict rule: `moejax/train/experiment_stats.py`.",
+              ""]
     lines += _claim_rows(suite, finals)
     lines += ["", "## What differs between the variants", ""]
     differences = config_differences(suite, quick=quick, config_dir=config_dir, extra=extra)

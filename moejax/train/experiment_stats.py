@@ -1,11 +1,13 @@
 """Experiment statistics: one run's final numbers, mean and spread over seeds, verdicts.
 
-Verdict rule (for a claim "A beats B on metric m", `n` seeds each):
-    improvement = mean_B - mean_A   (or mean_A - mean_B when higher is better)
-    se          = sqrt(s_A^2 / n_A + s_B^2 / n_B)       (s: sample std, ddof=1)
+Verdict rule (for a claim "A beats B on metric m", the same n seeds in both arms): the arms
+share each seed's initial weights and data order, so they are compared seed by seed,
+    d_i         = m_B,i - m_A,i     (or m_A,i - m_B,i when higher is better)
+    improvement = mean d,   se = std(d, ddof=1) / sqrt(n)
     reproduced          if improvement >  2 se
     not reproduced      if improvement < -2 se
-    inconclusive        otherwise, or with fewer than 2 seeds per arm.
+    inconclusive        otherwise, or with fewer than 2 seeds.
+Arms of different lengths fall back to the unpaired se = sqrt(s_A^2 / n_A + s_B^2 / n_B).
 The step-time overhead claim ("< 2% extra") is paired by seed: r_i = t_A,i / t_B,i - 1, and it
 is reproduced when mean r + 2 se(r) < 0.02, not reproduced when mean r - 2 se(r) > 0.02.
 """
@@ -59,7 +61,10 @@ def verdict(better, than, *, lower_is_better: bool = True) -> tuple[str, float, 
     improvement = sign * (float(np.mean(than)) - float(np.mean(better)))
     if better.size < 2 or than.size < 2 or not np.all(np.isfinite(np.r_[better, than])):
         return "inconclusive (needs >= 2 seeds per arm with finite values)", improvement, math.nan
-    se = math.sqrt(np.var(better, ddof=1) / better.size + np.var(than, ddof=1) / than.size)
+    if better.size == than.size:  # paired by seed
+        se = float(np.std(than - better, ddof=1)) / math.sqrt(better.size)
+    else:
+        se = math.sqrt(np.var(better, ddof=1) / better.size + np.var(than, ddof=1) / than.size)
     return _label(improvement, se), improvement, se
 
 

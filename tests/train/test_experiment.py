@@ -17,13 +17,20 @@ def test_mean_std_and_verdicts_against_numpy():
     mean, std = stats.mean_std(a)
     assert mean == pytest.approx(a.sum() / 5)
     assert std == pytest.approx(math.sqrt(((a - a.mean()) ** 2).sum() / 4))
-    label, improvement, se = stats.verdict(a, b)  # a is lower: reproduced
+    label, improvement, se = stats.verdict(a, b)  # a is lower: reproduced (unpaired: 5 vs 4)
     assert improvement == pytest.approx(b.mean() - a.mean())
     assert se == pytest.approx(math.sqrt(a.var(ddof=1) / 5 + b.var(ddof=1) / 4))
     assert label == "reproduced"
+    shared = rng.normal(0.0, 1.0, 4)  # a large seed effect common to both arms
+    treated, control = shared + 0.01 + rng.normal(0, 1e-3, 4), shared
+    label, improvement, se = stats.verdict(control, treated)  # paired: the shift shows
+    d = treated - control
+    assert improvement == pytest.approx(d.mean())
+    assert se == pytest.approx(np.sqrt(((d - d.mean()) ** 2).sum() / 3) / 2)
+    assert label == "reproduced"
     assert stats.verdict(b, a)[0] == "not reproduced"
     assert stats.verdict(a, b, lower_is_better=False)[0] == "not reproduced"
-    assert stats.verdict(a, a + 0.01)[0].startswith("inconclusive")
+    assert stats.verdict(a, a[::-1])[0].startswith("inconclusive")  # paired, mean change 0
     assert stats.verdict(a[:1], b)[0].startswith("inconclusive")
 
 
