@@ -108,7 +108,8 @@ CLAIMS = MappingProxyType({
 
 # The scales: one set of overrides for every variant of every suite.
 # Default: 100 steps of 16 x 128 bytes (205k tokens) per run, 3 seeds; the 36 distinct runs
-# take about an hour on the 2-core CPU (see docs/results/README.md for how this was chosen).
+# took 95 minutes on the 2-core CPU (DeepSeekMoE and CartesianMoE steps are 2-4x slower there;
+# docs/results/README.md says how this was chosen).
 DEFAULT_SCALE = MappingProxyType({
     "train.steps": 100, "train.warmup_steps": 10, "train.log_every": 20, "train.eval_every": 100,
     "train.eval_batches": 4, "train.checkpoint_every": 100, "train.progress": False,
