@@ -39,6 +39,9 @@ def get_config(arg=None):
     # CartesianMoE sub-expert width (None: d_hidden // 2)
     config.model.moe.sub_d_hidden = ml_collections.config_dict.placeholder(int)
     config.model.moe.engine = "dropless"  # "dense", "capacity" or "dropless"
+    # fused top-k dispatch and pairwise-cosine kernels: "auto" (jnp until checked on a GPU),
+    # "pallas" (interpret mode on CPU: slow) or "jnp"
+    config.model.moe.kernel = "auto"
     config.model.moe.capacity_factor = 1.25  # capacity engine: C = ceil(cf * T * k / E)
     config.model.moe.record_cosine = False  # per-token cosine in the record (on if a loss needs it)
     config.model.moe.cosine_source = "activation"  # cosine of "activation" z or "output"
