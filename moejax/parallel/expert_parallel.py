@@ -108,6 +108,8 @@ class ExpertParallel:
             raise ValueError("mesh.expert_parallel='all_to_all' needs moe.engine='capacity' (a "
                              "capacity plan); the dropless modes are 'ring' and 'ragged'")
         self._check(plan.expert_idx.shape[0], plan.num_experts)
+        if self.pair_capacity_factor is None:  # P is the never-overflowing bound: nothing to mark
+            return plan
         return restrict_to_pair_capacity(plan, num_blocks=self.num_blocks,
                                          num_shards=self.num_shards,
                                          pair_rows=self._pair_rows(plan))
