@@ -7,7 +7,8 @@ Each run trains in DIR/runs/<config hash>/seed_<i> (finished runs are skipped, s
 suite continues where it stopped, and a configuration two suites share is trained once); the
 report DIR/<suite>/report.md has, per variant, the mean
 and standard deviation over seeds of the final numbers, each claim's verdict
-(`experiment_stats.py`), the side-by-side plot and links to every seed-0 run report.
+(`experiment_stats.py`), the side-by-side plot and links to every seed-0 run report;
+DIR/summary.md lists every claim of every suite run so far in one table.
 Suites and scales are in `experiment_suites.py`.
 """
 
@@ -58,10 +59,15 @@ def config_differences(suite: str, *, quick: bool = False, config_dir=None, extr
     return out
 
 
+# Keys that change what a run writes or shows, not what it computes: left out of the run hash.
+REPORTING_KEYS = frozenset({"seed", "train.report", "train.progress", "train.tensorboard"})
+
+
 def run_dir(workdir: pathlib.Path, config) -> pathlib.Path:
     """DIR/runs/<hash of the resolved config>/seed_<seed>: identical runs of different suites
-    (e.g. the load-balance-only arm) are trained once."""
-    settings = {k: v for k, v in flat_config(config).items() if k != "seed"}
+    (e.g. the load-balance-only arm) are trained once, and all seeds of a variant share one
+    hash (seed 0, which also writes a run report, included)."""
+    settings = {k: v for k, v in flat_config(config).items() if k not in REPORTING_KEYS}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     return workdir / "runs" / digest.hexdigest()[:12] / f"seed_{config.seed}"
 
@@ -110,9 +116,10 @@ def _cell(values) -> str:
     return "n/a" if mean != mean else f"{mean:.4g} ± {std:.2g}"
 
 
-def _claim_rows(suite: str, finals: dict) -> list[str]:
-    lines = ["| claim | A (mean ± std) | B (mean ± std) | improvement ± se | verdict |",
-             "|---|---|---|---|---|"]
+def claim_results(suite: str, finals: dict) -> list[tuple]:
+    """(claim, values of A, values of B, improvement text, verdict) for each claim of `suite`;
+    `finals` is variant name -> metric -> per-seed values."""
+    out = []
     for claim in CLAIMS[suite]:
         if claim.metric == "step_ms_overhead":
             a, b = finals[claim.better]["step_ms"], finals[claim.than]["step_ms"]
@@ -122,9 +129,38 @@ def _claim_rows(suite: str, finals: dict) -> list[str]:
             a, b = finals[claim.better][claim.metric], finals[claim.than][claim.metric]
             label, value, se = stats.verdict(a, b, lower_is_better=claim.lower_is_better)
             shown = f"{value:+.4g} ± {se:.2g}"
+        out.append((claim, a, b, shown, label))
+    return out
+
+
+def _claim_rows(suite: str, finals: dict) -> list[str]:
+    lines = ["| claim | A (mean ± std) | B (mean ± std) | improvement ± se | verdict |",
+             "|---|---|---|---|---|"]
+    for claim, a, b, shown, label in claim_results(suite, finals):
         lines.append(f"| {claim.text} ({claim.better} vs {claim.than}) | {_cell(a)} | "
                      f"{_cell(b)} | {shown} | **{label}** |")
     return lines
+
+
+def write_summary(workdir, suites) -> pathlib.Path:
+    """DIR/summary.md: every claim of the suites whose DIR/<suite>/finals.json exists, one row
+    each (improvement paired by seed ± its standard error, verdict), linking the reports."""
+    workdir = pathlib.Path(workdir).resolve()
+    lines = ["# Experiment summary", "",
+             "One row per claim; the numbers are the improvement of A over B paired by seed ± "
+             "its standard error (`moejax/train/experiment_stats.py`). Details: each suite's "
+             "report.", "", "| suite | claim | improvement ± se | verdict |", "|---|---|---|---|"]
+    for suite in suites:
+        path = workdir / suite / "finals.json"
+        if not path.exists():
+            continue
+        finals = json.loads(path.read_text())
+        for claim, _, _, shown, label in claim_results(suite, finals):
+            lines.append(f"| [{suite}]({suite}/report.md) | {claim.text} | {shown} | "
+                         f"**{label}** |")
+    path = workdir / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
@@ -192,6 +228,7 @@ def _main(argv):
     for suite in suites:
         runs = run_suite(suite, options.workdir, seeds=seeds, **common)
         print(write_suite_report(suite, options.workdir, runs, **common))
+    print(write_summary(options.workdir, SUITES))
 
 
 def parse_overrides(items) -> dict:

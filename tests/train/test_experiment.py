@@ -89,3 +89,31 @@ def test_set_overrides_parse_and_apply_to_every_variant():
     assert config.train.steps == 7 and config.mesh.expert_parallel == "ring"
     with pytest.raises(ValueError, match="no such config field"):
         variant_config(SUITES["baselines"][0], seed=0, extra={"train.stepz": 1})
+
+
+def test_run_dir_ignores_reporting_keys_and_seed_only():
+    from moejax.train.experiment_suites import variant_config
+
+    variant = SUITES["baselines"][0]
+    seed0, seed1 = (variant_config(variant, seed=s, quick=True) for s in (0, 1))
+    seed0.train.report, seed1.train.report = True, False
+    assert experiment.run_dir(tmp := experiment.pathlib.Path("/w"), seed0).parent == \
+        experiment.run_dir(tmp, seed1).parent
+    seed1.loss.sp = 1e-3  # a computing key: another run
+    assert experiment.run_dir(tmp, seed0).parent != experiment.run_dir(tmp, seed1).parent
+
+
+def test_summary_lists_every_claim_of_the_finished_suites(tmp_path):
+    import json
+
+    names = [v.name for v in SUITES["baselines"]]
+    finals = {name: {"val_loss": [2.0 + i, 2.5 + i, 3.0 + i], "routing_entropy": [1.0, 1.1, 1.3]}
+              for i, name in enumerate(names)}
+    (tmp_path / "baselines").mkdir()
+    (tmp_path / "baselines" / "finals.json").write_text(json.dumps(finals))
+    text = experiment.write_summary(tmp_path, SUITES).read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| [baselines]")]
+    assert len(rows) == len(CLAIMS["baselines"])
+    assert "specialization" not in text.split("| suite")[1]  # unfinished suites are left out
+    # lb+sp+cp (index 2) has the higher loss than lb+orth+var (index 1): paired d = -1 exactly
+    assert "| -1 ± 0 | **not reproduced** |" in rows[0]
