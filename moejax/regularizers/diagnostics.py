@@ -68,6 +68,7 @@ def domain_counts(record: RoutingRecord, domains, num_domains: int, axis_name=No
     return _sum(jnp.einsum("RTE,TD->RED", expert, domain), axis_name)
 
 
+@jax.jit  # also called on the host with pooled counts: one compile, not one per op
 def nmi_from_counts(joint) -> jax.Array:
     """[R] normalised mutual information 2 I / (H(expert) + H(domain)) of count tables.
 

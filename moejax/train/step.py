@@ -78,12 +78,14 @@ def eval_step(model, tokens: jax.Array, domains: jax.Array, num_domains: int,
 
     Returns:
       {"loss": mean next-token loss, "domain_counts": [R, E, num_domains] top-1 expert vs
-      domain counts (absent for a model without routers)}.
+      domain counts, "dropped_fraction": [R] token-slots dropped by capacity (the last two
+      absent for a model without routers)}.
     """
     logits, record = model(tokens[:, :-1], disable_top1=disable_top1)
     out = {"loss": lm_loss(logits, tokens[:, 1:])}
     if record is not None:
         flat_domains = domains[:, :-1].reshape(-1)
-        out["domain_counts"] = routing_metrics(record, domains=flat_domains,
-                                               num_domains=num_domains)["domain_counts"]
+        metrics = routing_metrics(record, domains=flat_domains, num_domains=num_domains)
+        out["domain_counts"] = metrics["domain_counts"]
+        out["dropped_fraction"] = metrics["dropped_fraction"]
     return out

@@ -54,7 +54,8 @@ class _StopRequest:
 
 
 def evaluate(model, data_spec, config, num_domains: int, sharding) -> dict:
-    """Validation loss, bits per byte, expert-by-domain counts and NMI on fixed batches.
+    """Validation loss, bits per byte, expert-by-domain counts and NMI, and the token-slots
+    dropped by capacity per router, on fixed batches.
 
     With `train.eval_top1_disabled`, also the loss with each token's top-1 expert disabled in
     every router (CartesianMoE's robustness test). Each process reads its part of every
@@ -68,7 +69,7 @@ def evaluate(model, data_spec, config, num_domains: int, sharding) -> dict:
             batch_size=_host_batch(config), seed=config.seed,
             process_index=jax.process_index(), process_count=jax.process_count(),
             shuffle=True))
-        losses, counts = [], 0.0
+        losses, counts, dropped = [], 0.0, []
         for _ in range(config.train.eval_batches):
             batch = next(batches)
             tokens, domains = (jax.make_array_from_process_local_data(sharding, batch[name])
@@ -76,8 +77,12 @@ def evaluate(model, data_spec, config, num_domains: int, sharding) -> dict:
             out = step.eval_step(model, tokens, domains, num_domains, disable_top1)
             losses.append(float(out["loss"]))
             counts = counts + np.asarray(out.get("domain_counts", 0.0))
+            if "dropped_fraction" in out:
+                dropped.append(np.asarray(out["dropped_fraction"]))
         suffix = "_top1_disabled" if disable_top1 else ""
         results[f"val_loss{suffix}"] = float(np.mean(losses))
+        if dropped:  # [R] per router, mean over the batches
+            results[f"eval/routing/dropped_fraction{suffix}"] = np.mean(dropped, axis=0)
         if not disable_top1:
             results["val_bits_per_byte"] = results["val_loss"] / math.log(2.0)
             results["val_perplexity"] = math.exp(results["val_loss"])

@@ -34,6 +34,33 @@ def test_mean_std_and_verdicts_against_numpy():
     assert stats.verdict(a[:1], b)[0].startswith("inconclusive")
 
 
+def test_verdict_is_a_paired_t_test_at_five_percent():
+    control = np.array([2.0, 3.0, 4.0])
+    # paired differences 0.5, 1, 1.5: mean / se = 3.46, past 2 se but short of t(2) = 4.30
+    label, improvement, se = stats.verdict(control - [0.5, 1.0, 1.5], control)
+    assert improvement == pytest.approx(1.0) and se == pytest.approx(0.5 / math.sqrt(3))
+    assert label.startswith("inconclusive")
+    assert stats.verdict(control - [0.9, 1.0, 1.1], control)[0] == "reproduced"  # 17 se
+    assert stats.t_critical(2) == 4.303 and stats.t_critical(11) == 2.228
+    assert stats.t_critical(500) == 1.960
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        stats.t_critical(0.5)
+    # under the null, "reproduced" and "not reproduced" each come up about 2.5% of the time
+    rng = np.random.default_rng(1)
+    labels = [stats.verdict(rng.normal(size=3), rng.normal(size=3))[0] for _ in range(4000)]
+    assert 0.015 < labels.count("reproduced") / 4000 < 0.035
+    assert 0.015 < labels.count("not reproduced") / 4000 < 0.035
+
+
+def test_unpaired_verdict_uses_welch_degrees_of_freedom():
+    a, b = np.array([1.0, 1.2, 0.9, 1.1, 1.0]), np.array([1.9, 2.3])
+    va, vb = a.var(ddof=1) / 5, b.var(ddof=1) / 2
+    df = (va + vb) ** 2 / (va**2 / 4 + vb**2 / 1)  # about 1.0: t = 12.7
+    label, improvement, se = stats.verdict(a, b)
+    assert se == pytest.approx(math.sqrt(va + vb)) and 1 <= df < 2
+    assert improvement / se > 2 and label.startswith("inconclusive")
+
+
 def test_overhead_verdict_is_paired_by_seed():
     baseline = np.array([100.0, 200.0, 300.0])
     assert stats.overhead_verdict(baseline * 1.005, baseline)[0] == "reproduced"

@@ -47,3 +47,10 @@ def test_gradient_accumulation_averages_micro_steps():
     want, _ = reference.update({"w": jnp.full((2, 2), 2.0)}, ref_state, params)
     np.testing.assert_allclose(u2["w"], want["w"], rtol=1e-6)
     assert isinstance(tx, optax.GradientTransformation)
+
+
+def test_equal_settings_share_one_transformation():
+    """The jitted train step's cache key includes the optimizer: runs that differ only in
+    their seed must get the same object, runs with other settings another one."""
+    assert make_optimizer(_config()) is make_optimizer(_config())
+    assert make_optimizer(_config()) is not make_optimizer(_config(learning_rate=2e-2))

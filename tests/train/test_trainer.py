@@ -55,8 +55,20 @@ def test_tiny_trains_logs_checkpoints_and_reports(tmp_path):
     assert last["step"] == 4 and np.isfinite(last["val_loss"])
     assert np.isfinite(last["val_loss_top1_disabled"])
     assert len(last["eval/routing/domain_nmi"]) == 2  # one per router
+    assert last["eval/routing/dropped_fraction"] == [0.0, 0.0]  # dropless: nothing dropped
+    assert last["eval/routing/dropped_fraction_top1_disabled"] == [0.0, 0.0]
     assert (tmp_path / "report.md").exists() and (tmp_path / "plots" / "loss.png").exists()
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2, 3, 4]
+
+
+def test_evaluation_counts_capacity_drops(tmp_path):
+    """Half the slots fit at capacity_factor 0.5: evaluation reports the drops per router, with
+    and without the top-1 expert (the robustness test is not silently short of experts)."""
+    config = _tiny(steps=1)
+    config.model.moe.update(engine="capacity", capacity_factor=0.5)
+    last = train_and_evaluate(config, tmp_path)
+    for key in ("eval/routing/dropped_fraction", "eval/routing/dropped_fraction_top1_disabled"):
+        assert len(last[key]) == 2 and all(0.45 <= value < 1.0 for value in last[key]), key
 
 
 @pytest.mark.parametrize("resume_mesh", [{"devices": 1}, {"devices": 2, "data": 1, "fsdp": 2}])
