@@ -127,12 +127,12 @@ DEFAULT_SCALE = MappingProxyType({
     "train.eval_every": 100, "train.eval_batches": 4, "train.checkpoint_every": 100,
     "train.progress": False, "train.report": True})
 QUICK_SCALE = MappingProxyType({
-    **_ENGINE, "model.d_model": 32, "model.num_layers": 2, "model.num_heads": 2, "model.num_kv_heads": 2,
-    "model.d_ff": 64, "model.moe_every": 1, "mesh.devices": 1, "train.steps": 3,
-    "train.warmup_steps": 1,
-    "train.batch_size": 2, "train.seq_len": 16, "train.log_every": 1, "train.eval_every": 3,
-    "train.eval_batches": 1, "train.checkpoint_every": 3, "train.async_checkpoint": False,
-    "train.progress": False, "train.report": False})
+    **_ENGINE, "model.d_model": 32, "model.num_layers": 2, "model.num_heads": 2,
+    "model.num_kv_heads": 2, "model.d_ff": 64, "model.moe_every": 1, "mesh.devices": 1,
+    "train.steps": 3, "train.warmup_steps": 1, "train.batch_size": 2, "train.seq_len": 16,
+    "train.log_every": 1, "train.eval_every": 3, "train.eval_batches": 1,
+    "train.checkpoint_every": 3, "train.async_checkpoint": False, "train.progress": False,
+    "train.report": False})
 
 
 def _set(config, dotted: str, value) -> None:
