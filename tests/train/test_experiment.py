@@ -2,6 +2,8 @@
 
 import math
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -92,17 +94,23 @@ def test_every_claim_names_variants_of_its_suite():
 
 
 def test_quick_runs_every_suite_end_to_end(tmp_path):
+    """The command itself, as a user runs it (its own process, so --quick's XLA flags apply)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "moejax.train.experiment", "--suite", "all", "--quick",
+         "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
     for suite in SUITES:
-        runs = experiment.run_suite(suite, tmp_path, seeds=2, quick=True)
-        report = experiment.write_suite_report(suite, tmp_path, runs, quick=True)
-        text = report.read_text()
+        text = (tmp_path / suite / "report.md").read_text()
         table = text.split("## Claims")[0]
         cells = re.findall(r"\| ([^|]*±[^|]*) ", table)
         assert len(cells) >= len(SUITES[suite]) * 8
         numbers = [float(x) for cell in cells for x in cell.split("±")]
         assert all(math.isfinite(x) for x in numbers), table
+        assert f"{len(SUITES[suite])} variants x 2 seeds" in text
         assert text.count("**") == 2 * len(CLAIMS[suite])  # one verdict per claim
         assert (tmp_path / suite / "variants.png").exists()
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.count("| **") == sum(len(claims) for claims in CLAIMS.values())
 
 
 def test_set_overrides_parse_and_apply_to_every_variant():
