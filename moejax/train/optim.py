@@ -14,8 +14,12 @@ import optax
 
 def learning_rate_schedule(train_config) -> optax.Schedule:
     """Linear warmup to `learning_rate`, cosine decay to `learning_rate * min_lr_ratio`."""
-    return _schedule(train_config.learning_rate, train_config.warmup_steps, train_config.steps,
-                     train_config.get("min_lr_ratio", 0.1))
+    return _schedule(**_schedule_fields(train_config))
+
+
+def _schedule_fields(train_config) -> dict:
+    return dict(learning_rate=train_config.learning_rate, warmup_steps=train_config.warmup_steps,
+                steps=train_config.steps, min_lr_ratio=train_config.get("min_lr_ratio", 0.1))
 
 
 def _schedule(learning_rate, warmup_steps, steps, min_lr_ratio) -> optax.Schedule:
@@ -37,8 +41,7 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
     whose cache key includes it, compiles once for runs that differ only in their seed.
     """
     return _optimizer(
-        learning_rate=train_config.learning_rate, warmup_steps=train_config.warmup_steps,
-        steps=train_config.steps, min_lr_ratio=train_config.get("min_lr_ratio", 0.1),
+        **_schedule_fields(train_config),
         weight_decay=train_config.weight_decay, b1=train_config.get("b1", 0.9),
         b2=train_config.get("b2", 0.95), grad_clip=train_config.get("grad_clip", 1.0),
         grad_accumulation=train_config.get("grad_accumulation", 1))

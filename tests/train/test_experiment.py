@@ -1,6 +1,7 @@
 """moejax-experiment: statistics against NumPy, matched variants, and --quick end to end."""
 
 import math
+import pathlib
 import re
 import subprocess
 import sys
@@ -132,10 +133,10 @@ def test_run_dir_ignores_reporting_keys_and_seed_only():
     variant = SUITES["baselines"][0]
     seed0, seed1 = (variant_config(variant, seed=s, quick=True) for s in (0, 1))
     seed0.train.report, seed1.train.report = True, False
-    assert experiment.run_dir(tmp := experiment.pathlib.Path("/w"), seed0).parent == \
-        experiment.run_dir(tmp, seed1).parent
+    workdir = pathlib.Path("/w")
+    assert experiment.run_dir(workdir, seed0).parent == experiment.run_dir(workdir, seed1).parent
     seed1.loss.sp = 1e-3  # a computing key: another run
-    assert experiment.run_dir(tmp, seed0).parent != experiment.run_dir(tmp, seed1).parent
+    assert experiment.run_dir(workdir, seed0).parent != experiment.run_dir(workdir, seed1).parent
 
 
 def test_summary_lists_every_claim_of_the_finished_suites(tmp_path):
