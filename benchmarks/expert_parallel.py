@@ -31,7 +31,8 @@ import jax.numpy as jnp  # noqa: E402 (after the device count is set)
 import numpy as np
 from flax import nnx
 
-from moejax.layers.moe_block import MoESpec, TopKMoE
+from moejax.moe.spec import MoESpec
+from moejax.moe.topk import TopKMoE
 from moejax.parallel import MeshSpec, make_expert_parallel, make_mesh
 from moejax.parallel.sharding import state_shardings
 

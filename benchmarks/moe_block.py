@@ -25,9 +25,11 @@ import time
 import jax
 import jax.numpy as jnp
 
-from moejax.layers.experts import ExpertWeights, init_expert_weights
-from moejax.layers.moe_block import MoESpec, routed_experts_forward
-from moejax.layers.router import RouterSpec, route
+from moejax.layers.ffn import init_swiglu_weights
+from moejax.moe.experts import ExpertWeights
+from moejax.moe.router import RouterSpec, route
+from moejax.moe.spec import MoESpec
+from moejax.moe.topk import routed_experts_forward
 
 PRESETS = {
     "tiny": dict(tokens=256, d_model=64, experts=8, top_k=2, d_hidden=32, dtype="float32"),
@@ -70,8 +72,8 @@ def _make_params(shape: dict, dtype, key: jax.Array):
     tokens, d_model, experts = shape["tokens"], shape["d_model"], shape["experts"]
     x = jax.random.normal(k_x, (tokens, d_model), jnp.float32).astype(dtype)
     w_router = jax.random.normal(k_router, (d_model, experts), jnp.float32) * d_model**-0.5
-    expert_w = init_expert_weights(k_experts, experts, d_model, shape["d_hidden"])
-    ffn_w = init_expert_weights(k_ffn, 1, d_model, shape["top_k"] * shape["d_hidden"])
+    expert_w = init_swiglu_weights(k_experts, experts, d_model, shape["d_hidden"])
+    ffn_w = init_swiglu_weights(k_ffn, 1, d_model, shape["top_k"] * shape["d_hidden"])
     expert_w = ExpertWeights(*(w.astype(dtype) for w in expert_w))
     ffn_w = tuple(w[0].astype(dtype) for w in ffn_w)
     return x, w_router, expert_w, ffn_w

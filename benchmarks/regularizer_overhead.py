@@ -19,8 +19,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from moejax.layers.decoder import Decoder, DecoderSpec
-from moejax.layers.moe_block import MoESpec
+from moejax.models.decoder import Decoder, DecoderSpec
+from moejax.moe.spec import MoESpec
 from moejax.regularizers import LossSpec
 from moejax.train import step
 

@@ -41,7 +41,7 @@ def get_config(arg=None):
     config.model.moe.engine = "dropless"  # "dense", "capacity" or "dropless"
     # fused top-k dispatch and pairwise-cosine kernels: "auto" (jnp until checked on a GPU),
     # "pallas" (interpret mode on CPU: slow) or "jnp"
-    config.model.moe.kernel = "auto"
+    config.model.moe.implementation = "auto"
     config.model.moe.capacity_factor = 1.25  # capacity engine: C = ceil(cf * T * k / E)
     config.model.moe.record_cosine = False  # per-token cosine in the record (on if a loss needs it)
     config.model.moe.cosine_source = "activation"  # cosine of "activation" z or "output"
@@ -55,7 +55,7 @@ def get_config(arg=None):
     config.model.moe.router.use_bias = False  # selection-only bias (aux-loss-free balancing)
     config.model.moe.router.jitter = 0.0  # multiplicative input jitter in training
 
-    config.data = ml_collections.ConfigDict()  # maps onto moejax.train.data.DataSpec
+    config.data = ml_collections.ConfigDict()  # maps onto moejax.data.pipeline.DataSpec
     config.data.corpus = "stdlib"  # "stdlib", "files", "jsonl" or "arrayrecord" (moejax-prepare)
     config.data.paths = ()  # files/globs ("files", "jsonl") or the prepared dir ("arrayrecord")
     config.data.text_field = "text"  # JSONL key of the document text

@@ -1,11 +1,12 @@
 """moejax: Mixture-of-Experts language models in JAX/Flax NNX whose experts specialize."""
 
-from moejax.layers import Decoder, DecoderSpec, MoESpec, RouterSpec, decoder_spec_from_config
+from moejax.models import Decoder, DecoderSpec, decoder_spec_from_config
+from moejax.moe import CartesianMoE, DeepSeekMoE, MoESpec, RouterSpec, TopKMoE
 from moejax.record import RoutingRecord, concat_records
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Decoder", "DecoderSpec", "MoESpec", "RouterSpec", "RoutingRecord", "__version__",
-    "concat_records", "decoder_spec_from_config",
+    "CartesianMoE", "Decoder", "DecoderSpec", "DeepSeekMoE", "MoESpec", "RouterSpec",
+    "RoutingRecord", "TopKMoE", "__version__", "concat_records", "decoder_spec_from_config",
 ]

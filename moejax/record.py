@@ -27,7 +27,7 @@ class RoutingRecord:
 
     Attributes:
       logits: [R, T, E] float32 router logits `x W_r` (before any bias or jitter-free softmax).
-      probs: [R, T, E] float32 pre-top-k distribution `softmax(logits)` (methods.md section 2).
+      probs: [R, T, E] float32 pre-top-k distribution `softmax(logits)` (docs/methods.md section 2).
       expert_idx: [R, T, K] int32 chosen experts, best first; -1 marks a padded choice.
       gates: [R, T, K] float32 combine weights of the chosen experts (0 where dropped or padded).
       kept: [R, T, K] bool, False where a token-slot was dropped by capacity or is padding.
@@ -101,3 +101,23 @@ def concat_records(records: Sequence[RoutingRecord]) -> RoutingRecord:
     top_k = max(r.expert_idx.shape[2] for r in records)
     padded = [pad_record(r, num_experts, top_k) for r in records]
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *padded)
+
+
+def concat_tokens(records: Sequence[RoutingRecord]) -> RoutingRecord:
+    """Joins records of the same routers over different tokens (e.g. micro-batches).
+
+    Args:
+      records: records with equal R, E and K.
+
+    Returns:
+      One record over all their tokens, in the order given: per-token fields concatenated
+      along T, `tokens_per_expert` and `dropped` summed.
+    """
+    first = records[0]
+    summed = dict(tokens_per_expert=sum(r.tokens_per_expert for r in records),
+                  dropped=sum(r.dropped for r in records))
+    per_token = {field.name: jnp.concatenate([getattr(r, field.name) for r in records], axis=1)
+                 for field in dataclasses.fields(RoutingRecord)
+                 if field.name not in (*summed, "num_experts", "top_k")
+                 and getattr(first, field.name) is not None}
+    return dataclasses.replace(first, **summed, **per_token)

@@ -1,6 +1,6 @@
 """Independent NumPy oracle (float64, plain loops) for routers, experts and MoE blocks.
 
-Nothing here imports moejax: it restates methods.md sections 1-4 directly.
+Nothing here imports moejax: it restates docs/methods.md sections 1-4 directly.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The import graph follows the data path (style.md section 3, rule 2)."""
+"""The import graph follows the data path (style.md section 3, rule 2), room by room."""
 
 import ast
 import pathlib
@@ -7,12 +7,24 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "moejax"
 
-# subpackage -> moejax modules it may import (prefix match)
+_MODEL = ("moejax.models", "moejax.moe", "moejax.layers", "moejax.kernels", "moejax.record",
+          "moejax.options")
+# room -> moejax modules it may import (prefix match)
 ALLOWED = {
     "kernels": ("moejax.kernels",),
-    "layers": ("moejax.layers", "moejax.record", "moejax.kernels", "moejax.parallel.axes"),
-    "regularizers": ("moejax.regularizers", "moejax.record"),
+    "layers": ("moejax.layers",),
+    "moe": ("moejax.moe", "moejax.layers", "moejax.kernels", "moejax.record"),
+    "models": _MODEL,
+    "regularizers": ("moejax.regularizers", "moejax.record", "moejax.kernels"),
+    "parallel": ("moejax.parallel", "moejax.moe", "moejax.kernels"),
+    "data": ("moejax.data", "moejax.options"),
+    "reporting": ("moejax.reporting",),
+    "train": (*_MODEL, "moejax.train", "moejax.parallel", "moejax.regularizers", "moejax.data",
+              "moejax.reporting"),
+    "experiments": ("moejax.experiments", "moejax.train", "moejax.reporting"),
     "record.py": (),
+    "options.py": (),
+    "__init__.py": ("moejax.models", "moejax.moe", "moejax.record"),
 }
 
 
@@ -25,20 +37,35 @@ def _moejax_imports(path: pathlib.Path):
             yield node.module
 
 
+def _paths(part):
+    return [PACKAGE / part] if part.endswith(".py") else sorted((PACKAGE / part).rglob("*.py"))
+
+
 @pytest.mark.parametrize("part", sorted(ALLOWED))
 def test_import_direction(part):
-    paths = [PACKAGE / part] if part.endswith(".py") else sorted((PACKAGE / part).rglob("*.py"))
+    paths = _paths(part)
     assert paths and all(p.exists() for p in paths), part
     bad = [(str(p.relative_to(PACKAGE)), name) for p in paths for name in _moejax_imports(p)
            if not name.startswith(ALLOWED[part])]
     assert not bad, f"imports against the data path: {bad}"
 
 
-def test_layers_and_kernels_import_without_training_stack():
+def test_every_room_is_checked_and_nothing_imports_the_commands():
+    rooms = {p.name for p in PACKAGE.iterdir() if p.suffix == ".py" or
+             (p.is_dir() and (p / "__init__.py").exists())}
+    assert rooms - {"cli"} == set(ALLOWED)
+    bad = [str(p) for part in ALLOWED for p in _paths(part)
+           if any(name.startswith("moejax.cli") for name in _moejax_imports(p))]
+    assert not bad, bad
+
+
+def test_model_code_imports_without_training_stack():
     import subprocess
     import sys
 
-    code = ("import sys, moejax, moejax.layers, moejax.kernels; "
-            "bad = [m for m in ('grain', 'orbax', 'matplotlib', 'tensorboard') if m in sys.modules]; "
+    code = ("import sys, moejax, moejax.moe, moejax.models, moejax.layers, moejax.kernels, "
+            "moejax.regularizers, moejax.parallel; "
+            "bad = [m for m in ('grain', 'orbax', 'matplotlib', 'tensorboardX', 'tqdm', "
+            "'ml_collections') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
     subprocess.run([sys.executable, "-c", code], check=True)

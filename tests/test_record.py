@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moejax.record import RoutingRecord, concat_records
+from moejax.record import RoutingRecord, concat_records, concat_tokens
 
 T = 7
 SIZES = [(1, 4, 2), (2, 6, 3), (1, 5, 1)]  # (R, E, K) of each record, in depth order
@@ -126,3 +126,16 @@ def test_mixing_pair_cos_raises():
 def test_empty_list_raises():
     with pytest.raises(ValueError, match="at least one record"):
         concat_records([])
+
+
+@pytest.mark.parametrize("with_cos", [True, False])
+def test_concat_tokens_joins_micro_batches(with_cos):
+    parts = [_arrays(2, 4, 2, seed, with_cos) for seed in (1, 2)]
+    joined = concat_tokens([_record(p) for p in parts])
+    for name in ("logits", "probs", "expert_idx", "gates", "kept", *(["pair_cos"] * with_cos)):
+        np.testing.assert_array_equal(getattr(joined, name),
+                                      np.concatenate([p[name] for p in parts], axis=1))
+    for name in ("tokens_per_expert", "dropped"):
+        np.testing.assert_array_equal(getattr(joined, name), parts[0][name] + parts[1][name])
+    np.testing.assert_array_equal(joined.num_experts, parts[0]["num_experts"])
+    assert (joined.pair_cos is None) == (not with_cos)

@@ -1,6 +1,6 @@
 """Pallas kernels behind `pairwise_cosine` and `pairwise_cosine_sorted` (see pairwise_cosine.py).
 
-The specialization loss's kernel (methods.md section 5). Forward: one pass over z per block of
+The specialization loss's kernel (docs/methods.md section 5). Forward: one pass over z per block of
 tokens; for every pair i <= j of the K slots it accumulates <z_i, z_j> over feature chunks in
 float32 (bf16 inputs are widened chunk by chunk), then normalises:
 cos_ij = <z_i, z_j> / (n_i n_j) with n_i = sqrt(max(|z_i|^2, eps^2)). The norms [T, K] and the

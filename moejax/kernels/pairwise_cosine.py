@@ -1,6 +1,6 @@
 """Per-token K x K cosine similarity of the chosen experts' activations z.
 
-The quantity the intra-layer specialization loss reads (methods.md section 5):
+The quantity the intra-layer specialization loss reads (docs/methods.md section 5):
 cos[t, i, j] = <z_ti, z_tj> / (|z_ti| |z_tj|), with the norm clamped at 1e-12 so that a zero
 vector (a dropped slot) has cosine 0 with everything and a finite gradient.
 

@@ -1,6 +1,6 @@
 """Fused softmax-top-k routing and expert-sorted positions: router and dispatch plan in one pass.
 
-Covers the "softmax_topk" router of methods.md section 2 (s = softmax(r), top-k of s, gates the
+Covers the "softmax_topk" router of docs/methods.md section 2 (s = softmax(r), top-k of s, gates the
 picked s, optionally renormalised to sum 1) plus what the dispatch plan needs (section 4): the
 slot counts per expert and where each token-slot lands in expert-sorted order, without an
 argsort. A token-slot is (token t, choice j), numbered t*K + j; slots are sorted by expert, then

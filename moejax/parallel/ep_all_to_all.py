@@ -27,8 +27,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from moejax.layers.dispatch import DispatchPlan
-from moejax.layers.experts import ExpertWeights
+from moejax.moe.dispatch import DispatchPlan
+from moejax.moe.experts import ExpertWeights, experts_on_buffers
 
 
 def pair_capacity(tokens_per_shard: int, top_k: int, num_local: int, capacity: int,
@@ -122,10 +122,8 @@ def all_to_all_body(x, expert_idx, position, kept, weights: ExpertWeights, *, ca
     source_row = jnp.full((buffer_rows,), num_rows, jnp.int32).at[recv_target].set(
         jnp.arange(num_rows, dtype=jnp.int32), mode="drop")
     buffers = _take(recv_x, source_row).reshape(num_local, capacity, -1)  # [E_l, C, D]
-    gate = jnp.einsum("ECD,EDF->ECF", buffers, weights.w_gate)
-    up = jnp.einsum("ECD,EDF->ECF", buffers, weights.w_up)
-    z = jax.nn.silu(gate) * up
-    out = jax.lax.psum(jnp.einsum("ECF,EFD->ECD", z, weights.w_down), tensor_axis)
+    out, z = experts_on_buffers(buffers, weights)
+    out = jax.lax.psum(out, tensor_axis)
 
     def back_to_slots(rows):  # [E_l, C, N] -> [T_l, K, N]
         returned = exchange(_take(rows.reshape(buffer_rows, -1), recv_target))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.layers.experts import ExpertWeights
+from moejax.moe.experts import ExpertWeights
 from moejax.parallel.local_experts import grouped_swiglu, sort_by_local_expert
 
 

@@ -27,8 +27,8 @@ import math
 import jax
 from jax.sharding import PartitionSpec
 
-from moejax.layers.dispatch import DispatchPlan
-from moejax.layers.experts import ExpertWeights
+from moejax.moe.dispatch import DispatchPlan, SortedActivations
+from moejax.moe.experts import ExpertWeights
 from moejax.parallel import axes
 from moejax.parallel.ep_all_to_all import (
     all_to_all_body,
@@ -115,18 +115,19 @@ class ExpertParallel:
                                          pair_rows=self._pair_rows(plan))
 
     def __call__(self, x: jax.Array, plan: DispatchPlan, weights: ExpertWeights, *,
-                 with_activations: bool = False, sorted_activations: bool = False):
-        """Same contract as `layers.engines.dense_engine`, for a plan from `prepare_plan`;
-        z is always returned in slot order ([T, K, F]).
+                 activations: str | None = None):
+        """The engine contract (`moe/engines/__init__.py`), for a plan from `prepare_plan`.
 
         Args:
           x: [T, D] tokens; plan: the global plan; weights: [E, D, F], [E, D, F], [E, F, D].
+          activations: None, "slots" or "sorted"; z comes back to its tokens' shards in slot
+            order, so "sorted" is `SortedActivations.from_slots` of it.
 
         Returns:
-          (y_slots [T, K, D], z_slots [T, K, F] or None); dropped slots are zero.
+          (y_slots [T, K, D], z or None); dropped slots are zero.
         """
-        del sorted_activations  # z is returned to its tokens' shards, in slot order
         self._check(x.shape[0], plan.num_experts)
+        with_activations = activations is not None
         names = dict(expert_axis=_EXPERT_AXIS, tensor_axis=_TENSOR_AXIS,
                      with_activations=with_activations)
         if self.mode == "all_to_all":
@@ -138,7 +139,10 @@ class ExpertParallel:
                 functools.partial(ragged_body, **names, collective=(
                     emulated_ragged_all_to_all if self.emulate_ragged else None)))
             routing = (plan.expert_idx, plan.kept)
-        return _run_sharded(body, self.mesh, x, routing, weights, with_activations)
+        y_slots, z_slots = _run_sharded(body, self.mesh, x, routing, weights, with_activations)
+        if activations == "sorted":
+            return y_slots, SortedActivations.from_slots(z_slots, plan.kept)
+        return y_slots, z_slots
 
 
 def _run_sharded(body, mesh, x, routing: tuple, weights: ExpertWeights, with_activations):

@@ -12,8 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.kernels import grouped_matmul
-from moejax.layers.experts import ExpertWeights
+from moejax.moe.experts import ExpertWeights, experts_on_sorted_rows
 
 
 def sort_by_local_expert(local_expert: jax.Array, num_local: int):
@@ -48,8 +47,5 @@ def grouped_swiglu(rows: jax.Array, group_sizes: jax.Array, weights: ExpertWeigh
     Returns:
       (y [M, D] full expert outputs, z [M, F_l] this tensor shard's activations).
     """
-    gate = grouped_matmul(rows, weights.w_gate, group_sizes)
-    up = grouped_matmul(rows, weights.w_up, group_sizes)
-    z = jax.nn.silu(gate) * up
-    y = grouped_matmul(z, weights.w_down, group_sizes)
+    y, z = experts_on_sorted_rows(rows, group_sizes, weights)
     return jax.lax.psum(y, tensor_axis), z

@@ -1,10 +1,8 @@
-"""Regularizers: pure, jittable functions over routing records (methods.md section 5).
+"""Regularizers: pure, jittable functions over routing records (docs/methods.md section 5).
 
 Each loss takes plain arrays with an optional leading router axis R and returns
 `(mean over routers, per-router values)`. `regularizers/` imports only `moejax.record`.
 """
-
-from types import MappingProxyType
 
 from moejax.regularizers.baselines import orthogonality_loss, score_variance_loss
 from moejax.regularizers.bias_update import updated_bias
@@ -15,21 +13,11 @@ from moejax.regularizers.specialization import (
     specialization_loss,
     specialization_loss_from_cosine,
 )
-from moejax.regularizers.total import LossSpec, aux_total
+from moejax.regularizers.total import LOSSES, BatchLayout, LossSpec, aux_total
 from moejax.regularizers.z_loss import z_loss
 
-LOSSES = MappingProxyType({
-    "lb": load_balance_loss,
-    "z": z_loss,
-    "sp": specialization_loss,
-    "sp_from_cosine": specialization_loss_from_cosine,
-    "cp": coupling_loss,
-    "orth": orthogonality_loss,
-    "var": score_variance_loss,
-})
-
 __all__ = [
-    "LOSSES", "LossSpec", "aux_total", "coupling_loss", "load_balance_loss",
-    "nmi_from_counts", "orthogonality_loss", "routing_metrics", "score_variance_loss", "specialization_loss",
-    "specialization_loss_from_cosine", "topk_mass", "updated_bias", "z_loss",
+    "BatchLayout", "LOSSES", "LossSpec", "aux_total", "coupling_loss", "load_balance_loss",
+    "nmi_from_counts", "orthogonality_loss", "routing_metrics", "score_variance_loss",
+    "specialization_loss", "specialization_loss_from_cosine", "topk_mass", "updated_bias", "z_loss",
 ]

@@ -1,4 +1,4 @@
-"""Cross-layer coupling loss (arXiv 2602.14159, Eq. 7; reconstructed, methods.md 5).
+"""Cross-layer coupling loss (arXiv 2602.14159, Eq. 7; reconstructed, docs/methods.md section 5).
 
 With `s^l` the pre-top-k softmax of router l and `P_t^l = sum_{e in TopK_t^l} s^l_te` its
 top-k mass, `R_cp = -mean_{l=1..L-1} mean_t P_t^l P_t^{l+1}` over adjacent routers in depth

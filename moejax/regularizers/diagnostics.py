@@ -1,4 +1,4 @@
-"""Routing metrics over a model's routing record (methods.md section 6).
+"""Routing metrics over a model's routing record (docs/methods.md section 6).
 
 Every metric is computed from sums (token counts, entropy sums, co-occurrence counts) that
 are summed over the data-parallel shards when `axis_name` is given, so the value on each

@@ -1,6 +1,6 @@
 """Switch/GShard load-balance loss and its sequence-wise and global-batch variants.
 
-Per router (methods.md section 5): `f_e = count_e / (k T)`, `P_e = mean_t s_te`,
+Per router (docs/methods.md section 5): `f_e = count_e / (k T)`, `P_e = mean_t s_te`,
 `L_lb = E * sum_e f_e P_e`, which is 1 at perfect balance. Averaged over routers, never
 concatenated across them.
 """

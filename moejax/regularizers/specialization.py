@@ -1,4 +1,5 @@
-"""Intra-layer specialization loss (arXiv 2602.14159, Eq. 4; reconstructed, methods.md 5).
+"""Intra-layer specialization loss (arXiv 2602.14159, Eq. 4; reconstructed,
+docs/methods.md section 5).
 
 For each router and token, over the k routed experts the token activated:
 `R_sp = mean_routers mean_t 1/(k(k-1)) sum_{e != v in TopK_t} cos(z_e(x_t), z_v(x_t))^2`,
@@ -12,10 +13,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from moejax.kernels import pairwise_cosine as kernel_pairwise_cosine
 from moejax.regularizers._routers import mean_over_routers, with_router_axis
 
 MODES = ("square", "abs")
-_EPS = 1e-12
 
 
 def token_subset(num_tokens: int, max_tokens: int | None) -> jax.Array | None:
@@ -62,12 +63,10 @@ def specialization_loss_from_cosine(cos, *, top_k=None, mode="square", max_token
 
 
 def pairwise_cosine(z: jax.Array) -> jax.Array:
-    """[..., K, F] -> [..., K, K] float32 cosines (zero vectors have cosine 0)."""
-    z = z.astype(jnp.float32)
-    # sqrt of a clamped square norm: a zero vector gets cosine 0 and a zero (not NaN) gradient
-    norm = jnp.sqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), _EPS**2))
-    unit = z / norm
-    return jnp.einsum("...KF,...JF->...KJ", unit, unit)
+    """[..., K, F] -> [..., K, K] cosines (zero vectors have cosine 0): the jnp reference of
+    `kernels.pairwise_cosine` over any leading axes."""
+    cos = kernel_pairwise_cosine(z.reshape(-1, *z.shape[-2:]), implementation="jnp")
+    return cos.reshape(*z.shape[:-2], *cos.shape[-2:])
 
 
 def specialization_loss(z, *, mode="square", max_tokens=None):

@@ -1,13 +1,16 @@
 """The weighted sum of the regularizers over a model's routing record.
 
 `L_aux = lb * L_lb + z * L_z + sp * R_sp + cp * R_cp + orth * L_orth + var * L_var`
-(methods.md section 5). Terms with weight 0 are skipped.
+(docs/methods.md section 5), a loop over the `LOSSES` table; terms with weight 0 are skipped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from types import MappingProxyType
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from moejax.record import RoutingRecord
@@ -26,8 +29,10 @@ class LossSpec:
 
     Attributes:
       lb: load-balance weight (typical 1e-2).
-      lb_variant: "batch" (micro-batch), "sequence" (per sequence) or "global" (global batch:
-        loads summed over the data-parallel axes).
+      lb_variant: "batch" (the micro-batch: under jit the whole global batch of one
+        forward pass, every data shard included), "sequence" (per sequence) or "global"
+        (the whole optimizer step: loads also summed over the gradient-accumulation
+        micro-batches, and over `axis_name` inside shard_map).
       z: router z-loss weight (typical 1e-3).
       sp: intra-layer specialization weight (paper A: 2e-3); needs top_k >= 2.
       sp_mode: "square" or "abs".
@@ -76,51 +81,91 @@ class LossSpec:
         return "activation" if self.sp > 0 else "output" if self.orth > 0 else None
 
 
-def _terms(record: RoutingRecord, spec: LossSpec, sequence_length, axis_name):
-    """name -> (mean, per-router values) for every term with a non-zero weight."""
-    terms = {}
-    if spec.lb > 0 and spec.lb_variant == "sequence" and sequence_length is None:
-        raise ValueError('loss.lb_variant="sequence" needs aux_total(..., sequence_length=S)')
-    if spec.lb > 0:
-        terms["lb"] = load_balance_loss(
-            record.probs, record.expert_idx, num_experts=record.num_experts,
-            sequence_length=sequence_length if spec.lb_variant == "sequence" else None,
-            axis_name=axis_name if spec.lb_variant == "global" else None)
-    if spec.z > 0:
-        terms["z"] = z_loss(record.logits)
-    for name in ("sp", "orth"):
-        if getattr(spec, name) > 0:
-            if record.pair_cos is None:
-                raise ValueError(f"loss.{name} > 0 but the record has no pair_cos: build the "
-                                 "blocks with record_cosine=True")
-            terms[name] = specialization_loss_from_cosine(
-                record.pair_cos, top_k=record.top_k,
-                mode=spec.sp_mode if name == "sp" else "square", max_tokens=spec.sp_max_tokens)
-    if spec.cp > 0:
-        terms["cp"] = coupling_loss(record.probs, record.expert_idx, form=spec.cp_form,
-                                    stop_gradient_deeper=spec.cp_stop_gradient_deeper)
-    if spec.var > 0:
-        terms["var"] = score_variance_loss(record.probs, num_experts=record.num_experts)
-    return terms
+class BatchLayout(NamedTuple):
+    """What the losses need to know about the batch besides the record.
+
+    Attributes:
+      sequence_length: S, for lb_variant="sequence" (tokens are [B*S] token-major).
+      axis_name: data-parallel mesh axis name(s), for lb_variant="global" inside shard_map.
+      extra_tokens_per_expert: [R, E] slots routed in the other gradient-accumulation
+        micro-batches of this optimizer step, for lb_variant="global".
+    """
+
+    sequence_length: int | None = None
+    axis_name: str | tuple | None = None
+    extra_tokens_per_expert: jax.Array | None = None
 
 
-def aux_total(record: RoutingRecord, spec: LossSpec, *, sequence_length=None, axis_name=None):
-    """Weighted regularizers of a model's record.
+def _lb_term(record: RoutingRecord, spec: LossSpec, batch: BatchLayout):
+    if spec.lb_variant == "sequence":
+        if batch.sequence_length is None:
+            raise ValueError('loss.lb_variant="sequence" needs aux_total(..., sequence_length=S)')
+        return load_balance_loss(record.probs, record.expert_idx, num_experts=record.num_experts,
+                                 sequence_length=batch.sequence_length)
+    is_global = spec.lb_variant == "global"
+    return load_balance_loss(
+        record.probs, record.expert_idx, num_experts=record.num_experts,
+        axis_name=batch.axis_name if is_global else None,
+        extra_tokens_per_expert=batch.extra_tokens_per_expert if is_global else None)
+
+
+def _pair_cos(record: RoutingRecord, name: str) -> jax.Array:
+    if record.pair_cos is None:
+        raise ValueError(f"loss.{name} > 0 but the record has no pair_cos: build the blocks "
+                         "with record_cosine=True")
+    return record.pair_cos
+
+
+def _sp_term(record: RoutingRecord, spec: LossSpec, batch: BatchLayout):
+    return specialization_loss_from_cosine(_pair_cos(record, "sp"), top_k=record.top_k,
+                                           mode=spec.sp_mode, max_tokens=spec.sp_max_tokens)
+
+
+def _orth_term(record: RoutingRecord, spec: LossSpec, batch: BatchLayout):
+    # the same squared cosine, of the experts' outputs (the blocks record those for orth)
+    return specialization_loss_from_cosine(_pair_cos(record, "orth"), top_k=record.top_k,
+                                           mode="square", max_tokens=spec.sp_max_tokens)
+
+
+def _cp_term(record: RoutingRecord, spec: LossSpec, batch: BatchLayout):
+    return coupling_loss(record.probs, record.expert_idx, form=spec.cp_form,
+                         stop_gradient_deeper=spec.cp_stop_gradient_deeper)
+
+
+# name -> term(record, spec, batch) -> (mean, per-router values); each name is also the
+# LossSpec field of its weight. A new loss: its module, one entry here and one weight field.
+LOSSES = MappingProxyType({
+    "lb": _lb_term,
+    "z": lambda record, spec, batch: z_loss(record.logits),
+    "sp": _sp_term,
+    "cp": _cp_term,
+    "orth": _orth_term,
+    "var": lambda record, spec, batch: score_variance_loss(record.probs,
+                                                           num_experts=record.num_experts),
+})
+
+
+def aux_total(record: RoutingRecord, spec: LossSpec, *, sequence_length=None, axis_name=None,
+              extra_tokens_per_expert=None):
+    """Weighted regularizers of a model's record: every LOSSES term with a weight > 0.
 
     Args:
       record: the decoder's routing record (R routers in depth order, T tokens).
       spec: weights and options.
-      sequence_length: S, for lb_variant="sequence" (tokens are [B*S] token-major).
-      axis_name: data-parallel mesh axis name(s), for lb_variant="global" inside shard_map.
+      sequence_length, axis_name, extra_tokens_per_expert: see `BatchLayout`.
 
     Returns:
       (total [] float32, terms): terms maps "aux/<name>" to the unweighted mean and
       "aux/<name>/per_router" to the per-router (per-pair for cp) values.
     """
+    batch = BatchLayout(sequence_length, axis_name, extra_tokens_per_expert)
     total = jnp.zeros((), jnp.float32)
     logged = {}
-    for name, (mean, per_router) in _terms(record, spec, sequence_length, axis_name).items():
-        total = total + getattr(spec, name) * mean
-        logged[f"aux/{name}"] = mean
-        logged[f"aux/{name}/per_router"] = per_router
+    for name, term in LOSSES.items():
+        weight = getattr(spec, name)
+        if weight > 0:
+            mean, per_router = term(record, spec, batch)
+            total = total + weight * mean
+            logged[f"aux/{name}"] = mean
+            logged[f"aux/{name}/per_router"] = per_router
     return total, logged

@@ -1,4 +1,2 @@
-"""Training: config files, data, optimizer, train step, trainer and CLI.
-
-Import submodules directly (`moejax.train.trainer`); this package imports nothing heavy.
-"""
+"""Training: specs (`TrainSpec`, config -> specs), optimizer, train/eval steps, checkpoints
+and `train_and_evaluate`. Import submodules directly (`moejax.train.trainer`)."""

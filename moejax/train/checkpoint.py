@@ -43,7 +43,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from moejax.layers.decoder import Decoder, DecoderSpec, decoder_spec_from_config
+from moejax.models.decoder import Decoder, DecoderSpec, decoder_spec_from_config
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"

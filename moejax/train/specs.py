@@ -1,12 +1,92 @@
-"""From a config file's ConfigDict to the typed specs, with the cross-section checks."""
+"""From a config file's ConfigDict to the typed specs, with the cross-section checks.
+
+`TrainSpec` is `config.train`: every training option with its default, checked when built.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
-from moejax.layers.decoder import DecoderSpec, decoder_spec_from_config
-from moejax.layers.options import spec_from_mapping
+from moejax.models.decoder import DecoderSpec, decoder_spec_from_config
+from moejax.options import spec_from_mapping
 from moejax.regularizers import LossSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """Training options (`config.train`).
+
+    Attributes:
+      steps: optimizer steps.
+      batch_size: sequences per optimizer step (the global batch, all hosts and micro-steps).
+      seq_len: tokens per sequence.
+      grad_accumulation: micro-batches per optimizer step; batch_size is split into this
+        many equal micro-batches whose gradients are averaged.
+      learning_rate: peak learning rate.
+      warmup_steps: linear warmup, then cosine decay to learning_rate * min_lr_ratio.
+      min_lr_ratio: final learning rate / peak.
+      weight_decay: AdamW weight decay (matrices only).
+      b1, b2: AdamW betas.
+      grad_clip: global-norm gradient clipping (0 = off).
+      log_every: steps between metrics.jsonl rows.
+      eval_every: steps between evaluations (and at the end).
+      eval_batches: validation batches per evaluation.
+      eval_top1_disabled: also evaluate with each token's top-1 expert disabled.
+      checkpoint_every: steps between checkpoints (and at the end).
+      max_to_keep: checkpoints kept.
+      async_checkpoint: write checkpoints in the background.
+      tensorboard: also write TensorBoard events (needs tensorboardX).
+      progress: progress bar on the terminal.
+      report: write plots and report.md at the end.
+    """
+
+    steps: int = 300
+    batch_size: int = 16
+    seq_len: int = 128
+    grad_accumulation: int = 1
+    learning_rate: float = 3e-3
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    grad_clip: float = 1.0
+    log_every: int = 25
+    eval_every: int = 100
+    eval_batches: int = 4
+    eval_top1_disabled: bool = False
+    checkpoint_every: int = 100
+    max_to_keep: int = 3
+    async_checkpoint: bool = True
+    tensorboard: bool = False
+    progress: bool = True
+    report: bool = False
+
+    def __post_init__(self):
+        at_least_one = ("steps", "batch_size", "seq_len", "grad_accumulation", "log_every",
+                        "eval_every", "eval_batches", "checkpoint_every", "max_to_keep")
+        for name in at_least_one:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"train.{name}={value!r}; allowed: an integer >= 1")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"train.learning_rate={self.learning_rate}; allowed: finite and > 0")
+        ranges = dict(warmup_steps=(0, math.inf), min_lr_ratio=(0, 1), weight_decay=(0, math.inf),
+                      b1=(0, 1), b2=(0, 1), grad_clip=(0, math.inf))
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if not low <= value <= high or (name in ("b1", "b2") and value == 1):
+                raise ValueError(f"train.{name}={value}; allowed: [{low}, {high}"
+                                 f"{')' if name in ('b1', 'b2') else ']'}")
+        if self.batch_size % self.grad_accumulation:
+            raise ValueError(f"train.batch_size={self.batch_size} is not divisible by "
+                             f"train.grad_accumulation={self.grad_accumulation}")
+
+
+def train_spec_from_config(config) -> TrainSpec:
+    """`config.train` -> TrainSpec; an unknown key or a bad value raises ValueError naming it."""
+    return spec_from_mapping(TrainSpec, config.get("train"), "train")
 
 
 def loss_spec_from_config(loss_config) -> LossSpec:

@@ -1,6 +1,8 @@
 """Train and eval steps: next-token cross-entropy plus the weighted regularizers.
 
-Loss weights are applied here and only here (style.md rule 4).
+Loss weights are applied here and only here (style.md rule 4). With gradient accumulation
+the train step runs its micro-batches itself and makes one optimizer update, so that
+`loss.lb_variant="global"` sees the loads of the whole optimizer step.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from moejax.record import concat_tokens
 from moejax.regularizers import LossSpec, aux_total, routing_metrics, updated_bias
 
 
@@ -20,14 +23,22 @@ def lm_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
-def _loss_fn(model, tokens, loss_spec: LossSpec):
-    """tokens [B, S + 1] -> (total loss, (metrics, record))."""
+def _loss_fn(model, tokens, loss_spec: LossSpec, step_tokens_per_expert=None):
+    """tokens [B, S + 1] -> (total loss, (metrics, record)).
+
+    step_tokens_per_expert: [R, E] loads of the whole optimizer step (all its micro-batches),
+    for the global-batch load balance; None: this batch's own.
+    """
     logits, record = model(tokens[:, :-1])
     loss = lm_loss(logits, tokens[:, 1:])
     metrics = {"loss": loss}
     total = loss
     if record is not None:
-        aux, terms = aux_total(record, loss_spec, sequence_length=tokens.shape[1] - 1)
+        extra = None
+        if step_tokens_per_expert is not None:  # the other micro-batches' loads
+            extra = step_tokens_per_expert - record.tokens_per_expert
+        aux, terms = aux_total(record, loss_spec, sequence_length=tokens.shape[1] - 1,
+                               extra_tokens_per_expert=extra)
         total = total + aux
         metrics.update(terms, total_loss=total)
     return total, (metrics, record)
@@ -38,28 +49,61 @@ def _routing_summary(record) -> dict:
     return {f"routing/{k}": v for k, v in routing_metrics(record).items()}
 
 
-def _update_router_biases(model, record, rate: float) -> None:
+def _update_router_biases(model, tokens_per_expert, num_experts, rate: float) -> None:
     routers = model.routers()
-    new = updated_bias(jnp.stack([_padded_bias(r, record) for r in routers]),
-                       record.tokens_per_expert, rate, num_experts=record.num_experts)
+    width = tokens_per_expert.shape[-1]
+    biases = jnp.stack([jnp.pad(r.bias[...], (0, width - r.bias.shape[0])) for r in routers])
+    new = updated_bias(biases, tokens_per_expert, rate, num_experts=num_experts)
     for i, router in enumerate(routers):
         router.bias[...] = new[i, : router.bias.shape[0]]
 
 
-def _padded_bias(router, record):
-    bias = router.bias[...]
-    return jnp.pad(bias, (0, record.tokens_per_expert.shape[-1] - bias.shape[0]))
+def _step_tokens_per_expert(model, micro_batches) -> jax.Array:
+    """[R, E] loads of all micro-batches, from forward passes that leave the model unchanged
+    (the random state is put back, so the jitter of these passes is that of the step's)."""
+    rng_state = nnx.clone(nnx.state(model, nnx.RngState))
+    counts = sum(model(batch[:, :-1])[1].tokens_per_expert for batch in micro_batches)
+    nnx.update(model, rng_state)
+    return jax.lax.stop_gradient(counts)
 
 
-@functools.partial(nnx.jit, static_argnames="loss_spec")
-def train_step(model, optimizer, tokens: jax.Array, loss_spec: LossSpec):
-    """One optimizer step on tokens [B, S + 1]; returns a dict of metrics."""
+def _mean(trees):
+    return jax.tree.map(lambda *xs: sum(xs) / len(xs), *trees)
+
+
+@functools.partial(nnx.jit, static_argnames=("loss_spec", "micro_batches"))
+def train_step(model, optimizer, tokens: jax.Array, loss_spec: LossSpec, micro_batches: int = 1):
+    """One optimizer step; returns a dict of metrics.
+
+    Args:
+      tokens: [B, S + 1] int token ids, the whole optimizer step's batch.
+      loss_spec: the regularizers.
+      micro_batches: A, gradient-accumulation micro-batches; micro-batch m is rows m, m + A,
+        m + 2A, ... (so each spans the batch's shards). Gradients, losses and metrics are
+        means over the micro-batches, which have equal sizes, so the step equals one step on
+        the whole batch wherever the loss is a mean over tokens; the global-batch load
+        balance gets the loads of all micro-batches (one extra forward pass each).
+    """
+    batches = [tokens[m::micro_batches] for m in range(micro_batches)]
+    has_routers = bool(model.routers())
+    step_counts = None
+    if (micro_batches > 1 and has_routers and loss_spec.lb > 0
+            and loss_spec.lb_variant == "global"):
+        step_counts = _step_tokens_per_expert(model, batches)
     grad_fn = nnx.value_and_grad(_loss_fn, has_aux=True)
-    (_, (metrics, record)), grads = grad_fn(model, tokens, loss_spec)
+    grads, metrics, records = [], [], []
+    for batch in batches:
+        (_, (batch_metrics, record)), batch_grads = grad_fn(model, batch, loss_spec, step_counts)
+        grads.append(batch_grads)
+        metrics.append(batch_metrics)
+        records.append(record)
+    grads, metrics = _mean(grads), _mean(metrics)
     optimizer.update(model, grads)
-    if record is not None:
+    if has_routers:
+        record = concat_tokens(records) if micro_batches > 1 else records[0]
         if loss_spec.bias_rate > 0:
-            _update_router_biases(model, record, loss_spec.bias_rate)
+            _update_router_biases(model, record.tokens_per_expert, record.num_experts,
+                                  loss_spec.bias_rate)
         metrics.update(_routing_summary(record))
     metrics["grad_norm"] = optax.tree.norm(grads)
     return metrics

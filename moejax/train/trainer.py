@@ -17,8 +17,9 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from moejax.layers.decoder import Decoder
-from moejax.layers.options import spec_from_mapping
+from moejax.data import pipeline
+from moejax.models.decoder import Decoder
+from moejax.options import spec_from_mapping
 from moejax.parallel import (
     MeshSpec,
     batch_sharding,
@@ -27,11 +28,12 @@ from moejax.parallel import (
     shard_model_and_optimizer,
 )
 from moejax.regularizers import nmi_from_counts
-from moejax.train import data, step
+from moejax.reporting.metrics import MetricsWriter
+from moejax.reporting.report import write_report
+from moejax.train import step
 from moejax.train.checkpoint import Checkpointer
-from moejax.train.metrics import MetricsWriter
-from moejax.train.optim import make_optimizer
-from moejax.train.specs import specs_from_config
+from moejax.train.optim import learning_rate_schedule, make_optimizer
+from moejax.train.specs import TrainSpec, specs_from_config, train_spec_from_config
 
 
 class _StopRequest:
@@ -53,7 +55,7 @@ class _StopRequest:
                 signal.signal(signum, handler)
 
 
-def evaluate(model, data_spec, config, num_domains: int, sharding) -> dict:
+def evaluate(model, data_spec, train: TrainSpec, seed: int, num_domains: int, sharding) -> dict:
     """Validation loss, bits per byte, expert-by-domain counts and NMI, and the token-slots
     dropped by capacity per router, on fixed batches.
 
@@ -62,15 +64,15 @@ def evaluate(model, data_spec, config, num_domains: int, sharding) -> dict:
     batch; `sharding` assembles the global batch.
     """
     results = {}
-    modes = [False, True] if config.train.get("eval_top1_disabled", False) else [False]
+    modes = [False, True] if train.eval_top1_disabled else [False]
     for disable_top1 in modes:
-        batches = iter(data.make_dataset(
-            data_spec, "validation", seq_len=config.train.seq_len,
-            batch_size=_host_batch(config), seed=config.seed,
+        batches = iter(pipeline.make_dataset(
+            data_spec, "validation", seq_len=train.seq_len,
+            batch_size=_host_batch(train.batch_size), seed=seed,
             process_index=jax.process_index(), process_count=jax.process_count(),
             shuffle=True))
         losses, counts, dropped = [], 0.0, []
-        for _ in range(config.train.eval_batches):
+        for _ in range(train.eval_batches):
             batch = next(batches)
             tokens, domains = (jax.make_array_from_process_local_data(sharding, batch[name])
                                for name in ("tokens", "domains"))
@@ -92,18 +94,20 @@ def evaluate(model, data_spec, config, num_domains: int, sharding) -> dict:
     return results
 
 
-def _host_batch(config) -> int:
-    batch, hosts = config.train.batch_size, jax.process_count()
+def _host_batch(batch: int) -> int:
+    hosts = jax.process_count()
     if batch % hosts:
         raise ValueError(f"train.batch_size={batch} is not divisible by {hosts} processes")
     return batch // hosts
 
 
-def _check_batch_fits_mesh(batch_size: int, mesh) -> None:
+def _check_batch_fits_mesh(train: TrainSpec, mesh) -> None:
     shards = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
-    if batch_size % shards:
-        raise ValueError(f"train.batch_size={batch_size} is not divisible by mesh.data x "
-                         f"mesh.fsdp x mesh.expert = {shards} (the batch axes)")
+    if train.batch_size % (shards * train.grad_accumulation):
+        raise ValueError(f"train.batch_size={train.batch_size} is not divisible by "
+                         f"train.grad_accumulation x mesh.data x mesh.fsdp x mesh.expert = "
+                         f"{train.grad_accumulation} x {shards} (each micro-batch spans the "
+                         "batch axes)")
 
 
 def _check_finite(metrics: dict, step_number: int, last_saved: int | None) -> None:
@@ -123,21 +127,22 @@ def train_and_evaluate(config, workdir) -> dict:
     workdir = pathlib.Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     model_spec, loss_spec = specs_from_config(config)
-    data_spec = data.data_spec_from_config(config.get("data"))
-    train_cfg = config.train
+    train_cfg = train_spec_from_config(config)
+    data_spec = pipeline.data_spec_from_config(config.get("data"))
 
     # Data: the per-host shard of the training stream, and the domain names.
-    train_batches = iter(data.make_dataset(
-        data_spec, "train", seq_len=train_cfg.seq_len, batch_size=_host_batch(config),
+    train_batches = iter(pipeline.make_dataset(
+        data_spec, "train", seq_len=train_cfg.seq_len,
+        batch_size=_host_batch(train_cfg.batch_size),
         seed=config.seed, process_index=jax.process_index(),
         process_count=jax.process_count()))
-    domain_names = data.domain_names(data_spec)
+    domain_names = pipeline.domain_names(data_spec)
 
     # Mesh, model and optimizer: the state is placed on its shardings before any restore, so a
     # checkpoint written on another mesh restores onto this one.
     mesh_spec = spec_from_mapping(MeshSpec, config.get("mesh"), "mesh")
     mesh = make_mesh(mesh_spec)
-    _check_batch_fits_mesh(train_cfg.batch_size, mesh)
+    _check_batch_fits_mesh(train_cfg, mesh)
     engine = make_expert_parallel(mesh_spec.expert_parallel, mesh,
                                   pair_capacity_factor=mesh_spec.pair_capacity_factor,
                                   moe_engine=model_spec.moe.engine)
@@ -172,7 +177,8 @@ def train_and_evaluate(config, workdir) -> dict:
             step_started = time.perf_counter()
             batch = next(train_batches)
             tokens = jax.make_array_from_process_local_data(tokens_sharding, batch["tokens"])
-            metrics = step.train_step(model, optimizer, tokens, loss_spec)
+            metrics = step.train_step(model, optimizer, tokens, loss_spec,
+                                      train_cfg.grad_accumulation)
             _check_finite(metrics, step_number, last_saved)  # waits for the step
             if step_number > start + 1:  # the first step of a run includes compilation
                 step_seconds.append(time.perf_counter() - step_started)
@@ -183,14 +189,14 @@ def train_and_evaluate(config, workdir) -> dict:
             bar.set_postfix(loss=f"{float(metrics['loss']):.3f}",
                             tok_s=f"{(step_number - start) * tokens_per_step / elapsed:.0f}")
             if step_number % train_cfg.eval_every == 0 or last:
-                metrics.update(evaluate(model, data_spec, config, len(domain_names),
-                                        tokens_sharding),
+                metrics.update(evaluate(model, data_spec, train_cfg, config.seed,
+                                        len(domain_names), tokens_sharding),
                                **{"eval/domain_names": domain_names})
             if step_number % train_cfg.log_every == 0 or last or "val_loss" in metrics:
                 metrics["tokens_per_s"] = (step_number - start) * tokens_per_step / elapsed
                 if step_seconds:  # data + step, median since the start of this run
                     metrics["step_ms"] = 1e3 * float(np.median(step_seconds))
-                metrics["learning_rate"] = float(_learning_rate(train_cfg, step_number))
+                metrics["learning_rate"] = float(learning_rate_schedule(train_cfg)(step_number))
                 row = writer.write(step_number, metrics)
                 if "val_loss" in metrics:
                     bar.write(f"step {step_number}: loss {row['loss']:.3f}  val_loss "
@@ -203,14 +209,7 @@ def train_and_evaluate(config, workdir) -> dict:
 
     # Final save and report.
     checkpointer.close()
-    if train_cfg.get("report", False) and jax.process_index() == 0 and row:
-        from moejax.train.report import write_report
-
+    if train_cfg.report and jax.process_index() == 0 and row:
         print(f"report: {write_report(workdir)}", flush=True)
     return row
 
-
-def _learning_rate(train_cfg, step_number: int):
-    from moejax.train.optim import learning_rate_schedule
-
-    return learning_rate_schedule(train_cfg)(step_number)

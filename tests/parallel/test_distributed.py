@@ -62,7 +62,7 @@ def _free_port() -> int:
 
 def test_two_processes_match_one_and_one_resumes_their_checkpoint(tmp_path):
     workdir, port = tmp_path / "two", _free_port()
-    command = [sys.executable, "-m", "moejax.train.main", "--config", str(ROOT / "configs/tiny.py"),
+    command = [sys.executable, "-m", "moejax.cli.train", "--config", str(ROOT / "configs/tiny.py"),
                "--workdir", str(workdir), "--config.train.steps=3",
                f"--coordinator_address=localhost:{port}", "--num_processes=2"]
     command += [f"--config.{key}={value}" for key, value in OVERRIDES.items()]

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from moejax.layers.moe_block import MoESpec, TopKMoE
+from moejax.moe.spec import MoESpec
+from moejax.moe.topk import TopKMoE
 from moejax.parallel import MeshSpec, make_mesh
 from moejax.parallel.expert_parallel import ExpertParallel, make_expert_parallel
 from moejax.record import concat_records

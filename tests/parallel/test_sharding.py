@@ -9,8 +9,8 @@ import optax
 import pytest
 from flax import nnx
 
-from moejax.layers.decoder import Decoder, decoder_spec_from_config
-from moejax.layers.router import RouterBias
+from moejax.models.decoder import Decoder, decoder_spec_from_config
+from moejax.moe.router import RouterBias
 from moejax.parallel import (
     MeshSpec,
     batch_sharding,

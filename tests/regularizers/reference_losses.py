@@ -1,6 +1,6 @@
 """Independent NumPy oracle (float64, plain loops) for the regularizers and routing metrics.
 
-Nothing here imports moejax: it restates methods.md sections 5 and 6 directly. Every function
+Nothing here imports moejax: it restates docs/methods.md sections 5 and 6 directly. Every function
 takes a list with one entry per router, each entry unpadded (router r has its own E_r experts
 and K_r choices), so that the padding of a stacked RoutingRecord is never part of the oracle.
 Losses return `(mean over routers, [per-router values])`; the coupling loss is per adjacent pair.

@@ -1,4 +1,4 @@
-"""moejax/regularizers/baselines.py against the float64 NumPy oracle (methods.md section 5)."""
+"""moejax/regularizers/baselines.py against the float64 NumPy oracle (docs/methods.md section 5)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +10,6 @@ from moejax.regularizers import orthogonality_loss, score_variance_loss
 from tests.regularizers.reference_losses import orthogonality as orth_ref
 from tests.regularizers.reference_losses import score_variance as var_ref
 from tests.regularizers.regularizer_inputs import (
-    check_mean_and_per_router,
     PADDED_SHAPES,
     F,
     K,
@@ -18,6 +17,7 @@ from tests.regularizers.regularizer_inputs import (
     T,
     assert_directional,
     central_difference,
+    check_mean_and_per_router,
     float64_direction,
     random_routers,
     stack,

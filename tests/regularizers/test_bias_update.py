@@ -1,4 +1,5 @@
-"""moejax/regularizers/bias_update.py against the float64 NumPy oracle (methods.md section 2)."""
+"""moejax/regularizers/bias_update.py against the float64 NumPy oracle
+(docs/methods.md section 2)."""
 
 import jax
 import jax.numpy as jnp

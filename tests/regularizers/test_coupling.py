@@ -1,4 +1,4 @@
-"""moejax/regularizers/coupling.py against the float64 NumPy oracle (methods.md section 5)."""
+"""moejax/regularizers/coupling.py against the float64 NumPy oracle (docs/methods.md section 5)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,11 +10,11 @@ from moejax.regularizers import coupling_loss, topk_mass
 from tests.regularizers.reference_losses import coupling as cp_ref
 from tests.regularizers.reference_losses import topk_mass as mass_ref
 from tests.regularizers.regularizer_inputs import (
-    check_mean_and_per_router,
     PADDED_SHAPES,
     R,
     assert_directional,
     central_difference,
+    check_mean_and_per_router,
     float64_direction,
     random_routers,
     stack,

@@ -1,4 +1,5 @@
-"""moejax/regularizers/diagnostics.py against the float64 NumPy oracle (methods.md section 6)."""
+"""moejax/regularizers/diagnostics.py against the float64 NumPy oracle
+(docs/methods.md section 6)."""
 
 import dataclasses
 import math

@@ -1,4 +1,5 @@
-"""moejax/regularizers/load_balance.py against the float64 NumPy oracle (methods.md section 5)."""
+"""moejax/regularizers/load_balance.py against the float64 NumPy oracle
+(docs/methods.md section 5)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,11 +11,11 @@ from jax.test_util import check_grads
 from moejax.regularizers import load_balance_loss
 from tests.regularizers.reference_losses import load_balance as lb_ref
 from tests.regularizers.regularizer_inputs import (
-    check_mean_and_per_router,
     PADDED_SHAPES,
     R,
     assert_directional,
     central_difference,
+    check_mean_and_per_router,
     data_mesh,
     float64_direction,
     random_routers,

@@ -1,4 +1,5 @@
-"""moejax/regularizers/specialization.py against the float64 NumPy oracle (methods.md 5)."""
+"""moejax/regularizers/specialization.py against the float64 NumPy oracle
+(docs/methods.md section 5)."""
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,6 @@ from tests.regularizers.reference_losses import pair_cosines, subset
 from tests.regularizers.reference_losses import specialization as sp_ref
 from tests.regularizers.reference_losses import specialization_from_cosine as sp_cos_ref
 from tests.regularizers.regularizer_inputs import (
-    check_mean_and_per_router,
     PADDED_SHAPES,
     F,
     K,
@@ -20,6 +20,7 @@ from tests.regularizers.regularizer_inputs import (
     T,
     assert_directional,
     central_difference,
+    check_mean_and_per_router,
     float64_direction,
     random_routers,
     stack,

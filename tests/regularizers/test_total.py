@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from moejax.layers.decoder import Decoder, decoder_spec_from_config
+from moejax.models.decoder import Decoder, decoder_spec_from_config
 from moejax.regularizers import LossSpec, aux_total
 from tests.regularizers.reference_losses import coupling as cp_ref
 from tests.regularizers.reference_losses import load_balance as lb_ref

@@ -1,4 +1,4 @@
-"""moejax/regularizers/z_loss.py against the float64 NumPy oracle (methods.md section 5)."""
+"""moejax/regularizers/z_loss.py against the float64 NumPy oracle (docs/methods.md section 5)."""
 
 import math
 

@@ -15,10 +15,10 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from moejax.layers.decoder import Decoder, decoder_spec_from_config
-from moejax.layers.router import RouterBias
+from moejax.cli import export as export_cli
+from moejax.models.decoder import Decoder, decoder_spec_from_config
+from moejax.moe.router import RouterBias
 from moejax.train import checkpoint
-from moejax.train import export as export_cli
 
 MODEL = {"vocab_size": 19, "d_model": 16, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1,
          "d_ff": 24, "moe": {"num_experts": 4, "top_k": 2, "d_hidden": 8,

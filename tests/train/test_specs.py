@@ -5,7 +5,7 @@ import pathlib
 import pytest
 
 from moejax.train.config_files import load_config
-from moejax.train.specs import specs_from_config
+from moejax.train.specs import TrainSpec, specs_from_config, train_spec_from_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
@@ -36,3 +36,26 @@ def test_blocks_record_the_cosine_the_losses_read():
     config.loss.orth = 0.0
     model, _ = specs_from_config(config)
     assert not model.moe.record_cosine
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("steps", 0, r"^train.steps=0; allowed: an integer >= 1$"),
+    ("log_every", 0, r"^train.log_every=0; allowed: an integer >= 1$"),
+    ("checkpoint_every", -1, r"^train.checkpoint_every=-1; allowed: an integer >= 1$"),
+    ("learning_rate", -1.0, r"^train.learning_rate=-1.0; allowed: finite and > 0$"),
+    ("b2", 1.0, r"^train.b2=1.0; allowed: \[0, 1\)$"),
+    ("grad_accumulation", 3, r"^train.batch_size=2 is not divisible by train.grad_accumulation=3$"),
+    ("stepz", 1, r"^unknown option\(s\) train.stepz; allowed: "),
+])
+def test_train_options_are_checked_with_errors_naming_them(key, value, match):
+    config = _tiny()
+    config.train[key] = value
+    with pytest.raises(ValueError, match=match):
+        train_spec_from_config(config)
+
+
+def test_train_spec_reads_the_config_and_keeps_defaults_for_missing_keys():
+    config = _tiny()
+    del config.train["b1"]
+    train = train_spec_from_config(config)
+    assert (train.steps, train.batch_size, train.b1) == (4, 2, TrainSpec().b1)

@@ -1,12 +1,14 @@
 """The train step: weighted regularizers in the loss, routing metrics, bias update."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-from moejax.layers.decoder import Decoder, decoder_spec_from_config
+from moejax.models.decoder import Decoder, decoder_spec_from_config
 from moejax.regularizers import LossSpec, aux_total
 from moejax.train import step
 
@@ -49,3 +51,30 @@ def test_train_step_updates_biases_toward_balance():
                    for v in jax.tree.leaves(nnx.state(model, nnx.Param),
                                             is_leaf=lambda x: isinstance(x, nnx.Variable)))
     assert "routing/entropy" in metrics and "aux/lb" in metrics
+
+
+def _params_after_one_step(loss_spec, micro_batches):
+    model = _model()
+    optimizer = nnx.Optimizer(model, optax.sgd(0.5), wrt=nnx.Param)
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 19, (4, 9)), jnp.int32)
+    metrics = step.train_step(model, optimizer, tokens, loss_spec, micro_batches)
+    return nnx.state(model, nnx.Param), metrics
+
+
+def test_accumulated_global_load_balance_equals_one_big_batch():
+    """Two micro-batches with lb_variant="global" make the update of one step on the whole
+    batch (every term is a token mean, and the load balance sees both micro-batches' loads);
+    the micro-batch variant does not."""
+    spec = LossSpec(lb=1.0, lb_variant="global", z=0.1, sp=0.2, cp=0.3)
+    want, want_metrics = _params_after_one_step(spec, 1)
+    got, got_metrics = _params_after_one_step(spec, 2)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-5, atol=1e-6)
+    for name in ("loss", "total_loss", "aux/lb", "aux/sp"):
+        np.testing.assert_allclose(float(got_metrics[name]), float(want_metrics[name]), rtol=1e-5)
+    np.testing.assert_array_equal(got_metrics["routing/tokens_per_expert"],
+                                  want_metrics["routing/tokens_per_expert"])
+    micro, _ = _params_after_one_step(dataclasses.replace(spec, lb_variant="batch"), 2)
+    router = [np.asarray(a) for a in (got, micro, want)
+              for a in [a["layers"][0]["ffn"]["block"]["router"]["kernel"][...]]]
+    assert np.abs(router[1] - router[2]).max() > 100 * np.abs(router[0] - router[2]).max()

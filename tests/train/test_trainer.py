@@ -131,7 +131,7 @@ def test_sigterm_saves_and_resumes(tmp_path):
     overrides = ["--config.train.steps=1000", "--config.train.checkpoint_every=1000",
                  "--config.train.log_every=1", "--config.train.progress=False",
                  "--config.train.report=False", "--config.train.async_checkpoint=False"]
-    command = [sys.executable, "-m", "moejax.train.main", "--config",
+    command = [sys.executable, "-m", "moejax.cli.train", "--config",
                str(CONFIGS / "tiny.py"), "--workdir", str(tmp_path), *overrides]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)

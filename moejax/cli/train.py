@@ -1,0 +1,68 @@
+"""moejax-train: `moejax-train --config configs/NAME.py[:arg] --workdir DIR [--config.a.b=value]`.
+
+`--dry-run` prints the resolved config and the parameter counts (from shapes only) and exits.
+Several hosts: start the same command on every host with `--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I` (or the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+JAX_PROCESS_ID environment variables), or `--distributed_cluster` under SLURM / MPI /
+Kubernetes; see `moejax/parallel/distributed.py`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from moejax.cli._command import run_command
+from moejax.models.param_count import count_parameters
+from moejax.parallel.distributed import distributed_spec, initialize_distributed
+from moejax.train.specs import specs_from_config
+from moejax.train.trainer import train_and_evaluate
+
+USAGE = "moejax-train --config configs/NAME.py[:arg] --workdir DIR [--config.a.b=value] [--dry-run]"
+FLAGS = flags.FlagValues()
+config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).",
+                                flag_values=FLAGS)
+flags.DEFINE_string("workdir", None, "Directory for metrics and checkpoints.", flag_values=FLAGS)
+flags.DEFINE_bool("dry_run", False, "Print config and parameter counts, then exit.",
+                  flag_values=FLAGS)
+flags.DEFINE_string("coordinator_address", None,
+                    "Multi-host: HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS).",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("num_processes", None,
+                     "Multi-host: number of processes (or JAX_NUM_PROCESSES).", flag_values=FLAGS)
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index (or JAX_PROCESS_ID).",
+                     flag_values=FLAGS)
+flags.DEFINE_bool("distributed_cluster", False,
+                  "Multi-host: let JAX detect SLURM, MPI, Kubernetes or TPU.", flag_values=FLAGS)
+flags.mark_flags_as_required(["config", "workdir"], flag_values=FLAGS)
+
+
+def dry_run(config) -> str:
+    """The resolved config and the two count lines, as printed by --dry-run."""
+    spec, _ = specs_from_config(config)
+    counts = count_parameters(spec)
+    return (f"{config}\ntotal parameters: {counts.total}\n"
+            f"active parameters per token: {counts.active}")
+
+
+def main(options: flags.FlagValues) -> int:
+    if options.dry_run:
+        print(dry_run(options.config))
+        return 0
+    initialize_distributed(distributed_spec(options.coordinator_address, options.num_processes,
+                                            options.process_id),
+                           cluster=options.distributed_cluster)
+    train_and_evaluate(options.config, options.workdir)
+    return 0
+
+
+def run():
+    """Console-script entry point; accepts `--dry-run` as well as absl's `--dry_run`."""
+    argv = ["--dry_run" if arg == "--dry-run" else arg for arg in sys.argv]
+    sys.exit(run_command("moejax-train", USAGE, FLAGS, main, argv))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,276 @@
+"""Data stage 1, sources: the byte tokenizer, `DataSpec` and the raw-text corpora.
+
+A source yields documents `(name, text, domain)` sorted by `name`, where `name` is a relative,
+machine-independent name that decides the train/validation split through a hash
+(`is_validation`), `text` is the raw bytes and `domain` labels the document for per-domain
+statistics. Corpora (`DataSpec.corpus`):
+
+- "stdlib": the running Python's standard library `*.py` under `sysconfig.get_paths()["stdlib"]`
+  (site-packages excluded); name = path relative to that root, domain = top-level package, or
+  the file stem for a top-level module.
+- "files": `paths` are files or globs (`**` allowed) of text files; name = path relative to the
+  deepest directory containing every match, domain = the file's parent directory name.
+- "jsonl": `paths` are files or globs of JSON-lines files, one object per line with the text under
+  `text_field`; name = "<file name as for files>:<line number>", domain = the object's
+  `domain_field` when set, otherwise the file's parent directory name.
+- "arrayrecord": pre-tokenized shards written by `moejax.data.shards.prepare`; `paths` is the
+  one directory holding them. The split is the one made when they were prepared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import hashlib
+import json
+import os
+import pathlib
+import sysconfig
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+
+from moejax.options import spec_from_mapping
+
+PAD_ID, BOS_ID, EOS_ID = 256, 257, 258
+VOCAB_SIZE = 259
+CORPORA = ("stdlib", "files", "jsonl", "arrayrecord")
+SPLITS = ("train", "validation")
+
+
+def encode(text: str | bytes) -> np.ndarray:
+    """Byte-level tokens: UTF-8 bytes of `text` as int32 ids [N] in 0..255 (no specials added)."""
+    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    return np.frombuffer(data, np.uint8).astype(np.int32)
+
+
+def decode(ids) -> str:
+    """Text of token ids [N] (any int array or sequence); PAD/BOS/EOS are dropped.
+
+    Invalid UTF-8 (e.g. a multi-byte character cut at a sequence edge) decodes to U+FFFD.
+    Raises ValueError for ids outside 0..VOCAB_SIZE-1.
+    """
+    ids = np.asarray(ids).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= VOCAB_SIZE):
+        raise ValueError(f"token ids must lie in 0..{VOCAB_SIZE - 1}; got min={ids.min()}, "
+                         f"max={ids.max()}")
+    return ids[ids < 256].astype(np.uint8).tobytes().decode("utf-8", errors="replace")
+
+
+class Document(NamedTuple):
+    """One document of a source: relative name, raw text bytes and domain name."""
+
+    name: str
+    text: bytes
+    domain: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Which corpus to read and how to split it; `config.data` maps one to one onto it.
+
+    Attributes:
+      corpus: one of CORPORA ("stdlib", "files", "jsonl", "arrayrecord").
+      paths: files or globs ("files", "jsonl"), or the one prepared directory ("arrayrecord");
+        must be empty for "stdlib". A single string is taken as a 1-tuple.
+      text_field: JSONL key holding the document text.
+      domain_field: JSONL key holding the domain name; None: the file's parent directory.
+      validation_every: one document in `validation_every` (by name hash) goes to validation.
+      num_threads: grain reader threads that prepare batches ahead (0: synchronous).
+      prefetch_buffer_size: batches prepared ahead of the consumer.
+    """
+
+    corpus: str = "stdlib"
+    paths: tuple[str, ...] = ()
+    text_field: str = "text"
+    domain_field: str | None = None
+    validation_every: int = 20
+    num_threads: int = 1
+    prefetch_buffer_size: int = 4
+
+    def __post_init__(self):
+        paths = (self.paths,) if isinstance(self.paths, str | os.PathLike) else self.paths
+        object.__setattr__(self, "paths", tuple(os.fspath(p) for p in paths))
+        if self.corpus not in CORPORA:
+            raise ValueError(f"data.corpus={self.corpus!r}; allowed: {', '.join(CORPORA)}")
+        if self.corpus == "stdlib" and self.paths:
+            raise ValueError(f"data.paths={self.paths} is not used by data.corpus='stdlib'; "
+                             "leave it empty or pick corpus 'files', 'jsonl' or 'arrayrecord'")
+        if self.corpus != "stdlib" and not self.paths:
+            raise ValueError(f"data.paths is empty; data.corpus={self.corpus!r} needs files or "
+                             "globs" + (" (one directory)" if self.corpus == "arrayrecord" else ""))
+        if self.corpus == "arrayrecord" and len(self.paths) != 1:
+            raise ValueError(f"data.paths={self.paths}; data.corpus='arrayrecord' takes exactly "
+                             "one directory written by moejax-prepare")
+        if self.domain_field is not None and self.corpus != "jsonl":
+            raise ValueError(f"data.domain_field={self.domain_field!r} is only used by "
+                             f"data.corpus='jsonl', not {self.corpus!r}")
+        if self.validation_every < 2:
+            raise ValueError(f"data.validation_every={self.validation_every}; allowed: >= 2")
+        if self.num_threads < 0 or self.prefetch_buffer_size < 0:
+            raise ValueError(f"data.num_threads={self.num_threads}, data.prefetch_buffer_size="
+                             f"{self.prefetch_buffer_size}; allowed: >= 0")
+
+
+def data_spec_from_config(data_config) -> DataSpec:
+    """`config.data` (a mapping, or None for the defaults) -> DataSpec.
+
+    An unknown key raises ValueError naming it.
+    """
+    return spec_from_mapping(DataSpec, data_config, "data")
+
+
+def is_validation(name: str, every: int = 20) -> bool:
+    """Deterministic split: one name in `every` (by SHA-256 of the name) goes to validation."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return int.from_bytes(digest[:4], "little") % every == 0
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}; allowed: {', '.join(SPLITS)}")
+
+
+def stdlib_root() -> pathlib.Path:
+    return pathlib.Path(sysconfig.get_paths()["stdlib"])
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib_documents(root: str) -> tuple[Document, ...]:
+    """All `*.py` documents under `root` (site-packages excluded), sorted by name.
+
+    Cached per process (about 30 MB): the standard library does not change while we run.
+    """
+    base = pathlib.Path(root)
+    docs = []
+    for path in base.rglob("*.py"):
+        relative = path.relative_to(base)
+        if "site-packages" in relative.parts:
+            continue
+        domain = relative.parts[0] if len(relative.parts) > 1 else path.stem
+        docs.append(Document(relative.as_posix(), _read(path), domain))
+    return tuple(sorted(docs))
+
+
+def _read(path: pathlib.Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"data.paths: cannot read {path}: {err}") from err
+
+
+def expand_paths(patterns: tuple[str, ...]) -> list[pathlib.Path]:
+    """Files named or matched by `patterns` (globs, `**` recursive), sorted and unique.
+
+    Raises FileNotFoundError naming `data.paths` for a pattern that matches no file, and
+    ValueError for a directory (pass a glob such as "dir/**/*.txt").
+    """
+    found = set()
+    for pattern in patterns:
+        expanded = os.path.expanduser(pattern)
+        if glob.has_magic(expanded):
+            matches = [p for p in glob.glob(expanded, recursive=True) if os.path.isfile(p)]
+            if not matches:
+                raise FileNotFoundError(f"data.paths: the glob {pattern!r} matches no file "
+                                        f"(searched from {os.getcwd()})")
+        elif os.path.isdir(expanded):
+            raise ValueError(f"data.paths: {pattern!r} is a directory; give files or a glob "
+                             f"such as {os.path.join(pattern, '**', '*.txt')!r}")
+        elif not os.path.isfile(expanded):
+            raise FileNotFoundError(f"data.paths: no file {pattern!r} "
+                                    f"(searched from {os.getcwd()})")
+        else:
+            matches = [expanded]
+        found.update(pathlib.Path(p).resolve() for p in matches)
+    return sorted(found)
+
+
+def _relative_names(files: list[pathlib.Path]) -> list[str]:
+    """Names relative to the deepest directory containing every file (posix separators)."""
+    common = pathlib.Path(os.path.commonpath([f.parent for f in files]))
+    return [f.relative_to(common).as_posix() for f in files]
+
+
+def _file_documents(spec: DataSpec) -> Iterator[Document]:
+    files = expand_paths(spec.paths)
+    for name, path in zip(_relative_names(files), files, strict=True):
+        yield Document(name, _read(path), path.parent.name)
+
+
+def _jsonl_documents(spec: DataSpec) -> Iterator[Document]:
+    files = expand_paths(spec.paths)
+    for name, path in zip(_relative_names(files), files, strict=True):
+        try:
+            with open(path, "rb") as lines:
+                for number, line in enumerate(lines, start=1):
+                    if line.strip():
+                        yield _jsonl_document(spec, f"{name}:{number}", line, path.parent.name)
+        except OSError as err:
+            raise ValueError(f"data.paths: cannot read {path}: {err}") from err
+
+
+def _jsonl_document(spec: DataSpec, name: str, line: bytes, default_domain: str) -> Document:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"data.paths: {name} is not valid JSON: {err}") from err
+    fields = {"data.text_field": spec.text_field}
+    if spec.domain_field is not None:
+        fields["data.domain_field"] = spec.domain_field
+    values = {}
+    for option, key in fields.items():
+        value = record.get(key) if isinstance(record, dict) else None
+        if not isinstance(value, str):
+            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise ValueError(f"{option}={key!r}: {name} has no string field {key!r} "
+                             f"(found: {keys})")
+        values[option] = value
+    domain = values.get("data.domain_field", default_domain)
+    return Document(name, values["data.text_field"].encode("utf-8"), domain)
+
+
+def iter_documents(spec: DataSpec, split: str | None = None) -> Iterator[Document]:
+    """The source's documents in a fixed order, read lazily; only `split`'s unless it is None.
+
+    The order is by name; JSONL documents are ordered by file name, then line number. Files are
+    read as the iterator advances, so a pass over a large corpus holds one document at a time.
+
+    Raises:
+      ValueError: naming `data.paths` (or the stdlib root) when the corpus is empty or a file
+        cannot be read; FileNotFoundError when a path or glob matches no file.
+    """
+    if split is not None:
+        check_split(split)
+    if spec.corpus == "stdlib":
+        root = stdlib_root()
+        docs, where = iter(_stdlib_documents(str(root))), f"the standard library at {root}"
+    elif spec.corpus == "files":
+        docs, where = _file_documents(spec), f"data.paths={spec.paths}"
+    elif spec.corpus == "jsonl":
+        docs, where = _jsonl_documents(spec), f"data.paths={spec.paths}"
+    else:
+        raise ValueError("data.corpus='arrayrecord' holds token records, not documents; "
+                         "read it with moejax.data.pipeline.make_dataset")
+    empty = True
+    for doc in docs:
+        empty = False
+        if split is None or is_validation(doc.name, spec.validation_every) == (
+                split == "validation"):
+            yield doc
+    if empty:
+        raise ValueError(f"empty corpus: no documents in {where}")
+
+
+def documents(spec: DataSpec, split: str | None = None) -> list[Document]:
+    """`iter_documents` as a list (the whole corpus in memory)."""
+    return list(iter_documents(spec, split))
+
+
+def source_domain_names(spec: DataSpec) -> list[str]:
+    """Sorted domain names over both splits of a text source; index = domain id.
+
+    One streaming pass over the corpus (cached for "stdlib").
+    """
+    return sorted({d.domain for d in iter_documents(spec)})

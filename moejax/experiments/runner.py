@@ -1,0 +1,207 @@
+"""Experiment runner: a suite of matched variants over seeds, its report and the summary.
+
+Each run trains in DIR/runs/<config hash>/seed_<i> (finished runs are skipped, so an interrupted
+suite continues where it stopped, and a configuration two suites share is trained once); the
+report DIR/<suite>/report.md has, per variant, the mean
+and standard deviation over seeds of the final numbers, each claim's verdict
+(`stats.py`), the side-by-side plot and links to every seed-0 run report;
+DIR/summary.md lists every claim of every suite run so far in one table.
+Suites and scales are in `suites.py`; the command is `moejax/cli/experiment.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import pathlib
+
+from moejax.experiments import stats
+from moejax.experiments.suites import CLAIMS, SUITES, variant_config
+from moejax.reporting import plots
+from moejax.reporting.metrics import METRICS_FILE, read_metrics
+from moejax.train.trainer import train_and_evaluate
+
+COLUMNS = (("val_loss", "val loss"), ("val_perplexity", "val ppl"),
+           ("routing_entropy", "routing entropy"), ("specialization", "specialization"),
+           ("pathway_entropy", "pathway entropy"), ("domain_nmi", "domain NMI"),
+           ("load_cv", "load CV"), ("dropped_fraction", "dropped"), ("step_ms", "step ms"),
+           ("top1_disabled_increase", "top-1 off: +val loss"),
+           ("eval_dropped_top1_disabled", "top-1 off: dropped"))
+
+
+def flat_config(config) -> dict:
+    """A ConfigDict as {dotted key: value}."""
+    out = {}
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            out.update({f"{key}.{k}": v for k, v in flat_config(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def config_differences(suite: str, *, quick: bool = False, config_dir=None, extra=None) -> dict:
+    """variant name -> {dotted key: value} where its config differs from the first variant's."""
+    variants = SUITES[suite]
+    options = dict(seed=0, quick=quick, config_dir=config_dir, extra=extra)
+    first = flat_config(variant_config(variants[0], **options))
+    out = {}
+    for variant in variants:
+        config = flat_config(variant_config(variant, **options))
+        out[variant.name] = {key: config.get(key) for key in sorted(set(first) | set(config))
+                             if config.get(key) != first.get(key)}
+    return out
+
+
+# Keys that change what a run writes or shows, not what it computes: left out of the run hash.
+REPORTING_KEYS = frozenset({"seed", "train.report", "train.progress", "train.tensorboard"})
+
+
+def run_dir(workdir: pathlib.Path, config) -> pathlib.Path:
+    """DIR/runs/<hash of the resolved config>/seed_<seed>: identical runs of different suites
+    (e.g. the load-balance-only arm) are trained once, and all seeds of a variant share one
+    hash (seed 0, which also writes a run report, included)."""
+    settings = {k: v for k, v in flat_config(config).items() if k not in REPORTING_KEYS}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    return workdir / "runs" / digest.hexdigest()[:12] / f"seed_{config.seed}"
+
+
+def _finished(directory: pathlib.Path, steps: int) -> bool:
+    path = directory / METRICS_FILE
+    if not path.exists():
+        return False
+    rows = read_metrics(path)
+    return bool(rows) and rows[-1]["step"] >= steps and "val_loss" in rows[-1]
+
+
+def _label_run(directory: pathlib.Path, label: str) -> None:
+    """Notes in DIR/runs/<hash>/variants.txt which suite variants use this configuration."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "variants.txt"
+    labels = path.read_text().splitlines() if path.exists() else []
+    if label not in labels:
+        path.write_text("\n".join([*labels, label]) + "\n")
+
+
+def run_suite(suite: str, workdir, *, seeds: int, quick: bool = False, config_dir=None,
+              extra=None) -> dict:
+    """Trains every (variant, seed) not yet finished; returns variant name -> rows per seed."""
+    workdir = pathlib.Path(workdir).resolve()
+    runs = {}
+    for variant in SUITES[suite]:
+        runs[variant.name] = []
+        for seed in range(seeds):
+            config = variant_config(variant, seed=seed, quick=quick, config_dir=config_dir,
+                                    extra=extra)
+            config.train.report = config.train.report and seed == 0
+            directory = run_dir(workdir, config)
+            _label_run(directory.parent, f"{suite}: {variant.name}")
+            if not _finished(directory, config.train.steps):
+                print(f"[{suite}] {variant.name} seed {seed} -> {directory}", flush=True)
+                train_and_evaluate(config, directory)
+            runs[variant.name].append(read_metrics(directory / METRICS_FILE))
+    return runs
+
+
+def _cell(values) -> str:
+    mean, std = stats.mean_std(values)
+    return "n/a" if mean != mean else f"{mean:.4g} ± {std:.2g}"
+
+
+def claim_results(suite: str, finals: dict) -> list[tuple]:
+    """(claim, values of A, values of B, improvement text, verdict) for each claim of `suite`;
+    `finals` is variant name -> metric -> per-seed values."""
+    out = []
+    for claim in CLAIMS[suite]:
+        if claim.metric == "step_ms_overhead":
+            a, b = finals[claim.better]["step_ms"], finals[claim.than]["step_ms"]
+            label, value, se = stats.overhead_verdict(a, b)
+            shown = f"overhead {value:+.2%} ± {se:.2%}"
+        else:
+            a, b = finals[claim.better][claim.metric], finals[claim.than][claim.metric]
+            label, value, se = stats.verdict(a, b, lower_is_better=claim.lower_is_better)
+            shown = f"{value:+.4g} ± {se:.2g}"
+        out.append((claim, a, b, shown, label))
+    return out
+
+
+def _claim_rows(suite: str, finals: dict) -> list[str]:
+    lines = ["| claim | A (mean ± std) | B (mean ± std) | improvement ± se | verdict |",
+             "|---|---|---|---|---|"]
+    for claim, a, b, shown, label in claim_results(suite, finals):
+        lines.append(f"| {claim.text} ({claim.better} vs {claim.than}) | {_cell(a)} | "
+                     f"{_cell(b)} | {shown} | **{label}** |")
+    return lines
+
+
+def write_summary(workdir, suites) -> pathlib.Path:
+    """DIR/summary.md: every claim of the suites whose DIR/<suite>/finals.json exists, one row
+    each (improvement paired by seed ± its standard error, verdict), linking the reports."""
+    workdir = pathlib.Path(workdir).resolve()
+    lines = ["# Experiment summary", "",
+             "One row per claim; the numbers are the improvement of A over B paired by seed ± "
+             "its standard error (`moejax/train/experiment_stats.py`). Details: each suite's "
+             "report.", "", "| suite | claim | improvement ± se | verdict |", "|---|---|---|---|"]
+    for suite in suites:
+        path = workdir / suite / "finals.json"
+        if not path.exists():
+            continue
+        finals = json.loads(path.read_text())
+        for claim, _, _, shown, label in claim_results(suite, finals):
+            lines.append(f"| [{suite}]({suite}/report.md) | {claim.text} | {shown} | "
+                         f"**{label}** |")
+    path = workdir / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
+                       config_dir=None, extra=None) -> pathlib.Path:
+    """Writes DIR/<suite>/report.md and DIR/<suite>/variants.png; returns the report path."""
+    suite_dir = pathlib.Path(workdir).resolve() / suite
+    suite_dir.mkdir(parents=True, exist_ok=True)
+    finals = {name: {} for name in runs}
+    output_cosine = []  # variants whose record holds output cosines (the orthogonality loss)
+    for variant in SUITES[suite]:
+        per_seed = [stats.run_metrics(rows) for rows in runs[variant.name]]
+        finals[variant.name] = {key: [m[key] for m in per_seed] for key in per_seed[0]}
+        if variant.overrides.get("loss.orth", 0) > 0:
+            finals[variant.name]["specialization"] = [math.nan] * len(per_seed)
+            output_cosine.append(variant.name)
+    seeds = len(next(iter(runs.values())))
+    columns = [(key, label) for key, label in COLUMNS  # those measured for some variant
+               if any(v == v for name in runs for v in finals[name][key])]
+    lines = [f"# Experiment: {suite}", "",
+             f"{len(runs)} variants x {seeds} seeds, "
+             f"{'quick (toy) scale' if quick else 'default scale'}"
+             f"; cells are mean ± sample std over seeds (final evaluation; routing numbers from "
+             "the last logged training batch, averaged over routers).", "",
+             "| variant | " + " | ".join(label for _, label in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for name in runs:
+        cells = [_cell(finals[name][key]) for key, _ in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if output_cosine:
+        lines += ["", f"Specialization is n/a for {', '.join(output_cosine)}: with the "
+                  "orthogonality loss on, the record holds cosines of expert outputs, not of z."]
+    lines += ["", "## Claims", "", "Improvements are paired by seed (the arms share each seed's "
+              "initial weights and data order); verdict rule: `moejax/train/experiment_stats.py`.",
+              ""]
+    lines += _claim_rows(suite, finals)
+    lines += ["", "## What differs between the variants", ""]
+    differences = config_differences(suite, quick=quick, config_dir=config_dir, extra=extra)
+    for name, diff in differences.items():
+        shown = ", ".join(f"`{k}={v}`" for k, v in diff.items()) or "(the reference)"
+        lines.append(f"- {name}: {shown}")
+    reason = plots.plot_variants(runs, suite_dir / "variants.png")
+    lines += ["", "## Curves", "", reason or "![variants](variants.png)", ""]
+    for variant in SUITES[suite]:
+        config = variant_config(variant, seed=0, quick=quick, config_dir=config_dir, extra=extra)
+        report = run_dir(suite_dir.parent, config) / "report.md"
+        if report.exists():
+            lines.append(f"- [{variant.name}, seed 0](../{report.relative_to(suite_dir.parent)})")
+    path = suite_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    (suite_dir / "finals.json").write_text(json.dumps(finals, indent=1) + "\n")
+    return path

@@ -1,0 +1,113 @@
+"""Experiment statistics: one run's final numbers, mean and spread over seeds, verdicts.
+
+Verdict rule (for a claim "A beats B on metric m", the same n seeds in both arms): the arms
+share each seed's initial weights and data order, so they are compared seed by seed,
+    d_i         = m_B,i - m_A,i     (or m_A,i - m_B,i when higher is better)
+    improvement = mean d,   se = std(d, ddof=1) / sqrt(n),   t = t_0.975(n - 1)
+    reproduced          if improvement >  t se
+    not reproduced      if improvement < -t se
+    inconclusive        otherwise, or with fewer than 2 seeds.
+That is a two-sided paired t-test at the 5% level: with 3 seeds t = 4.30, so a "2 se" rule
+would call about one null claim in five. Arms of different lengths fall back to Welch's test:
+se = sqrt(s_A^2 / n_A + s_B^2 / n_B) with the Welch-Satterthwaite degrees of freedom.
+The step-time overhead claim ("< 2% extra") is paired by seed: r_i = t_A,i / t_B,i - 1, and it
+is reproduced when mean r + t se(r) < 0.02, not reproduced when mean r - t se(r) > 0.02.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from moejax.reporting import plots
+
+OVERHEAD_LIMIT = 0.02
+
+# run metric -> (metrics.jsonl key, how a per-router list is reduced)
+_FINAL_KEYS = {
+    "val_loss": "val_loss",
+    "val_perplexity": "val_perplexity",
+    "routing_entropy": "routing/entropy",
+    "specialization": "routing/specialization",
+    "pathway_entropy": "routing/pathway_entropy",
+    "domain_nmi": "eval/routing/domain_nmi",
+    "load_cv": "routing/load_cv",
+    "dropped_fraction": "routing/dropped_fraction",
+    "step_ms": "step_ms",
+    "eval_dropped_top1_disabled": "eval/routing/dropped_fraction_top1_disabled",
+}
+
+
+def run_metrics(rows: list[dict]) -> dict:
+    """One run's final numbers (per-router lists averaged over routers); NaN where not logged."""
+    out = {}
+    for name, key in _FINAL_KEYS.items():
+        value, _ = plots.last_value(rows, key)
+        out[name] = float(np.mean(value)) if value is not None else math.nan
+    disabled, row = plots.last_value(rows, "val_loss_top1_disabled")
+    out["top1_disabled_increase"] = math.nan if disabled is None else disabled - row["val_loss"]
+    return out
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for fewer than 2 values)."""
+    values = np.asarray(values, np.float64)
+    std = float(np.std(values, ddof=1)) if values.size > 1 else math.nan
+    return float(np.mean(values)), std
+
+
+# Two-sided 95% critical values t_0.975(df) of Student's t; a df between entries uses the
+# entry below it (a slightly larger value, so the test stays conservative).
+_T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+          9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000,
+          120: 1.980}
+
+
+def t_critical(df: float) -> float:
+    """t_0.975(df) from `_T_975` (df >= 1; the normal 1.960 beyond 120)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom {df} < 1")
+    if df > 120:
+        return 1.960
+    return _T_975[max(k for k in _T_975 if k <= df)]
+
+
+def verdict(better, than, *, lower_is_better: bool = True) -> tuple[str, float, float]:
+    """(label, improvement, se) for "`better` beats `than`" (see module doc)."""
+    better, than = np.asarray(better, np.float64), np.asarray(than, np.float64)
+    sign = 1.0 if lower_is_better else -1.0
+    improvement = sign * (float(np.mean(than)) - float(np.mean(better)))
+    if better.size < 2 or than.size < 2 or not np.all(np.isfinite(np.r_[better, than])):
+        return "inconclusive (needs >= 2 seeds per arm with finite values)", improvement, math.nan
+    if better.size == than.size:  # paired by seed
+        se = float(np.std(than - better, ddof=1)) / math.sqrt(better.size)
+        df = better.size - 1
+    else:  # Welch
+        va, vb = np.var(better, ddof=1) / better.size, np.var(than, ddof=1) / than.size
+        se = math.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va**2 / (better.size - 1) + vb**2 / (than.size - 1)) if se else 1
+    return _label(improvement, se, t_critical(df)), improvement, se
+
+
+def overhead_verdict(treated_ms, baseline_ms) -> tuple[str, float, float]:
+    """(label, mean relative overhead, se) of paired step times (see module doc)."""
+    ratios = np.asarray(treated_ms, np.float64) / np.asarray(baseline_ms, np.float64) - 1.0
+    mean = float(np.mean(ratios))
+    if ratios.size < 2 or not np.all(np.isfinite(ratios)):
+        return "inconclusive (needs >= 2 seeds with finite values)", mean, math.nan
+    se = float(np.std(ratios, ddof=1)) / math.sqrt(ratios.size)
+    t = t_critical(ratios.size - 1)
+    if mean + t * se < OVERHEAD_LIMIT:
+        return "reproduced", mean, se
+    if mean - t * se > OVERHEAD_LIMIT:
+        return "not reproduced", mean, se
+    return "inconclusive at this scale", mean, se
+
+
+def _label(improvement: float, se: float, t: float) -> str:
+    if improvement > t * se:
+        return "reproduced"
+    if improvement < -t * se:
+        return "not reproduced"
+    return "inconclusive at this scale"

@@ -1,0 +1,165 @@
+"""Experiment suites: matched variants that differ only in the property under test.
+
+A variant is a base config file plus a few overrides (dotted keys); a suite is a tuple of
+variants and the claims its report answers. Every variant of a suite shares the model size, the
+token budget and, for a given seed, the data order and the initial weights of every module the
+variants share. The scale is one more set of overrides applied to every variant alike:
+`DEFAULT_SCALE` (the committed results, on the 2-core CPU) or `QUICK_SCALE` (toy size, tests).
+
+All variants record the per-token cosine of co-activated experts, so the specialization
+metric exists for the variants without the specialization loss too (the cosine's cost is then
+paid by every variant, and the step-time column compares the losses only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from types import MappingProxyType
+
+from moejax.train.config_files import load_config
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One arm of a suite: `configs/<config>.py[:arg]` plus dotted-key overrides."""
+
+    name: str
+    config: str
+    overrides: MappingProxyType
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A claim of a paper: variant `better` beats `than` on `metric` (lower or higher)."""
+
+    text: str
+    metric: str
+    better: str
+    than: str
+    lower_is_better: bool = True
+
+
+def _variant(name, config, **overrides):
+    return Variant(name, config, MappingProxyType(
+        {key.replace("__", "."): value for key, value in overrides.items()}))
+
+
+# Paper A's weights (docs/methods.md section 5), and the same pair DOSE times stronger: a check that
+# the losses move what they target at this scale, where the paper's weights add ~1e-5 nats.
+DOSE = 10
+_LOSSES = {"lb": dict(loss__sp=0.0, loss__cp=0.0),
+           "lb+sp": dict(loss__sp=2e-3, loss__cp=0.0),
+           "lb+cp": dict(loss__sp=0.0, loss__cp=1e-3),
+           "lb+sp+cp": dict(loss__sp=2e-3, loss__cp=1e-3),
+           f"lb+{DOSE}x(sp+cp)": dict(loss__sp=DOSE * 2e-3, loss__cp=DOSE * 1e-3)}
+_PAPER_ARMS = ("lb+sp", "lb+cp", "lb+sp+cp")
+_DEEPSEEK = dict(model__block="deepseek", model__moe__granularity=2,
+                 model__moe__num_shared_experts=1)  # 16 experts of width F/2, top-4, 1 shared
+_COSINE = dict(model__moe__record_cosine=True)
+_COMMON = dict(_COSINE, train__eval_top1_disabled=False)  # the top-1 test: cartesian suite only
+
+SPECIALIZATION = tuple(
+    _variant(f"{family}/{losses}", "default", **_COMMON, **weights, **extra)
+    for family, extra in (("topk", {}), ("deepseek", _DEEPSEEK))
+    for losses, weights in _LOSSES.items())
+
+CARTESIAN = tuple(
+    _variant(name, f"{name}_base:small", loss__sp=0.0, loss__cp=0.0,
+             train__eval_top1_disabled=True, **_COSINE)
+    for name in ("cartesian", "finegrained", "topk_share"))
+
+BASELINES = (
+    _variant("lb", "default", **_COMMON, **_LOSSES["lb"]),
+    _variant("lb+orth+var", "default", **_COMMON, **_LOSSES["lb"], loss__orth=2e-3,
+             loss__var=1e-3),
+    _variant("lb+sp+cp", "default", **_COMMON, **_LOSSES["lb+sp+cp"]),
+)
+
+SUITES = MappingProxyType({"specialization": SPECIALIZATION, "cartesian": CARTESIAN,
+                           "baselines": BASELINES})
+
+
+def _claims_specialization():
+    claims = []
+    for family in ("topk", "deepseek"):
+        for treated in _PAPER_ARMS:
+            claims.append(Claim(f"{family}: {treated} lowers validation loss vs lb",
+                                "val_loss", f"{family}/{treated}", f"{family}/lb"))
+        alone = f"{family}/lb"
+        for both in ("lb+sp+cp", f"lb+{DOSE}x(sp+cp)"):
+            claims += [
+                Claim(f"{family}: {both} raises specialization (lower mean squared cosine of "
+                      "co-activated z)", "specialization", f"{family}/{both}", alone),
+                Claim(f"{family}: {both} lowers routing entropy", "routing_entropy",
+                      f"{family}/{both}", alone)]
+        claims += [
+            Claim(f"{family}: lb+{DOSE}x(sp+cp) lowers validation loss vs lb", "val_loss",
+                  f"{family}/lb+{DOSE}x(sp+cp)", alone),
+            Claim(f"{family}: lb+sp+cp costs < 2% extra step time", "step_ms_overhead",
+                  f"{family}/lb+sp+cp", alone)]
+    return tuple(claims)
+
+
+CLAIMS = MappingProxyType({
+    "specialization": _claims_specialization(),
+    "cartesian": tuple(
+        claim for other in ("finegrained", "topk_share") for claim in (
+            Claim(f"cartesian lowers validation loss vs {other}", "val_loss", "cartesian", other),
+            Claim(f"cartesian degrades less than {other} with the top-1 expert disabled",
+                  "top1_disabled_increase", "cartesian", other))),
+    "baselines": (
+        Claim("lb+sp+cp lowers validation loss vs the orthogonality + variance baselines",
+              "val_loss", "lb+sp+cp", "lb+orth+var"),
+        Claim("lb+sp+cp lowers routing entropy vs the baselines", "routing_entropy",
+              "lb+sp+cp", "lb+orth+var"),
+    ),
+})
+
+# The scales: one set of overrides for every variant of every suite. Both use the capacity
+# engine (drops counted in the `dropped` column): on XLA:CPU the dropless engine's ragged_dot is
+# a masked dense product, 2.5-7x slower per step for these models.
+_ENGINE = {"model.moe.engine": "capacity", "model.moe.capacity_factor": 2.0}
+# Default: 100 steps of 16 x 128 bytes (205k tokens) per run; run with --seeds 4, the 56 distinct
+# runs took 52 minutes on the 2-core CPU (docs/results/README.md says how this was chosen).
+DEFAULT_SCALE = MappingProxyType({
+    **_ENGINE, "train.steps": 100, "train.warmup_steps": 10, "train.log_every": 20,
+    "train.eval_every": 100, "train.eval_batches": 4, "train.checkpoint_every": 100,
+    "train.progress": False, "train.report": True})
+QUICK_SCALE = MappingProxyType({
+    **_ENGINE, "model.d_model": 32, "model.num_layers": 2, "model.num_heads": 2,
+    "model.num_kv_heads": 2, "model.d_ff": 64, "model.moe_every": 1, "mesh.devices": 1,
+    "train.steps": 3, "train.warmup_steps": 1, "train.batch_size": 2, "train.seq_len": 16,
+    "train.log_every": 1, "train.eval_every": 3, "train.eval_batches": 1,
+    "train.checkpoint_every": 3, "train.async_checkpoint": False, "train.progress": False,
+    "train.report": False})
+
+
+def _set(config, dotted: str, value) -> None:
+    *parents, name = dotted.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    if name not in node:
+        raise ValueError(f"experiment override {dotted!r}: no such config field")
+    node[name] = value
+
+
+def default_config_dir() -> pathlib.Path:
+    """The checkout's configs/ (an editable install), else ./configs."""
+    beside_package = pathlib.Path(__file__).resolve().parents[2] / "configs"
+    return beside_package if beside_package.is_dir() else pathlib.Path("configs").resolve()
+
+
+def variant_config(variant: Variant, *, seed: int, quick: bool = False, config_dir=None,
+                   extra=None):
+    """The resolved ConfigDict of one run: base file, variant overrides, scale, `extra`
+    overrides ({dotted key: value}, e.g. from `moejax-experiment --set`), seed."""
+    path, _, arg = variant.config.partition(":")
+    config_dir = pathlib.Path(config_dir) if config_dir else default_config_dir()
+    config = load_config(config_dir / f"{path}.py", arg or None)
+    scale = QUICK_SCALE if quick else DEFAULT_SCALE
+    for dotted, value in {**variant.overrides, **scale, **(extra or {})}.items():
+        _set(config, dotted, value)
+    config.seed = seed
+    return config

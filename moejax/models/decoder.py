@@ -1,0 +1,207 @@
+"""Decoder LM: embedding, layers of (attention, FFN or MoE), final norm, untied head.
+
+Layer i is an MoE layer when `i >= first_dense_layers` and
+`(i - first_dense_layers) % moe_every == 0`; other layers use a dense SwiGLU FFN. The
+decoder returns the logits and the routing records of all MoE layers concatenated along the
+router axis in depth order (a block with two routers contributes two, in its own order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import MappingProxyType
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from moejax.layers.attention import Attention
+from moejax.layers.embed import Embed, LMHead
+from moejax.layers.ffn import SwiGLU
+from moejax.layers.norms import RMSNorm
+from moejax.moe.cartesian import CartesianMoE
+from moejax.moe.deepseek import DeepSeekMoE
+from moejax.moe.router import RouterSpec
+from moejax.moe.spec import MoESpec
+from moejax.moe.topk import TopKMoE
+from moejax.options import check_known, spec_from_mapping
+from moejax.record import concat_records
+
+BLOCKS = MappingProxyType({"topk": TopKMoE, "deepseek": DeepSeekMoE, "cartesian": CartesianMoE})
+DTYPES = MappingProxyType(
+    {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderSpec:
+    """Options of the decoder LM (defaults: a small Mixtral-style model).
+
+    Attributes:
+      vocab_size: V.
+      d_model: D.
+      num_layers: decoder layers.
+      num_heads: query heads N.
+      num_kv_heads: key/value heads (N for no grouping).
+      head_dim: H (None: d_model // num_heads).
+      d_ff: hidden width of the dense FFN layers.
+      rope_theta: RoPE base.
+      norm_eps: RMSNorm epsilon.
+      first_dense_layers: leading layers with a dense FFN.
+      moe_every: 1 = every later layer is MoE, 2 = every other one, ...
+      block: "topk" (Mixtral), "deepseek" (shared + fine-grained experts) or "cartesian"
+        (two routed sub-layers with their own norms and residuals; 2 routers per layer).
+      dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32); "float64"
+        exists for gradient checks under `jax.enable_x64`.
+      moe: the MoE layers' options.
+    """
+
+    vocab_size: int = 259
+    d_model: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int | None = None
+    d_ff: int = 512
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    first_dense_layers: int = 0
+    moe_every: int = 1
+    block: str = "topk"
+    dtype: str = "float32"
+    moe: MoESpec = dataclasses.field(default_factory=MoESpec)
+
+    def __post_init__(self):
+        if isinstance(self.moe, dict):
+            object.__setattr__(self, "moe", MoESpec(**self.moe))
+        if self.block not in BLOCKS:
+            raise ValueError(f"model.block={self.block!r}; allowed: {', '.join(BLOCKS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype={self.dtype!r}; allowed: {', '.join(DTYPES)}")
+        if self.head_dim is None and self.d_model % self.num_heads:
+            raise ValueError(
+                f"model.d_model={self.d_model} is not divisible by model.num_heads="
+                f"{self.num_heads} (or set model.head_dim)"
+            )
+        if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"model.num_heads={self.num_heads} is not a multiple of model.num_kv_heads="
+                f"{self.num_kv_heads}"
+            )
+        if not 0 <= self.first_dense_layers <= self.num_layers or self.moe_every < 1:
+            raise ValueError(
+                f"model.first_dense_layers={self.first_dense_layers} must be in [0, num_layers="
+                f"{self.num_layers}] and model.moe_every={self.moe_every} >= 1"
+            )
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.d_model // self.num_heads
+
+    def is_moe_layer(self, layer: int) -> bool:
+        offset = layer - self.first_dense_layers
+        return offset >= 0 and offset % self.moe_every == 0
+
+
+def decoder_spec_from_config(model_config) -> DecoderSpec:
+    """Builds a DecoderSpec from a (nested) mapping such as `config.model`.
+
+    An unknown key raises ValueError naming it.
+    """
+    fields = dict(model_config)
+    moe = dict(fields.pop("moe", {}))
+    router = spec_from_mapping(RouterSpec, moe.pop("router", {}), "model.moe.router")
+    check_known(MoESpec, moe, "model.moe")
+    check_known(DecoderSpec, fields, "model")
+    return DecoderSpec(**fields, moe=MoESpec(**moe, router=router))
+
+
+class DenseFeedForward(nnx.Module):
+    """h -> h + SwiGLU(RMSNorm(h)); no routers."""
+
+    def __init__(self, spec: DecoderSpec, *, rngs: nnx.Rngs, engine=None):
+        self.norm = RMSNorm(spec.d_model, eps=spec.norm_eps)
+        self.ffn = SwiGLU(spec.d_model, spec.d_ff, rngs=rngs)
+
+    def __call__(self, h: jax.Array, *, disable_top1: bool = False):
+        return h + self.ffn(self.norm(h)), None
+
+
+class MoEFeedForward(nnx.Module):
+    """h -> h + Block(RMSNorm(h)), with the block's routing record."""
+
+    def __init__(self, spec: DecoderSpec, *, rngs: nnx.Rngs, engine=None):
+        self.norm = RMSNorm(spec.d_model, eps=spec.norm_eps)
+        self.block = BLOCKS[spec.block](spec.d_model, spec.moe, rngs=rngs, engine=engine)
+
+    def __call__(self, h: jax.Array, *, disable_top1: bool = False):
+        """h: [T, D] -> ([T, D], record)."""
+        y, record = self.block(self.norm(h), disable_top1=disable_top1)
+        return h + y, record
+
+
+class CartesianFeedForward(nnx.Module):
+    """h -> CartesianMoE(h): the layer brings its own norms and residuals."""
+
+    def __init__(self, spec: DecoderSpec, *, rngs: nnx.Rngs, engine=None):
+        self.block = CartesianMoE(spec.d_model, spec.moe, norm_eps=spec.norm_eps, rngs=rngs,
+                                  engine=engine)
+
+    def __call__(self, h: jax.Array, *, disable_top1: bool = False):
+        return self.block(h, disable_top1=disable_top1)
+
+
+def _feed_forward_cls(spec: DecoderSpec, layer: int):
+    if not spec.is_moe_layer(layer):
+        return DenseFeedForward
+    return CartesianFeedForward if spec.block == "cartesian" else MoEFeedForward
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, spec: DecoderSpec, layer: int, *, rngs: nnx.Rngs, engine=None):
+        self.attn_norm = RMSNorm(spec.d_model, eps=spec.norm_eps)
+        self.attn = Attention(spec.d_model, spec.num_heads, spec.num_kv_heads,
+                              spec.resolved_head_dim, rope_theta=spec.rope_theta, rngs=rngs)
+        self.ffn = _feed_forward_cls(spec, layer)(spec, rngs=rngs, engine=engine)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, *, disable_top1: bool = False):
+        """x: [B, S, D] -> ([B, S, D], record or None)."""
+        x = x + self.attn(self.attn_norm(x), positions)
+        batch, seq, d_model = x.shape
+        h, record = self.ffn(x.reshape(batch * seq, d_model), disable_top1=disable_top1)
+        return h.reshape(batch, seq, d_model), record
+
+
+class Decoder(nnx.Module):
+    """tokens [B, S] -> (logits [B, S, V] float32, RoutingRecord over T = B*S tokens or None).
+
+    `engine` replaces the MoE layers' `moe.engine` (e.g. a `moejax.parallel.ExpertParallel`).
+    """
+
+    def __init__(self, spec: DecoderSpec, *, rngs: nnx.Rngs, engine=None):
+        self.spec = spec
+        self.embed = Embed(spec.vocab_size, spec.d_model, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(spec, i, rngs=rngs, engine=engine)
+                                for i in range(spec.num_layers)])
+        self.final_norm = RMSNorm(spec.d_model, eps=spec.norm_eps)
+        self.head = LMHead(spec.d_model, spec.vocab_size, rngs=rngs)
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, *,
+                 disable_top1: bool = False):
+        """tokens: [B, S] int; disable_top1: the robustness test (every router drops each
+        token's first choice and re-picks top-k from the rest)."""
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        x = self.embed(tokens, DTYPES[self.spec.dtype])
+        records = []
+        for layer in self.layers:
+            x, record = layer(x, positions, disable_top1=disable_top1)
+            if record is not None:
+                records.append(record)
+        logits = self.head(self.final_norm(x))
+        return logits, (concat_records(records) if records else None)
+
+    def routers(self) -> list:
+        """All routers in depth order: the order of the routing record's router axis."""
+        return [router for layer in self.layers if not isinstance(layer.ffn, DenseFeedForward)
+                for router in layer.ffn.block.routers()]

@@ -1,0 +1,38 @@
+"""Total and active parameter counts of a DecoderSpec, without allocating parameters.
+
+Active parameters per token: every parameter except the routed experts a token does not
+use, i.e. each routed-expert stack counts k/E of its size (embeddings and head included).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import numpy as np
+from flax import nnx
+
+from moejax.models.decoder import Decoder, DecoderSpec
+from moejax.moe.topk import TopKMoE
+
+
+class ParameterCount(NamedTuple):
+    total: int
+    active: int
+
+
+def _size(tree) -> int:
+    return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))
+
+
+def count_parameters(spec: DecoderSpec) -> ParameterCount:
+    """Counts parameters of `Decoder(spec)` from shapes alone (`nnx.eval_shape`)."""
+    model = nnx.eval_shape(lambda: Decoder(spec, rngs=nnx.Rngs(0)))
+    total = _size(nnx.state(model, nnx.Param))
+    inactive = 0.0
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, TopKMoE):
+            experts = _size(nnx.state(node.experts, nnx.Param))
+            num_experts = node.experts.w_gate.shape[0]
+            inactive += experts * (1 - node.router.top_k / num_experts)
+    return ParameterCount(total=total, active=round(total - inactive))

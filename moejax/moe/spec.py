@@ -1,0 +1,102 @@
+"""MoESpec: the options of an MoE layer (every block type), checked at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from moejax.kernels import KERNEL_IMPLEMENTATIONS
+from moejax.moe.engines import ENGINES
+from moejax.moe.router import RouterSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class MoESpec:
+    """Options of an MoE layer.
+
+    Attributes:
+      num_experts: routed experts E before fine-graining.
+      top_k: experts chosen per token k before fine-graining.
+      d_hidden: expert hidden width F before fine-graining.
+      granularity: fine-grained factor m (DeepSeekMoE): m*E experts of width F/m, m*k chosen.
+      num_shared_experts: S always-on shared experts (0 = plain top-k MoE).
+      shared_d_hidden: hidden width of each shared expert (None: the routed expert width F/m).
+      sub_d_hidden: CartesianMoE sub-expert width (None: d_hidden // 2, "half-width").
+      shared_mix: how shared experts join the routed output: "sum" (DeepSeekMoE) or
+        "softmax" (a learned 2-way softmax gate, CartesianMoE).
+      engine: "dense", "capacity" or "dropless".
+      implementation: "auto", "pallas" or "jnp": the fused top-k dispatch and
+        pairwise-cosine kernels (`moejax.kernels`) or their jnp references; "auto" is jnp
+        until the Pallas kernels have been checked on a GPU. (Was `kernel`, a name the
+        router's weight `Router.kernel` also has.)
+      capacity_factor: C = ceil(capacity_factor * T * k / E) for the capacity engine.
+      record_cosine: put each token's [K, K] cosine of its chosen experts in the record.
+      cosine_source: what that cosine compares: "activation" (the SwiGLU z, for the
+        specialization loss) or "output" (FFN_e(x), for the orthogonality baseline).
+      router: routing options.
+    """
+
+    num_experts: int = 8
+    top_k: int = 2
+    d_hidden: int = 256
+    granularity: int = 1
+    num_shared_experts: int = 0
+    shared_d_hidden: int | None = None
+    sub_d_hidden: int | None = None
+    shared_mix: str = "sum"
+    engine: str = "dropless"
+    implementation: str = "auto"
+    capacity_factor: float = 1.25
+    record_cosine: bool = False
+    cosine_source: str = "activation"
+    router: RouterSpec = dataclasses.field(default_factory=RouterSpec)
+
+    # old option name -> new one: a config that still uses the old name gets an error naming
+    # the new one (`moejax/options.py`)
+    renamed_options: ClassVar[dict] = {"kernel": "implementation"}
+
+    def __post_init__(self):
+        if isinstance(self.router, dict):
+            object.__setattr__(self, "router", RouterSpec(**self.router))
+        if self.granularity < 1 or self.d_hidden % self.granularity:
+            raise ValueError(
+                f"moe.d_hidden={self.d_hidden} is not divisible by moe.granularity="
+                f"{self.granularity}"
+            )
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(
+                f"moe.top_k={self.top_k} must be in [1, moe.num_experts={self.num_experts}]"
+            )
+        if self.engine not in ENGINES:
+            raise ValueError(f"moe.engine={self.engine!r}; allowed: {', '.join(ENGINES)}")
+        if self.implementation not in KERNEL_IMPLEMENTATIONS:
+            raise ValueError(f"moe.implementation={self.implementation!r}; allowed: "
+                             f"{', '.join(KERNEL_IMPLEMENTATIONS)}")
+        if self.cosine_source not in ("activation", "output"):
+            raise ValueError(f"moe.cosine_source={self.cosine_source!r}; allowed: activation, "
+                             "output")
+        if self.shared_mix not in ("sum", "softmax"):
+            raise ValueError(f"moe.shared_mix={self.shared_mix!r}; allowed: sum, softmax")
+        if self.capacity_factor <= 0:
+            raise ValueError(f"moe.capacity_factor={self.capacity_factor} must be > 0")
+        if self.num_shared_experts < 0:
+            raise ValueError(f"moe.num_shared_experts={self.num_shared_experts} must be >= 0")
+        self.router.check(self.routed_experts, self.routed_top_k)
+
+    @property
+    def routed_experts(self) -> int:
+        return self.num_experts * self.granularity
+
+    @property
+    def routed_top_k(self) -> int:
+        return self.top_k * self.granularity
+
+    @property
+    def routed_d_hidden(self) -> int:
+        return self.d_hidden // self.granularity
+
+    @property
+    def shared_width(self) -> int:
+        """Total hidden width of the shared experts (S * shared_d_hidden)."""
+        each = self.shared_d_hidden or self.routed_d_hidden
+        return self.num_shared_experts * each

@@ -1,0 +1,2 @@
+"""Reporting: the metrics file (`metrics.py`, one writer and one reader), plots (`plots.py`)
+and the run report (`report.py`)."""

@@ -1,0 +1,147 @@
+"""The run report: DIR/metrics.jsonl -> DIR/plots/*.png and DIR/report.md (`moejax-report`).
+
+Writes DIR/plots/*.png (loss, tokens per expert, routing entropy, specialization, expert
+transitions, expert vs domain; plots.py) and DIR/report.md with the final numbers of the run
+(docs/methods.md section 6) and links to the plots. Plots whose metrics were not logged are skipped
+and the report says why.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from moejax.reporting import plots
+from moejax.reporting.metrics import METRICS_FILE, read_metrics
+
+REPORT_FILE = "report.md"
+PLOT_DIR = "plots"
+
+# (file name under plots/, caption, function(rows, path) -> None or why it was skipped)
+PLOTS = (
+    ("loss.png", "Train and validation loss", plots.plot_loss),
+    ("tokens_per_expert.png", "Tokens per expert (last logged step)",
+     plots.plot_tokens_per_expert),
+    ("entropy.png", "Routing entropy per router", plots.plot_entropy),
+    ("specialization.png", "Specialization per router", plots.plot_specialization),
+    ("transitions.png", "Top-1 expert transitions between adjacent routers",
+     plots.plot_transitions),
+    ("expert_domain.png", "Expert vs document domain (last eval)", plots.plot_expert_domain),
+)
+
+# (key, label, how the values are summarised, what each value belongs to)
+_ROUTING_NUMBERS = (
+    ("routing/entropy", "routing entropy, nats", "mean", "router"),
+    ("routing/topk_mass", "top-k mass", "mean", "router"),
+    ("routing/specialization", "specialization, mean squared cosine", "mean", "router"),
+    ("routing/load_cv", "load CV", "mean", "router"),
+    ("routing/dead_experts", "dead experts", "total", "router"),
+    ("routing/dropped_fraction", "dropped fraction", "mean", "router"),
+    ("routing/pathway_entropy", "pathway entropy, normalised", "mean", "router pair"),
+    ("eval/routing/domain_nmi", "domain NMI, eval", "mean", "router"),
+)
+
+
+def _fmt(value) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
+
+
+def _summary(values, how: str, owner: str) -> str:
+    """'mean (per router: a, b, ...)' of per-router values (a scalar is printed as is)."""
+    if np.ndim(values) == 0:
+        return _fmt(values)
+    flat = list(np.ravel(np.asarray(values, dtype=object)))
+    total = sum(flat) if how == "total" else float(np.mean(np.asarray(flat, dtype=np.float64)))
+    return f"{_fmt(total)} (per {owner}: {', '.join(_fmt(v) for v in flat)})"
+
+
+def _loss_numbers(rows: list[dict]) -> list[tuple[str, str]]:
+    """Final train loss, best and final val loss and bits/byte, top-1-disabled val loss."""
+    numbers = []
+    loss, row = plots.last_value(rows, "loss")
+    if loss is not None:
+        numbers.append((f"final train loss (step {row['step']})", _fmt(loss)))
+    for key, label in (("val_loss", "val loss"), ("val_bits_per_byte", "val bits/byte")):
+        evaluated = [r for r in rows if key in r]
+        if evaluated:
+            best = min(evaluated, key=lambda r: np.nan_to_num(r[key], nan=np.inf))
+            numbers.append((f"best {label} (step {best['step']})", _fmt(best[key])))
+            numbers.append((f"final {label} (step {evaluated[-1]['step']})",
+                            _fmt(evaluated[-1][key])))
+    disabled, row = plots.last_value(rows, "val_loss_top1_disabled")
+    if disabled is not None:
+        text = _fmt(disabled)
+        if "val_loss" in row:
+            text += f" ({disabled - row['val_loss']:+.4f} vs val loss)"
+        numbers.append((f"val loss, top-1 expert disabled (step {row['step']})", text))
+    return numbers
+
+
+def _final_numbers(rows: list[dict]) -> list[tuple[str, str]]:
+    """(label, formatted value) of the final numbers of the run, in report order."""
+    numbers = _loss_numbers(rows)
+    throughput, row = plots.last_value(rows, "tokens_per_s")
+    if throughput is not None:
+        numbers.append((f"tokens/s (step {row['step']})", f"{throughput:.0f}"))
+    for key, label, how, owner in _ROUTING_NUMBERS:
+        values, row = plots.last_value(rows, key)
+        if values is not None:
+            numbers.append((f"{label} (step {row['step']})", _summary(values, how, owner)))
+    last = rows[-1]
+    for key in sorted(k for k in last if k.startswith("aux/") and np.ndim(last[k]) == 0):
+        numbers.append((f"{key} (step {last['step']})", _fmt(last[key])))
+    return numbers
+
+
+def _markdown(workdir: pathlib.Path, rows, written, skipped) -> str:
+    """The report text: header, final-numbers table, plots, skipped plots."""
+    lines = [f"# Run report: {workdir.resolve().name}", "",
+             f"{len(rows)} logged steps from `{METRICS_FILE}`, last step {rows[-1]['step']}.", "",
+             "## Final numbers", "",
+             "Routing values are over routers in depth order: the mean (dead experts: the total)",
+             "then each router's value; `routing/` ones come from the last logged training batch,",
+             "`eval/` ones from the last evaluation.", "",
+             "| quantity | value |", "|---|---|"]
+    lines += [f"| {label} | {value} |" for label, value in _final_numbers(rows)]
+    lines += ["", "## Plots", ""]
+    for name, caption in written:
+        lines += [f"### {caption}", "", f"![{caption}]({PLOT_DIR}/{name})", ""]
+    if skipped:
+        lines += ["## Skipped plots", ""]
+        lines += [f"- `{name}` skipped: {reason}" for name, reason in skipped]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(workdir) -> pathlib.Path:
+    """Writes workdir/plots/*.png and workdir/report.md from workdir/metrics.jsonl.
+
+    Args:
+      workdir: the training run's directory (holding metrics.jsonl).
+
+    Returns:
+      The path of report.md.
+
+    Raises:
+      FileNotFoundError, ValueError: metrics.jsonl is missing, empty or malformed.
+    """
+    workdir = pathlib.Path(workdir)
+    rows = read_metrics(workdir / METRICS_FILE)
+    plot_dir = workdir / PLOT_DIR
+    plot_dir.mkdir(exist_ok=True)
+    written, skipped = [], []
+    for name, caption, plot in PLOTS:
+        path = plot_dir / name
+        try:
+            reason = plot(rows, path)
+        except (TypeError, ValueError, IndexError) as err:  # malformed values: skip, say why
+            reason = f"could not be drawn: {type(err).__name__}: {err}"
+        if reason is None:
+            written.append((name, caption))
+        else:
+            path.unlink(missing_ok=True)  # no stale PNG from an earlier report
+            skipped.append((name, reason))
+    report = workdir / REPORT_FILE
+    report.write_text(_markdown(workdir, rows, written, skipped))
+    return report

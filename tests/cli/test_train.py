@@ -1,0 +1,36 @@
+"""The moejax-train CLI: --dry-run, overrides and errors."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _cli(*args):
+    code = "import sys; from moejax.cli.train import run; sys.argv = ['moejax-train'] + " \
+           f"{list(args)!r}; run()"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+def test_dry_run_prints_counts_and_applies_overrides(tmp_path):
+    out = _cli("--config", "configs/cartesian_base.py", "--workdir", str(tmp_path),
+               "--dry-run", "--config.model.moe.top_k=3")
+    assert out.returncode == 0, out.stderr
+    assert "total parameters: 842065176" in out.stdout
+    assert "top_k: 3" in out.stdout
+    assert "active parameters per token: " in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "configs/nope.py"], "nope.py"),
+    (["--config", "configs/tiny.py", "--config.model.moe.top_k=99"], "top_k=99"),
+    (["--config", "configs/tiny.py", "--config.model.moe.no_such=1"], "no_such"),
+])
+def test_bad_input_is_a_clear_error(tmp_path, args, message):
+    out = _cli(*args, "--workdir", str(tmp_path), "--dry-run")
+    assert out.returncode != 0
+    assert message in out.stderr + out.stdout

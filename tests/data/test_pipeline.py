@@ -1,0 +1,297 @@
+"""Tests for moejax/train/data.py (with corpus.py, records.py, prepare_main.py)."""
+
+import collections
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from moejax.data import corpus
+from moejax.data import pipeline as data
+
+SEQ_LEN = 15  # windows of 16 tokens
+DOMAINS = ("alpha", "beta", "gamma")
+NUM_FILES = 12
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _write_corpus(root: pathlib.Path, num_files: int = NUM_FILES, seed: int = 0) -> str:
+    """Random printable files under root/<domain>/; returns a recursive glob over them."""
+    rng = np.random.default_rng(seed)
+    for i in range(num_files):
+        folder = root / DOMAINS[i % len(DOMAINS)]
+        folder.mkdir(parents=True, exist_ok=True)
+        size = int(rng.integers(5, 90))
+        (folder / f"doc{i:02d}.txt").write_bytes(rng.integers(32, 127, size, np.uint8).tobytes())
+    return str(root / "**" / "*.txt")
+
+
+def _spec(tmp_path, **changes) -> data.DataSpec:
+    values = dict(corpus="files", paths=(_write_corpus(tmp_path / "corpus"),),
+                  validation_every=3, num_threads=0)
+    return data.DataSpec(**(values | changes))
+
+
+def _take(spec, split, count, *, batch_size=1, seed=0, **kwargs):
+    iterator = iter(data.make_dataset(spec, split, seq_len=SEQ_LEN, batch_size=batch_size,
+                                      seed=seed, **kwargs))
+    return [next(iterator) for _ in range(count)]
+
+
+def _reference_windows(spec, split):
+    """The NumPy loop: EOS-joined documents of the split, cut into windows of SEQ_LEN + 1."""
+    docs = corpus.documents(spec)
+    ids = {name: i for i, name in enumerate(sorted({d.domain for d in docs}))}
+    tokens, domains = [], []
+    for doc in docs:
+        if corpus.is_validation(doc.name, spec.validation_every) == (split == "validation"):
+            for byte in doc.text:
+                tokens.append(byte)
+                domains.append(ids[doc.domain])
+            tokens.append(data.EOS_ID)
+            domains.append(ids[doc.domain])
+    length = SEQ_LEN + 1
+    count = len(tokens) // length
+    return (np.array(tokens[:count * length], np.int32).reshape(count, length),
+            np.array(domains[:count * length], np.int32).reshape(count, length))
+
+
+def _rows(batches):
+    return [tuple(row) for batch in batches for row in batch["tokens"].tolist()]
+
+
+def test_tokenizer_round_trip():
+    text = "def f(x):\n    return 'héllo ✓'\n"
+    ids = data.encode(text)
+    assert ids.dtype == np.int32 and ids.shape == (len(text.encode()),)
+    assert data.encode(text.encode()).tolist() == ids.tolist()
+    with_specials = np.concatenate([[data.BOS_ID], ids[:5], [data.PAD_ID], ids[5:], [data.EOS_ID]])
+    assert data.decode(with_specials) == text
+    with pytest.raises(ValueError, match="0..258"):
+        data.decode([1, data.VOCAB_SIZE])
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_packing_matches_numpy_loop(tmp_path, split):
+    spec = _spec(tmp_path)
+    tokens, domains = _reference_windows(spec, split)
+    assert len(tokens) == data.num_sequences(spec, split, seq_len=SEQ_LEN) >= 3
+    batches = _take(spec, split, len(tokens))
+    got_tokens = np.concatenate([b["tokens"] for b in batches])
+    got_domains = np.concatenate([b["domains"] for b in batches])
+    assert got_tokens.dtype == got_domains.dtype == np.int32
+    assert got_tokens.shape == (len(tokens), SEQ_LEN + 1)
+    if split == "train":  # shuffled: compare as sets of (tokens, domains) rows
+        order, got_order = np.lexsort(tokens.T), np.lexsort(got_tokens.T)
+        tokens, domains = tokens[order], domains[order]
+        got_tokens, got_domains = got_tokens[got_order], got_domains[got_order]
+    np.testing.assert_array_equal(got_tokens, tokens)
+    np.testing.assert_array_equal(got_domains, domains)
+    assert data.domain_names(spec) == list(DOMAINS)
+
+
+def test_packing_edges():
+    """Documents ending exactly at a window edge, empty documents and multi-window documents."""
+    sizes = [SEQ_LEN, 0, 3 * SEQ_LEN + 5, SEQ_LEN - 1, 0, 0, 2 * SEQ_LEN + 1, 7]
+    rng = np.random.default_rng(1)
+    docs = [corpus.Document(f"d{i}", rng.integers(0, 256, n, np.uint8).tobytes(), f"x{i % 3}")
+            for i, n in enumerate(sizes)]
+    windows = data.PackedSequences(data.MemoryDocuments(docs, {"x0": 0, "x1": 1, "x2": 2}),
+                                   SEQ_LEN + 1)
+    stream = [t for d in docs for t in [*d.text, data.EOS_ID]]
+    labels = [i % 3 for i, d in enumerate(docs) for _ in range(len(d.text) + 1)]
+    assert len(windows) == len(stream) // (SEQ_LEN + 1) and windows.num_tokens == len(stream)
+    for i in range(len(windows)):
+        edge = slice(i * (SEQ_LEN + 1), (i + 1) * (SEQ_LEN + 1))
+        assert windows[i]["tokens"].tolist() == stream[edge]
+        assert windows[i]["domains"].tolist() == labels[edge]
+    with pytest.raises(IndexError):
+        windows[len(windows)]
+
+
+def test_validation_is_fixed_order_and_repeats(tmp_path):
+    spec = _spec(tmp_path)
+    count = data.num_sequences(spec, "validation", seq_len=SEQ_LEN)
+    rows = _rows(_take(spec, "validation", 2 * count, seed=1))
+    assert rows[:count] == rows[count:] == _rows(_take(spec, "validation", count, seed=2))
+
+
+def test_train_order_is_deterministic_per_seed_and_reshuffled_per_epoch(tmp_path):
+    spec = _spec(tmp_path)
+    count = data.num_sequences(spec, "train", seq_len=SEQ_LEN)
+    first = _rows(_take(spec, "train", 2 * count, seed=3))
+    assert first == _rows(_take(spec, "train", 2 * count, seed=3))
+    assert first[:count] != _rows(_take(spec, "train", count, seed=4))
+    assert sorted(first[:count]) == sorted(first[count:]) and first[:count] != first[count:]
+
+
+def test_train_and_validation_documents_are_disjoint(tmp_path):
+    spec = _spec(tmp_path)
+    train = {d.name for d in corpus.documents(spec, "train")}
+    validation = {d.name for d in corpus.documents(spec, "validation")}
+    assert train and validation and not train & validation
+    assert train | validation == {d.name for d in corpus.documents(spec)}
+
+
+@pytest.mark.parametrize("process_count", [2, 3])
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_host_shards_are_disjoint_and_cover(tmp_path, process_count, split):
+    spec = _spec(tmp_path)
+    total = data.num_sequences(spec, split, seq_len=SEQ_LEN)
+    everything = collections.Counter(_rows(_take(spec, split, total)))
+    union = collections.Counter()
+    for index in range(process_count):
+        shard = _rows(_take(spec, split, len(range(index, total, process_count)),
+                            process_index=index, process_count=process_count))
+        assert not union.keys() & set(shard)
+        union.update(shard)
+    assert union == everything
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_processes_together_read_the_single_process_batches(tmp_path, process_count):
+    """Global batch i of P processes (host batch 4/P each) holds the windows of batch i of one
+    process (batch 4), over more than one epoch."""
+    spec = _spec(tmp_path)
+    steps = data.num_sequences(spec, "train", seq_len=SEQ_LEN) // 2  # two epochs of batch 4
+    single = _take(spec, "train", steps, batch_size=4, seed=5)
+    hosts = [_take(spec, "train", steps, batch_size=4 // process_count, seed=5,
+                   process_index=index, process_count=process_count)
+             for index in range(process_count)]
+    for step_number, batch in enumerate(single):
+        together = [row for host in hosts for row in _rows([host[step_number]])]
+        assert sorted(together) == sorted(_rows([batch]))
+
+
+@pytest.mark.parametrize("skip", [1, 3])  # 3 batches of 2 cross the epoch boundary
+def test_resume_gives_the_identical_next_batch(tmp_path, skip):
+    spec = _spec(tmp_path, num_threads=2)
+    assert data.num_sequences(spec, "train", seq_len=SEQ_LEN) % 2 == 1  # batches straddle epochs
+    dataset = data.make_dataset(spec, "train", seq_len=SEQ_LEN, batch_size=2, seed=7)
+    iterator = iter(dataset)
+    for _ in range(skip):
+        next(iterator)
+    state = json.loads(json.dumps(iterator.get_state()))
+    expected = [next(iterator) for _ in range(4)]
+    resumed = iter(data.make_dataset(spec, "train", seq_len=SEQ_LEN, batch_size=2, seed=7))
+    resumed.set_state(state)
+    for want in expected:
+        got = next(resumed)
+        np.testing.assert_array_equal(got["tokens"], want["tokens"])
+        np.testing.assert_array_equal(got["domains"], want["domains"])
+
+
+def test_jsonl_source(tmp_path):
+    (tmp_path / "web").mkdir()
+    (tmp_path / "code").mkdir()
+    (tmp_path / "web" / "a.jsonl").write_text(
+        json.dumps({"text": "hello", "topic": "greet"}) + "\n\n"
+        + json.dumps({"text": "wörld", "topic": "noun"}) + "\n")
+    (tmp_path / "code" / "b.jsonl").write_text(json.dumps({"text": "x = 1", "topic": "py"}))
+    pattern = str(tmp_path / "*" / "*.jsonl")
+    spec = data.DataSpec(corpus="jsonl", paths=(pattern,), validation_every=2, num_threads=0)
+    docs = corpus.documents(spec)
+    assert docs == [corpus.Document("code/b.jsonl:1", b"x = 1", "code"),
+                    corpus.Document("web/a.jsonl:1", b"hello", "web"),
+                    corpus.Document("web/a.jsonl:3", "wörld".encode(), "web")]
+    topics = data.DataSpec(corpus="jsonl", paths=(pattern,), domain_field="topic")
+    assert data.domain_names(topics) == ["greet", "noun", "py"]
+    missing = data.DataSpec(corpus="jsonl", paths=(pattern,), text_field="body")
+    with pytest.raises(ValueError, match=r"data.text_field='body'.*b.jsonl:1"):
+        corpus.documents(missing)
+
+
+def test_arrayrecord_round_trip_equals_in_memory(tmp_path):
+    spec = _spec(tmp_path)
+    out = tmp_path / "prepared"
+    index = data.prepare(spec, out)
+    assert index["domain_names"] == list(DOMAINS)
+    prepared = data.DataSpec(corpus="arrayrecord", paths=(str(out),), num_threads=0)
+    assert data.domain_names(prepared) == list(DOMAINS)
+    for split in ("train", "validation"):
+        count = data.num_sequences(spec, split, seq_len=SEQ_LEN)
+        assert data.num_sequences(prepared, split, seq_len=SEQ_LEN) == count
+        for want, got in zip(_take(spec, split, count + 2, batch_size=2, seed=5),
+                             _take(prepared, split, count + 2, batch_size=2, seed=5), strict=True):
+            np.testing.assert_array_equal(got["tokens"], want["tokens"])
+            np.testing.assert_array_equal(got["domains"], want["domains"])
+    with pytest.raises(FileExistsError, match="overwrite"):
+        data.prepare(spec, out)
+
+
+def test_prepare_console_script(tmp_path):
+    pattern = _write_corpus(tmp_path / "corpus")
+    config = tmp_path / "cfg.py"
+    config.write_text("import ml_collections\n\ndef get_config(arg=None):\n"
+                      "    config = ml_collections.ConfigDict()\n"
+                      f"    config.data = dict(corpus='files', paths=({pattern!r},))\n"
+                      "    return config\n")
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-m", "moejax.cli.prepare",
+                             f"--config={config}", f"--out={out}"],
+                            capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "train:" in result.stdout
+    assert data.domain_names(data.DataSpec(corpus="arrayrecord", paths=(str(out),))) == list(
+        DOMAINS)
+
+
+def test_clear_errors(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="data.paths is empty"):
+        data.DataSpec(corpus="files")
+    with pytest.raises(ValueError, match="data.corpus='web'; allowed: stdlib"):
+        data.DataSpec(corpus="web")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) data.bogus; allowed"):
+        data.data_spec_from_config({"corpus": "stdlib", "bogus": 1})
+    nothing = str(tmp_path / "none" / "*.txt")
+    with pytest.raises(FileNotFoundError, match=r"data.paths: the glob .*none/\*.txt"):
+        corpus.documents(data.DataSpec(corpus="files", paths=(nothing,)))
+    with pytest.raises(FileNotFoundError, match="data.paths: no file .*missing.txt"):
+        corpus.documents(data.DataSpec(corpus="files", paths=(str(tmp_path / "missing.txt"),)))
+    with pytest.raises(ValueError, match="data.paths: .* is a directory"):
+        corpus.documents(data.DataSpec(corpus="files", paths=(str(tmp_path),)))
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match=r"empty corpus: no documents in data.paths"):
+        corpus.documents(data.DataSpec(corpus="jsonl", paths=(str(tmp_path / "empty.jsonl"),)))
+    with pytest.raises(FileNotFoundError, match="data.paths: no index.json"):
+        data.domain_names(data.DataSpec(corpus="arrayrecord", paths=(str(tmp_path),)))
+
+    spec = _spec(tmp_path)
+    with pytest.raises(ValueError, match=r"seq_len \+ 1 = 100001"):
+        data.make_dataset(spec, "train", seq_len=100_000, batch_size=1, seed=0)
+    with pytest.raises(ValueError, match="split='test'; allowed: train, validation"):
+        data.make_dataset(spec, "test", seq_len=SEQ_LEN, batch_size=1, seed=0)
+    one = data.DataSpec(corpus="files", paths=(str(next((tmp_path / "corpus").rglob("*.txt"))),))
+    split = "train" if corpus.documents(one, "validation") else "validation"
+    with pytest.raises(ValueError, match=f"the {split} split is empty.*validation_every=20"):
+        data.make_dataset(one, split, seq_len=2, batch_size=1, seed=0)
+
+    def unreadable(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", unreadable)
+    with pytest.raises(ValueError, match="data.paths: cannot read .*Permission denied"):
+        corpus.documents(spec)
+
+
+def test_stdlib_corpus_and_default_config():
+    from moejax.train.config_files import load_config
+
+    spec = data.data_spec_from_config(load_config(REPO / "configs" / "default.py").data)
+    assert spec == data.DataSpec(corpus="stdlib")
+    names = data.domain_names(spec)
+    assert names == sorted(names) and {"asyncio", "json", "abc"} <= set(names)
+    docs = {d.name: d.domain for d in corpus.documents(spec)}
+    assert docs["json/decoder.py"] == "json" and docs["abc.py"] == "abc"
+    assert not any("site-packages" in name for name in docs)
+    train = {d.name for d in corpus.documents(spec, "train")}
+    validation = {d.name for d in corpus.documents(spec, "validation")}
+    assert train and validation and not train & validation
+    batch = _take(spec, "validation", 1, batch_size=2)[0]
+    assert batch["tokens"].shape == batch["domains"].shape == (2, SEQ_LEN + 1)
+    assert batch["tokens"].max() < data.VOCAB_SIZE and batch["domains"].max() < len(names)

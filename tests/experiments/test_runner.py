@@ -1,0 +1,156 @@
+"""moejax-experiment: statistics against NumPy, matched variants, and --quick end to end."""
+
+import math
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from moejax.cli import experiment as experiment_cli
+from moejax.experiments import runner as experiment
+from moejax.experiments import stats
+from moejax.experiments.suites import CLAIMS, SUITES
+
+
+def test_mean_std_and_verdicts_against_numpy():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 0.1, 5), rng.normal(2.0, 0.1, 4)
+    mean, std = stats.mean_std(a)
+    assert mean == pytest.approx(a.sum() / 5)
+    assert std == pytest.approx(math.sqrt(((a - a.mean()) ** 2).sum() / 4))
+    label, improvement, se = stats.verdict(a, b)  # a is lower: reproduced (unpaired: 5 vs 4)
+    assert improvement == pytest.approx(b.mean() - a.mean())
+    assert se == pytest.approx(math.sqrt(a.var(ddof=1) / 5 + b.var(ddof=1) / 4))
+    assert label == "reproduced"
+    shared = rng.normal(0.0, 1.0, 4)  # a large seed effect common to both arms
+    treated, control = shared + 0.01 + rng.normal(0, 1e-3, 4), shared
+    label, improvement, se = stats.verdict(control, treated)  # paired: the shift shows
+    d = treated - control
+    assert improvement == pytest.approx(d.mean())
+    assert se == pytest.approx(np.sqrt(((d - d.mean()) ** 2).sum() / 3) / 2)
+    assert label == "reproduced"
+    assert stats.verdict(b, a)[0] == "not reproduced"
+    assert stats.verdict(a, b, lower_is_better=False)[0] == "not reproduced"
+    assert stats.verdict(a, a[::-1])[0].startswith("inconclusive")  # paired, mean change 0
+    assert stats.verdict(a[:1], b)[0].startswith("inconclusive")
+
+
+def test_verdict_is_a_paired_t_test_at_five_percent():
+    control = np.array([2.0, 3.0, 4.0])
+    # paired differences 0.5, 1, 1.5: mean / se = 3.46, past 2 se but short of t(2) = 4.30
+    label, improvement, se = stats.verdict(control - [0.5, 1.0, 1.5], control)
+    assert improvement == pytest.approx(1.0) and se == pytest.approx(0.5 / math.sqrt(3))
+    assert label.startswith("inconclusive")
+    assert stats.verdict(control - [0.9, 1.0, 1.1], control)[0] == "reproduced"  # 17 se
+    assert stats.t_critical(2) == 4.303 and stats.t_critical(11) == 2.228
+    assert stats.t_critical(500) == 1.960
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        stats.t_critical(0.5)
+    # under the null, "reproduced" and "not reproduced" each come up about 2.5% of the time
+    rng = np.random.default_rng(1)
+    labels = [stats.verdict(rng.normal(size=3), rng.normal(size=3))[0] for _ in range(4000)]
+    assert 0.015 < labels.count("reproduced") / 4000 < 0.035
+    assert 0.015 < labels.count("not reproduced") / 4000 < 0.035
+
+
+def test_unpaired_verdict_uses_welch_degrees_of_freedom():
+    a, b = np.array([1.0, 1.2, 0.9, 1.1, 1.0]), np.array([1.9, 2.3])
+    va, vb = a.var(ddof=1) / 5, b.var(ddof=1) / 2
+    df = (va + vb) ** 2 / (va**2 / 4 + vb**2 / 1)  # about 1.0: t = 12.7
+    label, improvement, se = stats.verdict(a, b)
+    assert se == pytest.approx(math.sqrt(va + vb)) and 1 <= df < 2
+    assert improvement / se > 2 and label.startswith("inconclusive")
+
+
+def test_overhead_verdict_is_paired_by_seed():
+    baseline = np.array([100.0, 200.0, 300.0])
+    assert stats.overhead_verdict(baseline * 1.005, baseline)[0] == "reproduced"
+    assert stats.overhead_verdict(baseline * 1.10, baseline)[0] == "not reproduced"
+    label, mean, se = stats.overhead_verdict(baseline * [1.0, 1.04, 1.02], baseline)
+    assert label.startswith("inconclusive") and mean == pytest.approx(0.02)
+    assert se == pytest.approx(np.std([0.0, 0.04, 0.02], ddof=1) / math.sqrt(3))
+
+
+@pytest.mark.parametrize("suite", list(SUITES))
+def test_variants_differ_only_in_the_intended_options(suite):
+    differences = experiment.config_differences(suite, quick=True)
+    reference = SUITES[suite][0]
+    for variant in SUITES[suite]:
+        changed = set(differences[variant.name])
+        if suite == "cartesian":  # the architectures differ, nothing else
+            assert changed and all(key.startswith("model.") for key in changed) or (
+                variant is reference and not changed)
+        else:
+            intended = {k for k in set(variant.overrides) | set(reference.overrides)
+                        if variant.overrides.get(k) != reference.overrides.get(k)}
+            assert changed == intended, variant.name
+
+
+def test_every_claim_names_variants_of_its_suite():
+    for suite, claims in CLAIMS.items():
+        names = {v.name for v in SUITES[suite]}
+        assert claims and all({c.better, c.than} <= names for c in claims)
+
+
+def test_quick_runs_every_suite_end_to_end(tmp_path):
+    """The command itself, as a user runs it (its own process, so --quick's XLA flags apply)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "moejax.cli.experiment", "--suite", "all", "--quick",
+         "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for suite in SUITES:
+        text = (tmp_path / suite / "report.md").read_text()
+        table = text.split("## Claims")[0]
+        cells = re.findall(r"\| ([^|]*±[^|]*) ", table)
+        assert len(cells) >= len(SUITES[suite]) * 8
+        numbers = [float(x) for cell in cells for x in cell.split("±")]
+        assert all(math.isfinite(x) for x in numbers), table
+        assert f"{len(SUITES[suite])} variants x 2 seeds" in text
+        assert text.count("**") == 2 * len(CLAIMS[suite])  # one verdict per claim
+        assert (tmp_path / suite / "variants.png").exists()
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.count("| **") == sum(len(claims) for claims in CLAIMS.values())
+
+
+def test_set_overrides_parse_and_apply_to_every_variant():
+    extra = experiment_cli.parse_overrides(["train.steps=7", "mesh.expert_parallel=ring"])
+    assert extra == {"train.steps": 7, "mesh.expert_parallel": "ring"}
+    differences = experiment.config_differences("baselines", quick=True, extra=extra)
+    assert all("train.steps" not in diff for diff in differences.values())  # all alike
+    from moejax.experiments.suites import variant_config
+
+    config = variant_config(SUITES["baselines"][1], seed=0, quick=True, extra=extra)
+    assert config.train.steps == 7 and config.mesh.expert_parallel == "ring"
+    with pytest.raises(ValueError, match="no such config field"):
+        variant_config(SUITES["baselines"][0], seed=0, extra={"train.stepz": 1})
+
+
+def test_run_dir_ignores_reporting_keys_and_seed_only():
+    from moejax.experiments.suites import variant_config
+
+    variant = SUITES["baselines"][0]
+    seed0, seed1 = (variant_config(variant, seed=s, quick=True) for s in (0, 1))
+    seed0.train.report, seed1.train.report = True, False
+    workdir = pathlib.Path("/w")
+    assert experiment.run_dir(workdir, seed0).parent == experiment.run_dir(workdir, seed1).parent
+    seed1.loss.sp = 1e-3  # a computing key: another run
+    assert experiment.run_dir(workdir, seed0).parent != experiment.run_dir(workdir, seed1).parent
+
+
+def test_summary_lists_every_claim_of_the_finished_suites(tmp_path):
+    import json
+
+    names = [v.name for v in SUITES["baselines"]]
+    finals = {name: {"val_loss": [2.0 + i, 2.5 + i, 3.0 + i], "routing_entropy": [1.0, 1.1, 1.3]}
+              for i, name in enumerate(names)}
+    (tmp_path / "baselines").mkdir()
+    (tmp_path / "baselines" / "finals.json").write_text(json.dumps(finals))
+    text = experiment.write_summary(tmp_path, SUITES).read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| [baselines]")]
+    assert len(rows) == len(CLAIMS["baselines"])
+    assert "specialization" not in text.split("| suite")[1]  # unfinished suites are left out
+    # lb+sp+cp (index 2) has the higher loss than lb+orth+var (index 1): paired d = -1 exactly
+    assert "| -1 ± 0 | **not reproduced** |" in rows[0]

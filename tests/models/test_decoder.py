@@ -1,0 +1,111 @@
+"""The whole decoder against the NumPy reference; records in depth order; gradients; configs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from moejax.models.decoder import Decoder, DenseFeedForward, decoder_spec_from_config
+from moejax.moe.deepseek import DeepSeekMoE
+from tests.gradcheck import assert_directional_derivative
+from tests.moe.block_params import f64, routed_params, shared_params
+from tests.reference_decoder import decoder_ref
+
+B, S = 2, 7
+BASE = {"vocab_size": 19, "d_model": 12, "num_layers": 4, "num_heads": 6, "num_kv_heads": 2,
+        "d_ff": 20, "first_dense_layers": 1, "moe_every": 2}
+
+
+def _spec(block):
+    moe = {"num_experts": 6, "top_k": 3, "d_hidden": 8}
+    if block == "deepseek":
+        moe.update(num_experts=3, top_k=1, granularity=2, d_hidden=16, num_shared_experts=1)
+    return decoder_spec_from_config({**BASE, "block": block, "moe": moe})
+
+
+def _params_np(model):
+    layers = []
+    for layer in model.layers:
+        attn = layer.attn
+        entry = {"attn_norm": f64(layer.attn_norm.weight), "ffn_norm": f64(layer.ffn.norm.weight),
+                 "attn": tuple(f64(w) for w in (attn.w_q, attn.w_k, attn.w_v, attn.w_o))}
+        if isinstance(layer.ffn, DenseFeedForward):
+            ffn = layer.ffn.ffn
+            entry.update(kind="dense", ffn=(f64(ffn.w_gate), f64(ffn.w_up), f64(ffn.w_down)))
+        elif isinstance(layer.ffn.block, DeepSeekMoE):
+            entry.update(kind="deepseek", routed=routed_params(layer.ffn.block.routed),
+                         shared=shared_params(layer.ffn.block.shared)[0])
+        else:
+            entry.update(kind="topk", routed=routed_params(layer.ffn.block))
+        layers.append(entry)
+    return {"embed": f64(model.embed.embedding), "final_norm": f64(model.final_norm.weight),
+            "head": f64(model.head.kernel), "layers": layers}
+
+
+@pytest.mark.parametrize("block", ["topk", "deepseek"])
+def test_decoder_matches_reference(block):
+    spec = _spec(block)
+    model = Decoder(spec, rngs=nnx.Rngs(0))
+    tokens = np.random.default_rng(1).integers(0, spec.vocab_size, (B, S))
+    logits, record = model(jnp.asarray(tokens))
+    logits_ref, infos = decoder_ref(tokens, _params_np(model), spec)
+    np.testing.assert_allclose(np.asarray(logits, np.float64), logits_ref, rtol=2e-4, atol=2e-4)
+    assert [spec.is_moe_layer(i) for i in range(4)] == [False, True, False, True]
+    assert record.expert_idx.shape[0] == 2 == len(infos) == len(model.routers())
+    for r, info in enumerate(infos):  # depth order
+        np.testing.assert_array_equal(record.expert_idx[r], info["expert_idx"])
+        np.testing.assert_allclose(record.probs[r], info["probs"], rtol=1e-4, atol=1e-5)
+
+
+def test_decoder_gradient_finite_difference():
+    spec = decoder_spec_from_config({**BASE, "dtype": "float64",
+                                     "moe": {"num_experts": 6, "top_k": 3, "d_hidden": 8}})
+    model = Decoder(spec, rngs=nnx.Rngs(2))
+    graphdef, params = nnx.split(model, nnx.Param)
+    tokens = jnp.asarray(np.random.default_rng(3).integers(0, 19, (B, S)))
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+
+        def loss(params):
+            logits, record = nnx.merge(graphdef, params)(tokens)
+            return jnp.mean(jnp.sin(logits)) + jnp.mean(record.probs**2)
+
+        assert_directional_derivative(loss, params, seed=4, eps=1e-5)
+
+
+def test_cartesian_decoder_records_two_routers_per_layer():
+    spec = decoder_spec_from_config({**BASE, "block": "cartesian",
+                                     "moe": {"num_experts": 6, "top_k": 2, "d_hidden": 16}})
+    model = Decoder(spec, rngs=nnx.Rngs(5))
+    _, record = model(jnp.zeros((B, S), jnp.int32))
+    assert record.expert_idx.shape == (4, B * S, 2) and len(model.routers()) == 4
+
+
+def test_bfloat16_close_to_float32():
+    spec = _spec("topk")
+    model = Decoder(spec, rngs=nnx.Rngs(6))
+    tokens = jnp.asarray(np.random.default_rng(7).integers(0, 19, (B, S)))
+    logits32, _ = model(tokens)
+    model16 = Decoder(decoder_spec_from_config({**BASE, "dtype": "bfloat16",
+                                                "moe": {"num_experts": 6, "top_k": 3,
+                                                        "d_hidden": 8}}), rngs=nnx.Rngs(6))
+    logits16, _ = model16(tokens)
+    assert logits16.dtype == jnp.float32
+    np.testing.assert_allclose(logits16, logits32, rtol=0.1, atol=0.15)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"moe": {"foo": 1}}, "model.moe.foo"),
+    ({"bar": 1}, "model.bar"),
+    ({"moe": {"router": {"baz": 1}}}, "model.moe.router.baz"),
+    ({"block": "nope"}, "model.block"),
+    ({"dtype": "float16"}, "model.dtype"),
+    ({"num_heads": 4, "num_kv_heads": 3}, "num_kv_heads=3"),
+    ({"d_model": 10, "num_heads": 4, "num_kv_heads": 1}, "d_model=10"),
+    ({"first_dense_layers": 5}, "first_dense_layers=5"),
+    ({"moe": {"num_experts": 4, "top_k": 5}}, "moe.top_k=5"),
+])
+def test_invalid_config_names_the_option(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        decoder_spec_from_config({**BASE, **overrides})
