@@ -25,7 +25,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from moejax.layers.ffn import init_swiglu_weights
+from moejax.layers.ffn import init_swiglu_weights, swiglu
 from moejax.moe.experts import ExpertWeights
 from moejax.moe.router import RouterSpec, route
 from moejax.moe.spec import MoESpec
@@ -88,7 +88,7 @@ def _moe_loss(x, w_router, weights, *, spec: MoESpec):
 
 def _ffn_loss(x, w_gate, w_up, w_down):
     """sum(y**2) of a dense SwiGLU FFN."""
-    y = (jax.nn.silu(x @ w_gate) * (x @ w_up)) @ w_down
+    y, _ = swiglu(x, w_gate, w_up, w_down)
     return jnp.sum(jnp.square(y.astype(jnp.float32))), jnp.zeros((), jnp.int32)
 
 
