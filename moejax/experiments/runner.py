@@ -141,7 +141,7 @@ def write_summary(workdir, suites) -> pathlib.Path:
     workdir = pathlib.Path(workdir).resolve()
     lines = ["# Experiment summary", "",
              "One row per claim; the numbers are the improvement of A over B paired by seed ± "
-             "its standard error (`moejax/train/experiment_stats.py`). Details: each suite's "
+             "its standard error (`moejax/experiments/stats.py`). Details: each suite's "
              "report.", "", "| suite | claim | improvement ± se | verdict |", "|---|---|---|---|"]
     for suite in suites:
         path = workdir / suite / "finals.json"
@@ -186,7 +186,7 @@ def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
         lines += ["", f"Specialization is n/a for {', '.join(output_cosine)}: with the "
                   "orthogonality loss on, the record holds cosines of expert outputs, not of z."]
     lines += ["", "## Claims", "", "Improvements are paired by seed (the arms share each seed's "
-              "initial weights and data order); verdict rule: `moejax/train/experiment_stats.py`.",
+              "initial weights and data order); verdict rule: `moejax/experiments/stats.py`.",
               ""]
     lines += _claim_rows(suite, finals)
     lines += ["", "## What differs between the variants", ""]

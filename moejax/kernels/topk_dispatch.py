@@ -5,7 +5,7 @@ picked s, optionally renormalised to sum 1) plus what the dispatch plan needs (s
 slot counts per expert and where each token-slot lands in expert-sorted order, without an
 argsort. A token-slot is (token t, choice j), numbered t*K + j; slots are sorted by expert, then
 by slot number, so `position_in_expert` and `expert_sorted_index` equal what a stable argsort
-of the flattened expert ids gives (`layers/dispatch.py`).
+of the flattened expert ids gives (`moe/dispatch.py`).
 
 Two implementations, one signature:
 - "jnp": `jax.lax.top_k` on the softmax, then an exclusive cumsum of the one-hot choices over

@@ -2,8 +2,8 @@
 
 The vanilla moejax configuration (docs/methods.md section 3: RMSNorm, RoPE "rotate half",
 grouped-query attention, no biases, untied embeddings, softmax-then-top-k with renormalised
-gates) is weight for weight identical to HF Mixtral (transformers v4 names). torch `Linear` weights are [out, in]; moejax
-stores [in, out] with heads split out:
+gates) is weight for weight identical to HF Mixtral (transformers v4 names). torch `Linear`
+weights are [out, in]; moejax stores [in, out] with heads split out:
 
 | HF tensor (torch layout)                               | moejax parameter                    |
 |--------------------------------------------------------|-------------------------------------|

@@ -8,7 +8,7 @@ JAX detect a cluster (SLURM, Open MPI, Kubernetes, Cloud TPU) itself. On CPU the
 talk through gloo collectives (jax's default `jax_cpu_collectives_implementation`).
 
 Once initialised, `jax.devices()` lists every process's devices, the mesh spans all of them,
-each process reads its own part of every batch (`train/data.py`), and Orbax writes one
+each process reads its own part of every batch (`data/pipeline.py`), and Orbax writes one
 checkpoint from all processes together.
 """
 

@@ -1,6 +1,6 @@
 """Expert parallelism with a padded all_to_all and a fixed capacity per (source, destination).
 
-The capacity plan is made on the global batch (`layers/dispatch.py`), so which slots are kept is
+The capacity plan is made on the global batch (`moe/dispatch.py`), so which slots are kept is
 exactly what one device would keep: slot (t, j) goes to row `position_in_expert` of its
 expert's [C, D] buffer. The all_to_all only moves the kept slots to the device holding their
 expert and back. Each (source, destination) pair of devices on the expert axis has a fixed

@@ -15,7 +15,7 @@ weight dimensions are gathered on entry, as in any FSDP layer. Three modes
 - "ragged": dropless ragged_all_to_all (`ep_ragged.py`); GPU/TPU only.
 
 An `ExpertParallel` is passed to the model (`Decoder(..., engine=...)`) and called like the
-engines in `layers/engines` after `prepare_plan`.
+engines in `moe/engines` after `prepare_plan`.
 """
 
 from __future__ import annotations
