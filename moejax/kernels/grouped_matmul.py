@@ -1,7 +1,7 @@
 """Grouped matmul over expert-sorted rows: the dropless engine's workhorse.
 
-Today this is `jax.lax.ragged_dot` (on CPU and XLA:GPU a padded-dense product, see
-docs/architecture.md); a faster kernel slots in behind the same signature.
+Today this is `jax.lax.ragged_dot` (XLA:CPU lowers it to a masked dense product over all
+groups; README, "Benchmarks"); a faster kernel slots in behind the same signature.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from types import MappingProxyType
 
 import jax
 from jax.sharding import PartitionSpec
@@ -38,7 +39,7 @@ from moejax.parallel.ep_all_to_all import (
 from moejax.parallel.ep_ragged import emulated_ragged_all_to_all, ragged_body
 from moejax.parallel.ep_ring import ring_body
 
-EXPERT_PARALLEL_MODES = ("none", "all_to_all", "ring", "ragged")
+EXPERT_PARALLEL_MODES = ("none", "all_to_all", "ring", "ragged")  # "none": XLA partitions
 _TOKEN_AXES = axes.DEFAULT_RULES[axes.BATCH]
 _EXPERT_AXIS = axes.DEFAULT_RULES[axes.EXPERT]
 _TENSOR_AXIS = axes.DEFAULT_RULES[axes.EXPERT_MLP]
@@ -63,7 +64,7 @@ class ExpertParallel:
     emulate_ragged: bool = False
 
     def __post_init__(self):
-        if self.mode not in EXPERT_PARALLEL_MODES[1:]:
+        if self.mode not in _MODE_BODIES:
             raise ValueError(f"mesh.expert_parallel={self.mode!r}; allowed: "
                              f"{', '.join(EXPERT_PARALLEL_MODES)}")
         if self.pair_capacity_factor is not None and not self.pair_capacity_factor > 0:
@@ -130,19 +131,31 @@ class ExpertParallel:
         with_activations = activations is not None
         names = dict(expert_axis=_EXPERT_AXIS, tensor_axis=_TENSOR_AXIS,
                      with_activations=with_activations)
-        if self.mode == "all_to_all":
-            body = functools.partial(all_to_all_body, capacity=plan.capacity,
-                                     pair_rows=self._pair_rows(plan), **names)
-            routing = (plan.expert_idx, plan.position_in_expert, plan.kept)
-        else:
-            body = functools.partial(ring_body, **names) if self.mode == "ring" else (
-                functools.partial(ragged_body, **names, collective=(
-                    emulated_ragged_all_to_all if self.emulate_ragged else None)))
-            routing = (plan.expert_idx, plan.kept)
+        body, routing = _MODE_BODIES[self.mode](self, plan)
+        body = functools.partial(body, **names)
         y_slots, z_slots = _run_sharded(body, self.mesh, x, routing, weights, with_activations)
         if activations == "sorted":
             return y_slots, SortedActivations.from_slots(z_slots, plan.kept)
         return y_slots, z_slots
+
+
+def _all_to_all(engine: ExpertParallel, plan: DispatchPlan):
+    body = functools.partial(all_to_all_body, capacity=plan.capacity,
+                             pair_rows=engine._pair_rows(plan))
+    return body, (plan.expert_idx, plan.position_in_expert, plan.kept)
+
+
+def _ring(engine: ExpertParallel, plan: DispatchPlan):
+    return ring_body, (plan.expert_idx, plan.kept)
+
+
+def _ragged(engine: ExpertParallel, plan: DispatchPlan):
+    collective = emulated_ragged_all_to_all if engine.emulate_ragged else None
+    return functools.partial(ragged_body, collective=collective), (plan.expert_idx, plan.kept)
+
+
+# mode -> (engine, plan) -> (the shard_map body, the plan arrays it reads after x)
+_MODE_BODIES = MappingProxyType({"all_to_all": _all_to_all, "ring": _ring, "ragged": _ragged})
 
 
 def _run_sharded(body, mesh, x, routing: tuple, weights: ExpertWeights, with_activations):
