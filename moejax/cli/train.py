@@ -17,7 +17,7 @@ from ml_collections import config_flags
 from moejax.cli._command import run_command
 from moejax.models.param_count import count_parameters
 from moejax.parallel.distributed import distributed_spec, initialize_distributed
-from moejax.train.specs import specs_from_config
+from moejax.train.specs import specs_from_config, train_spec_from_config
 from moejax.train.trainer import train_and_evaluate
 
 USAGE = "moejax-train --config configs/NAME.py[:arg] --workdir DIR [--config.a.b=value] [--dry-run]"
@@ -43,11 +43,18 @@ def dry_run(config) -> str:
     """The resolved config and the two count lines, as printed by --dry-run."""
     spec, _ = specs_from_config(config)
     counts = count_parameters(spec)
+    train_spec_from_config(config)
     return (f"{config}\ntotal parameters: {counts.total}\n"
             f"active parameters per token: {counts.active}")
 
 
 def main(options: flags.FlagValues) -> int:
+    try:  # the options are checked before any work is done
+        specs_from_config(options.config)
+        train_spec_from_config(options.config)
+    except ValueError as error:
+        print(f"moejax-train: {error}", file=sys.stderr)
+        return 2
     if options.dry_run:
         print(dry_run(options.config))
         return 0

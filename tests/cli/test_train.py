@@ -27,10 +27,19 @@ def test_dry_run_prints_counts_and_applies_overrides(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--config", "configs/nope.py"], "nope.py"),
-    (["--config", "configs/tiny.py", "--config.model.moe.top_k=99"], "top_k=99"),
     (["--config", "configs/tiny.py", "--config.model.moe.no_such=1"], "no_such"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, args, message):
     out = _cli(*args, "--workdir", str(tmp_path), "--dry-run")
     assert out.returncode != 0
     assert message in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize("option, message", [
+    ("--config.model.moe.top_k=99", "moe.top_k=99 must be in [1, moe.num_experts=6]"),
+    ("--config.train.steps=0", "train.steps=0; allowed: an integer >= 1"),
+])
+def test_bad_option_is_one_line_naming_it(tmp_path, option, message):
+    out = _cli("--config", "configs/tiny.py", option, "--workdir", str(tmp_path), "--dry-run")
+    assert out.returncode == 2
+    assert out.stderr == f"moejax-train: {message}\n" and out.stdout == ""

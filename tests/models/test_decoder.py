@@ -92,7 +92,9 @@ def test_bfloat16_close_to_float32():
                                                         "d_hidden": 8}}), rngs=nnx.Rngs(6))
     logits16, _ = model16(tokens)
     assert logits16.dtype == jnp.float32
-    np.testing.assert_allclose(logits16, logits32, rtol=0.1, atol=0.15)
+    error = np.abs(np.asarray(logits16) - np.asarray(logits32))
+    # measured 0.034 (logits up to 3.5, median 0.8): twice that, and bf16 really ran
+    assert 1e-4 < error.max() < 0.07, error.max()
 
 
 @pytest.mark.parametrize("overrides, match", [

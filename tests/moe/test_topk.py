@@ -134,4 +134,6 @@ def test_bfloat16_close_to_float32():
     y32, record32 = block(x)
     y16, record16 = block(x.astype(jnp.bfloat16))
     assert y16.dtype == jnp.bfloat16 and record16.probs.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(y16, np.float32), y32, rtol=0.1, atol=0.1)
+    error = np.abs(np.asarray(y16, np.float32) - np.asarray(y32))
+    # measured 0.016 (outputs up to 1.6, median 0.19): twice that, and bf16 really ran
+    assert 1e-4 < error.max() < 0.03, error.max()

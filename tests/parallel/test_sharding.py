@@ -98,3 +98,59 @@ def test_every_parameter_of_tiny_gets_a_sharding():
     shardings = state_shardings(nnx.state(model, nnx.Param), mesh)
     leaves = jax.tree.leaves(shardings)
     assert leaves and all(s.mesh is mesh for s in leaves)
+
+
+# The documented rules (parallel/axes.py, README "Parallelism"), written out per parameter:
+# fsdp on the model width D, tensor on heads, vocabulary and hidden widths, expert on E.
+EXPECTED_SPECS = {
+    ("embed", "embedding"): ("tensor", "fsdp"),            # [V, D]
+    ("head", "kernel"): ("fsdp", "tensor"),                # [D, V]
+    ("attn", "w_q"): ("fsdp", "tensor", None),             # [D, N, H]
+    ("attn", "w_k"): ("fsdp", "tensor", None),
+    ("attn", "w_v"): ("fsdp", "tensor", None),
+    ("attn", "w_o"): ("tensor", None, "fsdp"),             # [N, H, D]
+    ("experts", "w_gate"): ("expert", "fsdp", "tensor"),   # [E, D, F]
+    ("experts", "w_up"): ("expert", "fsdp", "tensor"),
+    ("experts", "w_down"): ("expert", "tensor", "fsdp"),   # [E, F, D]
+    ("router", "kernel"): ("fsdp", None),                  # [D, E]
+    ("attn_norm", "weight"): (None,),
+    ("norm", "weight"): (None,),
+    ("final_norm", "weight"): (None,),
+}
+
+
+def _names(path):
+    return [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+
+
+def _placed_spec(leaf):
+    sharding = leaf.sharding
+    assert isinstance(sharding, jax.sharding.NamedSharding), sharding
+    spec = tuple(sharding.spec)
+    return spec + (None,) * (leaf.ndim - len(spec))
+
+
+def test_parameters_and_moments_are_placed_by_the_rules():
+    """Every parameter and both Adam moments of it, as placed on a (fsdp, expert, tensor) mesh,
+    and the batch over (data, fsdp, expert)."""
+    mesh = make_mesh(MeshSpec(data=1, fsdp=2, expert=2, tensor=2))
+    model = Decoder(decoder_spec_from_config(SPEC), rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adamw(1e-2), wrt=nnx.Param)
+    shard_model_and_optimizer(model, optimizer, mesh)
+    params = jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
+    want = {}
+    for path, leaf in params:
+        names = tuple(n for n in _names(path) if n != "value")
+        want[names] = EXPECTED_SPECS[names[-2:]]
+        assert _placed_spec(leaf) == want[names], names
+    moments = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(optimizer)):
+        names = tuple(n for n in _names(path) if n != "value")
+        for moment in ("mu", "nu"):
+            if moment in names:
+                param = names[names.index(moment) + 1:]
+                assert _placed_spec(leaf) == want[param], names
+                moments += 1
+    assert moments == 2 * len(params)
+    tokens = jax.device_put(jnp.zeros((8, 9), jnp.int32), batch_sharding(mesh))
+    assert tuple(tokens.sharding.spec)[0] == ("data", "fsdp", "expert")

@@ -25,9 +25,17 @@ def _tiny(steps=4, **train):
     return config
 
 
+def _rows(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
 def _losses(workdir):
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return {row["step"]: row["loss"] for row in rows}
+    return {row["step"]: row["loss"] for row in _rows(workdir)}
+
+
+def _logged_steps(workdir):
+    """The steps of metrics.jsonl in file order: a resumed run continues, never restarts."""
+    return [row["step"] for row in _rows(workdir)]
 
 
 def _interrupted_after_two_steps(config, workdir):
@@ -87,6 +95,7 @@ def test_checkpoint_from_an_expert_parallel_mesh_restores_on_another(tmp_path, r
     resumed.mesh.update(**resume_mesh)
     last = train_and_evaluate(resumed, sharded)
     assert last["step"] == 3 and len(jax.devices()) == 8
+    assert _logged_steps(sharded) == [1, 2, 3]  # resumed at 3, not retrained from 1
     np.testing.assert_allclose(list(_losses(sharded).values()),
                                list(_losses(straight).values()), rtol=1e-5)
 
@@ -98,12 +107,15 @@ def test_tensorboard_events_are_written(tmp_path):
     np.testing.assert_allclose(last["val_perplexity"], np.exp(last["val_loss"]), rtol=1e-6)
 
 
-def test_resume_is_bitwise_identical(tmp_path):
+def test_resume_is_bitwise_identical(tmp_path, capsys):
     """4 steps in one run == 2 steps, an interruption, and a resume to 4 (same schedule)."""
     straight, halves2 = tmp_path / "straight", tmp_path / "halves"
     train_and_evaluate(_tiny(steps=4), straight)
     _interrupted_after_two_steps(_tiny(steps=4), halves2)
+    capsys.readouterr()
     train_and_evaluate(_tiny(steps=4), halves2)  # resumes at step 2
+    assert "resumed from step 2 (" in capsys.readouterr().out
+    assert _logged_steps(halves2) == [1, 2, 3, 4]
     assert _losses(halves2) == _losses(straight)
 
 
@@ -124,7 +136,7 @@ def test_non_finite_loss_stops_with_resumable_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(step_module, "train_step", original)
     last = train_and_evaluate(_tiny(), tmp_path)  # resumes from step 2
     assert last["step"] == 4
-    assert sorted(_losses(tmp_path)) == [1, 2, 3, 4]
+    assert _logged_steps(tmp_path) == [1, 2, 3, 4]  # the resumed run went on from step 2
 
 
 def test_sigterm_saves_and_resumes(tmp_path):
@@ -147,6 +159,7 @@ def test_sigterm_saves_and_resumes(tmp_path):
     config = _tiny(steps=saved[0] + 1)
     last = train_and_evaluate(config, tmp_path)
     assert last["step"] == saved[0] + 1
+    assert _logged_steps(tmp_path) == list(range(1, saved[0] + 2))  # one more step, no rerun
 
 
 @pytest.mark.parametrize("name", ["default.py", "deepseek_tiny.py", "cartesian_base.py:small",
