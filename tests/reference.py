@@ -29,9 +29,25 @@ def top_indices(values, k):
     return sorted(range(len(values)), key=lambda e: (-values[e], e))[:k]
 
 
+def _pick(selection, top_k, num_groups, top_groups):
+    """The top_k experts of one token's selection scores, within its best groups."""
+    if num_groups > 1:
+        size = len(selection) // num_groups
+        group_score = [sum(sorted(selection[g * size:(g + 1) * size], reverse=True)[:2])
+                       for g in range(num_groups)]
+        keep = set(top_indices(group_score, top_groups))
+        selection = [s if e // size in keep else -math.inf for e, s in enumerate(selection)]
+    return top_indices(selection, top_k)
+
+
 def route_ref(x, w_router, *, top_k, kind="softmax_topk", normalize_gates=True,
-              scaling_factor=1.0, num_groups=1, top_groups=1, bias=None, exclude=None):
-    """Returns logits [T, E], probs [T, E], expert_idx [T, K], gates [T, K] (float64 loops)."""
+              scaling_factor=1.0, num_groups=1, top_groups=1, bias=None, exclude=None,
+              disable_top1=False):
+    """Returns logits [T, E], probs [T, E], expert_idx [T, K], gates [T, K] (float64 loops).
+
+    exclude: [T, E] bool experts a token may not pick; disable_top1: each token's first pick
+    (as routed without it) is excluded and the k experts are picked from the rest.
+    """
     x = np.asarray(x, np.float64)
     w_router = np.asarray(w_router, np.float64)
     tokens, num_experts = x.shape[0], w_router.shape[1]
@@ -47,13 +63,10 @@ def route_ref(x, w_router, *, top_k, kind="softmax_topk", normalize_gates=True,
         selection = [scores[e] + (0.0 if bias is None else bias[e]) for e in range(num_experts)]
         if exclude is not None:
             selection = [-math.inf if exclude[t][e] else s for e, s in enumerate(selection)]
-        if num_groups > 1:
-            size = num_experts // num_groups
-            group_score = [sum(sorted(selection[g * size:(g + 1) * size], reverse=True)[:2])
-                           for g in range(num_groups)]
-            keep = set(top_indices(group_score, top_groups))
-            selection = [s if e // size in keep else -math.inf for e, s in enumerate(selection)]
-        chosen = top_indices(selection, top_k)
+        if disable_top1:
+            first = _pick(selection, 1, num_groups, top_groups)[0]
+            selection = [-math.inf if e == first else s for e, s in enumerate(selection)]
+        chosen = _pick(selection, top_k, num_groups, top_groups)
         picked = np.array([scores[e] for e in chosen])
         if kind == "topk_softmax":
             g = softmax(picked)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.reference import dense_swiglu_ref, moe_ref, rms_norm_ref, softmax
+from tests.reference import dense_swiglu_ref, moe_ref, rms_norm_ref, shared_mix_ref, softmax
 
 
 def rope_ref(x, positions, theta):
@@ -38,25 +38,41 @@ def attention_ref(x, w_q, w_k, w_v, w_o, theta):
     return np.einsum("snh,nhd->sd", out, w_o)
 
 
-def _ffn_ref(layer_params, x_flat, spec):
+def _cartesian_sub_layer_ref(sub, x, top_k, disable_top1):
+    """x + (routed experts, mixed with the shared expert if any)(RMSNorm(x))."""
+    u = rms_norm_ref(x, sub["norm"])
+    m, info = moe_ref(u, *sub["routed"], top_k=top_k, disable_top1=disable_top1)
+    if sub.get("shared") is not None:
+        m = shared_mix_ref(m, dense_swiglu_ref(u, *sub["shared"]), u, sub["mix_kernel"],
+                           sub["mix_bias"])
+    return x + m, info
+
+
+def _ffn_ref(layer_params, x_flat, spec, disable_top1):
     kind = layer_params["kind"]
-    if kind == "dense":
-        return x_flat + dense_swiglu_ref(rms_norm_ref(x_flat, layer_params["ffn_norm"]),
-                                         *layer_params["ffn"]), []
+    top_k = spec.moe.routed_top_k
+    if kind == "cartesian":  # two sub-layers that bring their own norms and residuals
+        h, info_a = _cartesian_sub_layer_ref(layer_params["sub_a"], x_flat, top_k, disable_top1)
+        y, info_b = _cartesian_sub_layer_ref(layer_params["sub_b"], h, top_k, disable_top1)
+        return y, [info_a, info_b]
     u = rms_norm_ref(x_flat, layer_params["ffn_norm"])
-    y, info = moe_ref(u, *layer_params["routed"], top_k=spec.moe.routed_top_k)
+    if kind == "dense":
+        return x_flat + dense_swiglu_ref(u, *layer_params["ffn"]), []
+    y, info = moe_ref(u, *layer_params["routed"], top_k=top_k, disable_top1=disable_top1)
     if kind == "deepseek":
         y = y + dense_swiglu_ref(u, *layer_params["shared"])
     return x_flat + y, [info]
 
 
-def decoder_ref(tokens, params, spec):
+def decoder_ref(tokens, params, spec, disable_top1=False):
     """tokens [B, S] -> (logits [B, S, V], list of per-router oracle infos in depth order).
 
     params: dict with "embed" [V, D], "final_norm" [D], "head" [D, V], and "layers": a list
-    of dicts with "attn_norm", "attn" (w_q, w_k, w_v, w_o), "ffn_norm", "kind" ("dense",
-    "topk" or "deepseek"), "ffn" (dense weights) or "routed" (w_router, w_gate, w_up, w_down)
-    and "shared" (deepseek).
+    of dicts with "attn_norm", "attn" (w_q, w_k, w_v, w_o), "kind" ("dense", "topk",
+    "deepseek" or "cartesian"), "ffn_norm" (not cartesian), "ffn" (dense weights) or
+    "routed" (w_router, w_gate, w_up, w_down) and "shared" (deepseek), or "sub_a" and
+    "sub_b" (cartesian: each "norm", "routed", "shared" or None, "mix_kernel", "mix_bias").
+    disable_top1: every router skips each token's first choice (the robustness test).
     """
     batch, seq = tokens.shape
     x = params["embed"][tokens].astype(np.float64)  # [B, S, D]
@@ -65,7 +81,7 @@ def decoder_ref(tokens, params, spec):
         attn = np.stack([attention_ref(rms_norm_ref(x[b], layer["attn_norm"]), *layer["attn"],
                                        spec.rope_theta) for b in range(batch)])
         x = x + attn
-        flat, layer_infos = _ffn_ref(layer, x.reshape(batch * seq, -1), spec)
+        flat, layer_infos = _ffn_ref(layer, x.reshape(batch * seq, -1), spec, disable_top1)
         x = flat.reshape(batch, seq, -1)
         infos += layer_infos
     return rms_norm_ref(x, params["final_norm"]) @ params["head"], infos

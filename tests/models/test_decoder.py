@@ -6,10 +6,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from moejax.models.decoder import Decoder, DenseFeedForward, decoder_spec_from_config
+from moejax.models.decoder import (
+    CartesianFeedForward,
+    Decoder,
+    DenseFeedForward,
+    decoder_spec_from_config,
+)
 from moejax.moe.deepseek import DeepSeekMoE
 from tests.gradcheck import assert_directional_derivative
-from tests.moe.block_params import f64, routed_params, shared_params
+from tests.moe.block_params import assert_record_matches, f64, routed_params, shared_params
 from tests.reference_decoder import decoder_ref
 
 B, S = 2, 7
@@ -21,41 +26,69 @@ def _spec(block):
     moe = {"num_experts": 6, "top_k": 3, "d_hidden": 8}
     if block == "deepseek":
         moe.update(num_experts=3, top_k=1, granularity=2, d_hidden=16, num_shared_experts=1)
+    if block == "cartesian":
+        moe.update(top_k=2, d_hidden=16, num_shared_experts=1, shared_mix="softmax")
     return decoder_spec_from_config({**BASE, "block": block, "moe": moe})
 
 
+def _cartesian_sub_layer_np(sub, rng):
+    """A Cartesian sub-layer's weights; the norm and the mix are first made non-trivial."""
+    sub.norm.weight[...] = jnp.asarray(rng.uniform(0.5, 1.5, BASE["d_model"]), jnp.float32)
+    entry = {"norm": f64(sub.norm.weight), "routed": routed_params(sub.routed), "shared": None}
+    if sub.shared is not None:
+        sub.shared.mix_kernel[...] = jnp.asarray(rng.normal(size=(BASE["d_model"], 2)),
+                                                 jnp.float32)
+        sub.shared.mix_bias[...] = jnp.asarray(rng.normal(size=(2,)), jnp.float32)
+        entry["shared"], entry["mix_kernel"], entry["mix_bias"] = shared_params(sub.shared)
+    return entry
+
+
 def _params_np(model):
+    rng = np.random.default_rng(0)
     layers = []
     for layer in model.layers:
         attn = layer.attn
-        entry = {"attn_norm": f64(layer.attn_norm.weight), "ffn_norm": f64(layer.ffn.norm.weight),
+        entry = {"attn_norm": f64(layer.attn_norm.weight),
                  "attn": tuple(f64(w) for w in (attn.w_q, attn.w_k, attn.w_v, attn.w_o))}
-        if isinstance(layer.ffn, DenseFeedForward):
+        if isinstance(layer.ffn, CartesianFeedForward):
+            entry.update(kind="cartesian",
+                         sub_a=_cartesian_sub_layer_np(layer.ffn.block.sub_a, rng),
+                         sub_b=_cartesian_sub_layer_np(layer.ffn.block.sub_b, rng))
+        elif isinstance(layer.ffn, DenseFeedForward):
             ffn = layer.ffn.ffn
-            entry.update(kind="dense", ffn=(f64(ffn.w_gate), f64(ffn.w_up), f64(ffn.w_down)))
+            entry.update(kind="dense", ffn_norm=f64(layer.ffn.norm.weight),
+                         ffn=(f64(ffn.w_gate), f64(ffn.w_up), f64(ffn.w_down)))
         elif isinstance(layer.ffn.block, DeepSeekMoE):
-            entry.update(kind="deepseek", routed=routed_params(layer.ffn.block.routed),
+            entry.update(kind="deepseek", ffn_norm=f64(layer.ffn.norm.weight),
+                         routed=routed_params(layer.ffn.block.routed),
                          shared=shared_params(layer.ffn.block.shared)[0])
         else:
-            entry.update(kind="topk", routed=routed_params(layer.ffn.block))
+            entry.update(kind="topk", ffn_norm=f64(layer.ffn.norm.weight),
+                         routed=routed_params(layer.ffn.block))
         layers.append(entry)
     return {"embed": f64(model.embed.embedding), "final_norm": f64(model.final_norm.weight),
             "head": f64(model.head.kernel), "layers": layers}
 
 
-@pytest.mark.parametrize("block", ["topk", "deepseek"])
-def test_decoder_matches_reference(block):
+@pytest.mark.parametrize("block, disable_top1", [
+    ("topk", False), ("deepseek", False), ("cartesian", False), ("topk", True),
+    ("cartesian", True),
+])
+def test_decoder_matches_reference(block, disable_top1):
+    """Logits and every router's record in depth order (two per Cartesian layer), also with
+    each router's top-1 expert disabled."""
     spec = _spec(block)
     model = Decoder(spec, rngs=nnx.Rngs(0))
+    params = _params_np(model)
     tokens = np.random.default_rng(1).integers(0, spec.vocab_size, (B, S))
-    logits, record = model(jnp.asarray(tokens))
-    logits_ref, infos = decoder_ref(tokens, _params_np(model), spec)
+    logits, record = model(jnp.asarray(tokens), disable_top1=disable_top1)
+    logits_ref, infos = decoder_ref(tokens, params, spec, disable_top1=disable_top1)
     np.testing.assert_allclose(np.asarray(logits, np.float64), logits_ref, rtol=2e-4, atol=2e-4)
     assert [spec.is_moe_layer(i) for i in range(4)] == [False, True, False, True]
-    assert record.expert_idx.shape[0] == 2 == len(infos) == len(model.routers())
+    routers = 4 if block == "cartesian" else 2
+    assert record.expert_idx.shape[0] == routers == len(infos) == len(model.routers())
     for r, info in enumerate(infos):  # depth order
-        np.testing.assert_array_equal(record.expert_idx[r], info["expert_idx"])
-        np.testing.assert_allclose(record.probs[r], info["probs"], rtol=1e-4, atol=1e-5)
+        assert_record_matches(record, r, info, rtol=1e-4)
 
 
 def test_decoder_gradient_finite_difference():
@@ -72,14 +105,6 @@ def test_decoder_gradient_finite_difference():
             return jnp.mean(jnp.sin(logits)) + jnp.mean(record.probs**2)
 
         assert_directional_derivative(loss, params, seed=4, eps=1e-5)
-
-
-def test_cartesian_decoder_records_two_routers_per_layer():
-    spec = decoder_spec_from_config({**BASE, "block": "cartesian",
-                                     "moe": {"num_experts": 6, "top_k": 2, "d_hidden": 16}})
-    model = Decoder(spec, rngs=nnx.Rngs(5))
-    _, record = model(jnp.zeros((B, S), jnp.int32))
-    assert record.expert_idx.shape == (4, B * S, 2) and len(model.routers()) == 4
 
 
 def test_bfloat16_close_to_float32():

@@ -20,3 +20,24 @@ def shared_params(shared):
     if shared.mix_kernel is None:
         return weights, None, None
     return weights, f64(shared.mix_kernel), f64(shared.mix_bias)
+
+
+def assert_record_matches(record, router, info, rtol=1e-5):
+    """Router `router` of a RoutingRecord equals the oracle's `info` (from `moe_ref`): logits,
+    probs, choices, gates of the kept slots, kept, loads, drops, sizes and, if recorded, the
+    cosine of the kept slots' activations."""
+    np.testing.assert_allclose(record.logits[router], info["logits"], rtol=rtol, atol=1e-5)
+    np.testing.assert_allclose(record.probs[router], info["probs"], rtol=rtol, atol=1e-6)
+    np.testing.assert_array_equal(record.expert_idx[router], info["expert_idx"])
+    np.testing.assert_array_equal(record.tokens_per_expert[router], info["tokens_per_expert"])
+    np.testing.assert_array_equal(record.kept[router], info["kept"])
+    assert int(record.dropped[router]) == info["dropped"]
+    num_experts, top_k = info["probs"].shape[1], info["expert_idx"].shape[1]
+    assert int(record.num_experts[router]) == num_experts and int(record.top_k[router]) == top_k
+    gates_ref = np.where(info["kept"], info["gates"], 0.0)
+    np.testing.assert_allclose(record.gates[router], gates_ref, rtol=rtol, atol=1e-6)
+    assert np.all(np.asarray(record.gates[router])[~info["kept"]] == 0)
+    if record.pair_cos is not None:
+        kept = info["kept"]
+        cos_ref = np.where(kept[:, :, None] & kept[:, None, :], info["pair_cos"], 0)
+        np.testing.assert_allclose(record.pair_cos[router], cos_ref, rtol=1e-4, atol=1e-5)

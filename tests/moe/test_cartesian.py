@@ -7,9 +7,10 @@ import pytest
 from flax import nnx
 
 from moejax.moe.cartesian import CartesianMoE
+from moejax.moe.dispatch import capacity_for
 from moejax.moe.spec import MoESpec
 from tests.gradcheck import assert_directional_derivative
-from tests.moe.block_params import f64, routed_params, shared_params
+from tests.moe.block_params import assert_record_matches, f64, routed_params, shared_params
 from tests.reference import dense_swiglu_ref, moe_ref, rms_norm_ref, shared_mix_ref
 
 T, D, N, K = 37, 10, 6, 2
@@ -24,37 +25,44 @@ def _randomize_mix(layer, seed):
             sub.norm.weight[...] = jnp.asarray(rng.uniform(0.5, 1.5, D).astype(np.float32))
 
 
-def _sub_layer_ref(x, sub, top_k, **router_options):
+def _sub_layer_ref(x, sub, top_k, capacity=None, **router_options):
     u = rms_norm_ref(x, f64(sub.norm.weight))
     m, info = moe_ref(u.astype(np.float32), *routed_params(sub.routed), top_k=top_k,
-                      **router_options)
+                      capacity=capacity, **router_options)
     if sub.shared is not None:
         weights, mix_kernel, mix_bias = shared_params(sub.shared)
         m = shared_mix_ref(m, dense_swiglu_ref(u, *weights), u, mix_kernel, mix_bias)
     return x + m, info
 
 
-def cartesian_ref(x, layer, top_k):
-    h, info_a = _sub_layer_ref(np.asarray(x, np.float64), layer.sub_a, top_k)
-    y, info_b = _sub_layer_ref(h, layer.sub_b, top_k)
+def cartesian_ref(x, layer, top_k, capacity=None, **router_options):
+    h, info_a = _sub_layer_ref(np.asarray(x, np.float64), layer.sub_a, top_k, capacity,
+                               **router_options)
+    y, info_b = _sub_layer_ref(h, layer.sub_b, top_k, capacity, **router_options)
     return y, (info_a, info_b)
 
 
 @pytest.mark.parametrize("shared", [0, 1])
-@pytest.mark.parametrize("engine", ["dense", "capacity", "dropless"])
-def test_layer_matches_reference(shared, engine):
+@pytest.mark.parametrize("engine, capacity_factor", [
+    ("dense", 1.0), ("dropless", 1.0), ("capacity", 0.5), ("capacity", float(N)),
+])
+def test_layer_and_record_match_reference(shared, engine, capacity_factor):
+    """Output and both routers' whole records, with and without capacity drops."""
     spec = MoESpec(num_experts=N, top_k=K, d_hidden=16, num_shared_experts=shared,
-                   shared_mix="softmax", engine=engine, capacity_factor=float(N))
+                   shared_mix="softmax", engine=engine, capacity_factor=capacity_factor,
+                   record_cosine=True)
     layer = CartesianMoE(D, spec, rngs=nnx.Rngs(0))
     _randomize_mix(layer, 1)
     x = np.random.default_rng(2).normal(size=(T, D)).astype(np.float32)
     y, record = layer(jnp.asarray(x))
-    y_ref, (info_a, info_b) = cartesian_ref(x, layer, K)
+    capacity = capacity_for(T, K, N, capacity_factor) if engine == "capacity" else None
+    y_ref, infos = cartesian_ref(x, layer, K, capacity)
     np.testing.assert_allclose(np.asarray(y, np.float64), y_ref, rtol=2e-4, atol=2e-4)
     assert layer.sub_a.routed.experts.w_gate.shape == (N, D, 8)  # half-width sub-experts
     assert record.expert_idx.shape == (2, T, K)  # two routers, A then B
-    np.testing.assert_array_equal(record.expert_idx[0], info_a["expert_idx"])
-    np.testing.assert_array_equal(record.expert_idx[1], info_b["expert_idx"])
+    for router, info in enumerate(infos):
+        assert_record_matches(record, router, info, rtol=1e-4)
+    assert (infos[0]["dropped"] > 0 and infos[1]["dropped"] > 0) == (capacity_factor < 1)
 
 
 def test_top1_without_shared_is_the_explicit_composite():
@@ -75,17 +83,18 @@ def test_top1_without_shared_is_the_explicit_composite():
         np.testing.assert_allclose(np.asarray(y[t], np.float64), y_t[0], rtol=1e-4, atol=1e-5)
 
 
-def test_disable_top1_picks_the_next_experts():
+def test_disable_top1_reaches_both_routers():
+    """Each sub-layer re-picks without each token's first choice, as the oracle does."""
     spec = MoESpec(num_experts=N, top_k=K, d_hidden=16, num_shared_experts=1)
     layer = CartesianMoE(D, spec, rngs=nnx.Rngs(5))
     x = np.random.default_rng(6).normal(size=(T, D)).astype(np.float32)
     _, normal = layer(jnp.asarray(x))
-    _, robust = layer(jnp.asarray(x), disable_top1=True)
+    y, robust = layer(jnp.asarray(x), disable_top1=True)
+    y_ref, infos = cartesian_ref(x, layer, K, disable_top1=True)
+    np.testing.assert_allclose(np.asarray(y, np.float64), y_ref, rtol=2e-4, atol=2e-4)
+    for router, info in enumerate(infos):
+        assert_record_matches(record=robust, router=router, info=info, rtol=1e-4)
     first_a = np.asarray(normal.expert_idx[0, :, 0])
-    exclude = np.zeros((T, N), bool)
-    exclude[np.arange(T), first_a] = True
-    y_a, info = _sub_layer_ref(x.astype(np.float64), layer.sub_a, K, exclude=exclude)
-    np.testing.assert_array_equal(robust.expert_idx[0], info["expert_idx"])
     assert not np.any(np.asarray(robust.expert_idx[0]) == first_a[:, None])
 
 

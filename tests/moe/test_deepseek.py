@@ -8,7 +8,7 @@ from flax import nnx
 
 from moejax.moe.deepseek import DeepSeekMoE
 from moejax.moe.spec import MoESpec
-from tests.moe.block_params import routed_params, shared_params
+from tests.moe.block_params import assert_record_matches, routed_params, shared_params
 from tests.reference import dense_swiglu_ref, moe_ref, shared_mix_ref
 
 T, D = 37, 10
@@ -26,9 +26,10 @@ def _x(seed=2):
     return np.random.default_rng(seed).normal(size=(T, D)).astype(np.float32)
 
 
-def _reference(block, x, capacity=None):
+def _reference(block, x, capacity=None, **router_options):
     """Oracle output: routed experts (moe_ref) joined with the shared SwiGLU sum."""
-    routed, info = moe_ref(x, *routed_params(block.routed), top_k=ROUTED_K, capacity=capacity)
+    routed, info = moe_ref(x, *routed_params(block.routed), top_k=ROUTED_K, capacity=capacity,
+                           **router_options)
     (s_gate, s_up, s_down), mix_kernel, mix_bias = shared_params(block.shared)
     shared = dense_swiglu_ref(x, s_gate, s_up, s_down)
     return shared_mix_ref(routed, shared, x, mix_kernel, mix_bias), info
@@ -51,6 +52,20 @@ def test_matches_reference(mix):
     # the shared experts really contribute: without them the output differs
     routed_only = moe_ref(x, *routed_params(block.routed), top_k=ROUTED_K)[0]
     assert np.abs(y_ref - routed_only).max() > 1e-2
+
+
+def test_disable_top1_reaches_the_routed_experts():
+    """The robustness test on DeepSeekMoE: routed experts re-picked without each token's
+    first choice, shared experts unchanged (the whole record against the oracle)."""
+    block = DeepSeekMoE(D, _spec(), rngs=nnx.Rngs(7))
+    x = _x(3)
+    _, normal = block(jnp.asarray(x))
+    y, record = block(jnp.asarray(x), disable_top1=True)
+    y_ref, info = _reference(block, x, disable_top1=True)
+    np.testing.assert_allclose(np.asarray(y, np.float64), y_ref, rtol=1e-4, atol=1e-5)
+    assert_record_matches(record, 0, info)
+    first = np.asarray(normal.expert_idx[0, :, :1])
+    assert not np.any(np.asarray(record.expert_idx[0]) == first)
 
 
 def test_fine_grained_and_shared_sizes():

@@ -167,6 +167,21 @@ def test_jitter_in_training_only():
     np.testing.assert_allclose(c, x @ router.kernel[...], rtol=1e-5, atol=1e-5)
 
 
+def test_jitter_multiplies_the_input_within_its_bounds():
+    """Switch jitter: each input element times uniform noise in [1 - a, 1 + a]. With D = 1,
+    logits[t, e] = x[t] * noise[t] * w[e], so the noise can be read back from the logits."""
+    amplitude, tokens = 0.3, 400
+    router = Router(1, E, K, RouterSpec(jitter=amplitude), rngs=nnx.Rngs(0))
+    x = np.random.default_rng(1).uniform(0.5, 2.0, (tokens, 1)).astype(np.float32)
+    logits = np.asarray(router(jnp.asarray(x)).logits, np.float64)
+    clean = x.astype(np.float64) @ np.asarray(router.kernel[...], np.float64)  # [T, E]
+    noise = logits / clean
+    np.testing.assert_allclose(noise, noise[:, :1].repeat(E, 1), rtol=1e-5)  # on the input
+    assert 1 - amplitude - 1e-6 <= noise.min() and noise.max() <= 1 + amplitude + 1e-6
+    # it spans the whole interval (400 draws: each end within 0.1 a, all but surely)
+    assert noise.min() < 1 - 0.9 * amplitude and noise.max() > 1 + 0.9 * amplitude
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_gate_gradients(name):
     options = CASES[name]

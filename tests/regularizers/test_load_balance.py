@@ -94,7 +94,8 @@ def test_extra_tokens_per_expert_matches_reference():
         padded[r, :len(row)] = row
     values = load_balance_loss(record.probs, record.expert_idx, num_experts=record.num_experts,
                                extra_tokens_per_expert=jnp.asarray(padded))
-    check_mean_and_per_router(values, lb_ref(routers.probs, routers.expert_idx, extra_tokens_per_expert=extra))
+    check_mean_and_per_router(values, lb_ref(routers.probs, routers.expert_idx,
+                                             extra_tokens_per_expert=extra))
 
 
 def test_uniform_assignment_is_one():
