@@ -19,6 +19,7 @@ from moejax.models.param_count import count_parameters
 from moejax.parallel.distributed import distributed_spec, initialize_distributed
 from moejax.train.specs import specs_from_config, train_spec_from_config
 from moejax.train.trainer import train_and_evaluate
+from moejax.train.workdir_lock import WorkdirBusyError
 
 USAGE = "moejax-train --config configs/NAME.py[:arg] --workdir DIR [--config.a.b=value] [--dry-run]"
 FLAGS = flags.FlagValues()
@@ -61,7 +62,11 @@ def main(options: flags.FlagValues) -> int:
     initialize_distributed(distributed_spec(options.coordinator_address, options.num_processes,
                                             options.process_id),
                            cluster=options.distributed_cluster)
-    train_and_evaluate(options.config, options.workdir)
+    try:
+        train_and_evaluate(options.config, options.workdir)
+    except WorkdirBusyError as error:
+        print(f"moejax-train: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

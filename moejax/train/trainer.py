@@ -34,6 +34,7 @@ from moejax.train import step
 from moejax.train.checkpoint import Checkpointer
 from moejax.train.optim import learning_rate_schedule, make_optimizer
 from moejax.train.specs import TrainSpec, specs_from_config, train_spec_from_config
+from moejax.train.workdir_lock import workdir_lock
 
 
 class _StopRequest:
@@ -122,10 +123,19 @@ def train_and_evaluate(config, workdir) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
     Returns the last metrics row written.
+
+    Raises:
+      WorkdirBusyError: another run is training in `workdir` (`train/workdir_lock.py`).
     """
-    # Specs: the typed options, with the checks across config sections.
     workdir = pathlib.Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lock(workdir):
+        return _train(config, workdir)
+
+
+def _train(config, workdir: pathlib.Path) -> dict:
+    """The run itself, in a workdir this process holds."""
+    # Specs: the typed options, with the checks across config sections.
     model_spec, loss_spec = specs_from_config(config)
     train_cfg = train_spec_from_config(config)
     data_spec = pipeline.data_spec_from_config(config.get("data"))
