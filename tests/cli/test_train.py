@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from moejax.train.config_files import load_config
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -25,14 +27,21 @@ def test_dry_run_prints_counts_and_applies_overrides(tmp_path):
     assert "active parameters per token: " in out.stdout
 
 
+MOE_OPTIONS = ", ".join(load_config(ROOT / "configs" / "tiny.py").model.moe)
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--config", "configs/nope.py"], "nope.py"),
-    (["--config", "configs/tiny.py", "--config.model.moe.no_such=1"], "no_such"),
+    (["--config", "configs/nope.py"], "--config: cannot load configs/nope.py: [Errno 2] No such "
+                                      "file or directory: 'configs/nope.py'"),
+    (["--config", "configs/tiny.py", "--config.model.moe.no_such=1"],
+     f"--config.model.moe.no_such: no such option; model.moe has: {MOE_OPTIONS}"),
 ])
-def test_bad_input_is_a_clear_error(tmp_path, args, message):
+def test_bad_config_is_one_line_naming_it(tmp_path, args, message):
+    """A missing config file or an override of an option it does not have: one line, no
+    traceback, exit 2, before any work."""
     out = _cli(*args, "--workdir", str(tmp_path), "--dry-run")
-    assert out.returncode != 0
-    assert message in out.stderr + out.stdout
+    assert out.returncode == 2
+    assert out.stderr == f"moejax-train: {message}\n" and out.stdout == ""
 
 
 @pytest.mark.parametrize("option, message", [
