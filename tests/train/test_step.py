@@ -11,6 +11,7 @@ from flax import nnx
 from moejax.models.decoder import Decoder, decoder_spec_from_config
 from moejax.regularizers import LossSpec, aux_total
 from moejax.train import step
+from tests.regularizers import reference_losses
 
 SPEC = {"vocab_size": 19, "d_model": 16, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1,
         "d_ff": 24, "moe": {"num_experts": 4, "top_k": 2, "d_hidden": 8, "record_cosine": True,
@@ -78,3 +79,21 @@ def test_accumulated_global_load_balance_equals_one_big_batch():
     router = [np.asarray(a) for a in (got, micro, want)
               for a in [a["layers"][0]["ffn"]["block"]["router"]["kernel"][...]]]
     assert np.abs(router[1] - router[2]).max() > 100 * np.abs(router[0] - router[2]).max()
+
+
+def test_train_step_load_balance_variants_against_numpy():
+    """The per-sequence and the micro-batch load balance reach the step's loss as the oracle
+    computes them on the step's own routing (two sequences of 8 tokens; they differ here)."""
+    tokens = _tokens()
+    _, record = _model()(tokens[:, :-1])  # no jitter: the step routes the same way
+    wanted = {"sequence": reference_losses.load_balance(record.probs, record.expert_idx,
+                                                         sequence_length=8)[0],
+              "batch": reference_losses.load_balance(record.probs, record.expert_idx)[0]}
+    assert abs(wanted["sequence"] - wanted["batch"]) > 1e-3
+    for variant, want in wanted.items():
+        model = _model()
+        optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+        metrics = step.train_step(model, optimizer, tokens, LossSpec(lb=2.0, lb_variant=variant))
+        np.testing.assert_allclose(float(metrics["aux/lb"]), want, rtol=1e-5)
+        np.testing.assert_allclose(float(metrics["total_loss"] - metrics["loss"]), 2.0 * want,
+                                   rtol=1e-5)

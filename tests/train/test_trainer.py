@@ -1,6 +1,7 @@
 """The trainer: runs, resumes bitwise, saves on SIGTERM, stops on a non-finite loss."""
 
 import json
+import os
 import pathlib
 import signal
 import subprocess
@@ -57,9 +58,42 @@ def _interrupted_after_two_steps(config, workdir):
         step_module.train_step = original
 
 
+TRAIN_FIELDS = {"step", "loss", "total_loss", "grad_norm", "learning_rate", "tokens_per_s",
+                *(f"aux/{name}{part}" for name in ("lb", "sp", "cp")
+                  for part in ("", "/per_router")),
+                *(f"routing/{name}" for name in (
+                    "dead_experts", "dropped_fraction", "entropy", "load_cv", "load_max",
+                    "load_min", "pathway_entropy", "specialization", "tokens_per_expert",
+                    "topk_mass", "transitions"))}
+EVAL_FIELDS = {"val_loss", "val_bits_per_byte", "val_perplexity", "val_loss_top1_disabled",
+               "eval/domain_names", "eval/routing/domain_counts", "eval/routing/domain_nmi",
+               "eval/routing/dropped_fraction", "eval/routing/dropped_fraction_top1_disabled"}
+
+
+def _check_metrics_rows(rows, config):
+    """The fields README lists, in every row, with values that mean what they say."""
+    from moejax.train.optim import learning_rate_schedule
+    from moejax.train.specs import train_spec_from_config
+
+    schedule = learning_rate_schedule(train_spec_from_config(config))
+    slots = config.train.batch_size * config.train.seq_len * config.model.moe.top_k
+    for row in rows:
+        timed = {"step_ms"} if row["step"] > 1 else set()  # step 1 includes compilation
+        evaluated = EVAL_FIELDS if row["step"] == config.train.steps else set()
+        assert set(row) == TRAIN_FIELDS | timed | evaluated, set(row) ^ (TRAIN_FIELDS | timed)
+        assert row["learning_rate"] == pytest.approx(float(schedule(row["step"])), rel=1e-6)
+        assert row["tokens_per_s"] > 0 and row["grad_norm"] > 0
+        assert row["total_loss"] > row["loss"]  # the weighted regularizers are in it
+        assert len(row["aux/lb/per_router"]) == 2 and len(row["aux/cp/per_router"]) == 1
+        assert [sum(load) for load in row["routing/tokens_per_expert"]] == [slots, slots]
+
+
 def test_tiny_trains_logs_checkpoints_and_reports(tmp_path):
     config = _tiny(report=True)
     last = train_and_evaluate(config, tmp_path)
+    rows = _rows(tmp_path)
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    _check_metrics_rows(rows, config)
     assert last["step"] == 4 and np.isfinite(last["val_loss"])
     assert np.isfinite(last["val_loss_top1_disabled"])
     assert len(last["eval/routing/domain_nmi"]) == 2  # one per router
@@ -98,6 +132,33 @@ def test_checkpoint_from_an_expert_parallel_mesh_restores_on_another(tmp_path, r
     assert _logged_steps(sharded) == [1, 2, 3]  # resumed at 3, not retrained from 1
     np.testing.assert_allclose(list(_losses(sharded).values()),
                                list(_losses(straight).values()), rtol=1e-5)
+
+
+def test_gradient_accumulation_through_the_trainer(tmp_path):
+    """batch_size 4 as 2 micro-batches equals one pass over the 4 rows with the global load
+    balance (grad norm of step 1, losses after), and differs with the micro-batch one: the
+    trainer really splits the batch."""
+    def run(name, micro_batches, variant):
+        config = _tiny(steps=2, batch_size=4, grad_accumulation=micro_batches)
+        config.loss.update(lb=1.0, lb_variant=variant)
+        train_and_evaluate(config, tmp_path / name)
+        rows = _rows(tmp_path / name)
+        return np.array([rows[0]["grad_norm"], rows[0]["aux/lb"], rows[1]["loss"]])
+
+    whole, accumulated, micro = run("whole", 1, "global"), run("two", 2, "global"), \
+        run("micro", 2, "batch")
+    np.testing.assert_allclose(accumulated, whole, rtol=1e-5)
+    assert np.abs(micro - whole).max() > 100 * np.abs(accumulated - whole).max()
+
+
+def test_busy_workdir_stops_a_second_run_before_any_work(tmp_path):
+    """A second trainer on a workdir another run holds stops at once: nothing written."""
+    from moejax.train.workdir_lock import WorkdirBusyError, workdir_lock
+
+    with workdir_lock(tmp_path):
+        with pytest.raises(WorkdirBusyError, match=f"in use by another run .*PID {os.getpid()}"):
+            train_and_evaluate(_tiny(), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["moejax.lock"]
 
 
 def test_tensorboard_events_are_written(tmp_path):
