@@ -29,7 +29,11 @@ def _export(options: flags.FlagValues) -> int:
     try:
         out = export(options.workdir, options.out, step=options.step,
                      overwrite=options.overwrite)
-    except (FileNotFoundError, FileExistsError, RuntimeError) as error:
+    except FileExistsError:
+        print(f"moejax-export: --out {options.out} is not empty; pass --overwrite to replace "
+              "it", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, RuntimeError) as error:
         print(f"moejax-export: {error}", file=sys.stderr)
         return 1
     print(f"exported to {out}")

@@ -12,9 +12,15 @@ Training stage (outside the data path). One step is one Orbax Composite under
 | `data_state` | JsonSave     | data iterator state (JSON, or base64 when it is bytes)          |
 | `config`     | JsonSave     | `config.to_json_best_effort()`                                  |
 
+Every finished step also gets `<step>/checksums.json` (SHA-256 of each of its files), written
+by process 0 as soon as the step is on disk (for async saves, from Orbax's post-finalization
+callback). Restore and export verify it first; a step whose files do not match is unreadable.
+A step without the file (written before moejax had checksums, or killed between the save and
+the checksums) restores unverified, with a warning.
+
 `Checkpointer.restore_latest` tries the newest step first; a step that does not restore
-(missing or truncated files, a wrong step number) is logged as a warning and the next older
-one is tried. Unreadable steps newer than the one restored are moved to
+(missing, truncated or altered files, a wrong step number) is logged as a warning and the next
+older one is tried. Unreadable steps newer than the one restored are moved to
 `<workdir>/checkpoints.corrupt/`, so that the resumed run can save those step numbers again
 (Orbax refuses to save a step at or below the newest one it lists). Orbax itself ignores
 unfinished `<step>.orbax-checkpoint-tmp-*` directories and removes them at start-up.
@@ -30,8 +36,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
+import os
 import pathlib
 import shutil
 import time
@@ -49,6 +57,7 @@ FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
 CORRUPT = "checkpoints.corrupt"
 _JSON_ITEMS = ("meta", "data_state", "config")
+CHECKSUMS = "checksums.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,13 +123,54 @@ def _decode_data_state(saved: dict):
     return saved["value"]
 
 
-def _config_json(config) -> dict:
+def config_json(config) -> dict:
     """ConfigDict (or mapping) -> plain JSON dict."""
     if hasattr(config, "to_json_best_effort"):
         return json.loads(config.to_json_best_effort())
     if isinstance(config, Mapping):
         return json.loads(json.dumps(dict(config), default=repr))
     raise TypeError(f"config must be a ConfigDict or a mapping, got {type(config).__name__}")
+
+
+def _step_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+
+
+def _sha256(path: pathlib.Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def write_checksums(step_dir: pathlib.Path) -> None:
+    """Writes `<step_dir>/checksums.json`: {relative path: SHA-256} of every file (atomically)."""
+    sums = {str(p.relative_to(step_dir)): _sha256(p) for p in _step_files(step_dir)}
+    partial = step_dir / (CHECKSUMS + ".tmp")
+    partial.write_text(json.dumps(sums, indent=0, sort_keys=True))
+    os.replace(partial, step_dir / CHECKSUMS)
+
+
+def verify_checksums(step_dir: pathlib.Path) -> bool:
+    """Checks a step's files against its checksums.json.
+
+    Returns:
+      True if verified; False if the step has no checksums.json (logged as a warning).
+
+    Raises:
+      ValueError: a file is missing, added or altered (names it).
+    """
+    listed = step_dir / CHECKSUMS
+    if not listed.is_file():
+        _warn("checkpoint %s has no %s: restoring it unverified", step_dir, CHECKSUMS)
+        return False
+    sums = json.loads(listed.read_text())
+    present = {str(p.relative_to(step_dir)) for p in _step_files(step_dir)}
+    for name in sorted(present ^ set(sums)):
+        raise ValueError(f"checksum mismatch: {name} is "
+                         f"{'missing' if name in sums else 'not in ' + CHECKSUMS} (in {step_dir})")
+    for name, digest in sums.items():
+        if _sha256(step_dir / name) != digest:
+            raise ValueError(f"checksum mismatch: {name} was altered (in {step_dir})")
+    return True
 
 
 def _abstract(tree):
@@ -130,6 +180,7 @@ def _abstract(tree):
 
 def _restore_step(manager: ocp.CheckpointManager, targets: dict, step: int) -> dict:
     """All items of one step; array items restored onto `targets`. Raises on any problem."""
+    verify_checksums(pathlib.Path(manager.directory) / str(step))
     args = {name: ocp.args.StandardRestore(target) for name, target in targets.items()}
     args.update({name: ocp.args.JsonRestore() for name in _JSON_ITEMS})
     restored = manager.restore(step, args=ocp.args.Composite(**args))
@@ -173,10 +224,20 @@ class Checkpointer:
         """workdir: any path (made absolute here; Orbax needs absolute paths)."""
         self.workdir = pathlib.Path(workdir).expanduser().resolve()
         self.directory = self.workdir / CHECKPOINTS
+        self._async_save = async_save
+        sealing = ocp.AsyncOptions(post_finalization_callback=self._write_missing_checksums)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True)
+            cleanup_tmp_directories=True, async_options=sealing if async_save else None)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def _write_missing_checksums(self) -> None:
+        """checksums.json for every finished step that has none (process 0 only)."""
+        if jax.process_index() != 0 or not self.directory.is_dir():
+            return
+        for step_dir in self.directory.iterdir():
+            if step_dir.name.isdigit() and not (step_dir / CHECKSUMS).exists():
+                write_checksums(step_dir)
 
     def all_steps(self) -> list[int]:
         """Finished steps on disk, ascending (an async save in flight may be missing)."""
@@ -210,7 +271,7 @@ class Checkpointer:
             meta=ocp.args.JsonSave({"format": FORMAT_VERSION, "step": step,
                                     "rng_key": _encode_rng(rng_key)}),
             data_state=ocp.args.JsonSave(_encode_data_state(data_state)),
-            config=ocp.args.JsonSave(_config_json(config)))
+            config=ocp.args.JsonSave(config_json(config)))
         if force:
             self.wait()
             if step in self._manager.all_steps():
@@ -220,7 +281,21 @@ class Checkpointer:
         saved = self._manager.save(step, args=items, force=force)
         if force:
             self.wait()
+        if not self._async_save:
+            self._write_missing_checksums()  # async saves: Orbax's callback does it
         return bool(saved)
+
+    def saved_config(self) -> dict | None:
+        """The config (plain JSON dict) of the newest step whose config reads; None if none."""
+        self.wait()
+        self._manager.reload()
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                return self._manager.restore(
+                    step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+            except Exception:  # noqa: BLE001, S112 - restore_latest reports unreadable steps
+                continue
+        return None
 
     def restore_latest(self, model: nnx.Module,
                        optimizer: nnx.Optimizer | None = None) -> RestoredInfo | None:
@@ -303,6 +378,7 @@ def _inference_state(spec: DecoderSpec):
 
 def _restore_exportable(manager: ocp.CheckpointManager, step: int) -> tuple[dict, dict]:
     """One step -> (config JSON, exported variables as a pure dict); no training state."""
+    verify_checksums(pathlib.Path(manager.directory) / str(step))
     config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     config = config["config"]
     abstract_model, keep = _inference_state(decoder_spec_from_config(config["model"]))

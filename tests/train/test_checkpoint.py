@@ -142,6 +142,12 @@ def _corrupt(step_dir: pathlib.Path, how: str) -> None:
             os.truncate(data, data.stat().st_size // 2)
     elif how == "delete":
         (step_dir / "optimizer" / "_METADATA").unlink()
+    elif how == "flip":  # 10 bytes of the largest data file changed, its size kept
+        data = max((step_dir / "model").rglob("d/*"), key=lambda p: p.stat().st_size)
+        raw = bytearray(data.read_bytes())
+        middle = len(raw) // 2
+        raw[middle:middle + 10] = bytes(b ^ 0xFF for b in raw[middle:middle + 10])
+        data.write_bytes(bytes(raw))
     else:  # an interrupted write that left an empty step directory
         for child in step_dir.iterdir():
             (child.unlink if child.is_file() else shutil.rmtree)(child)
@@ -166,7 +172,7 @@ def _copy(two_steps, tmp_path):
     return config, first, first_optimizer
 
 
-@pytest.mark.parametrize("how", ["truncate", "delete", "empty"])
+@pytest.mark.parametrize("how", ["truncate", "delete", "empty", "flip"])
 def test_corrupt_latest_falls_back_with_a_warning(two_steps, tmp_path, caplog, how):
     config, first, first_optimizer = _copy(two_steps, tmp_path)
     _corrupt(tmp_path / "checkpoints" / "2", how)
@@ -179,10 +185,25 @@ def test_corrupt_latest_falls_back_with_a_warning(two_steps, tmp_path, caplog, h
         _assert_same_state(optimizer, first_optimizer)
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert any("step 2" in m and "does not restore" in m for m in warnings), warnings
+        if how == "flip":  # Orbax would read the altered bytes: the checksums catch them
+            assert any("checksum mismatch" in m and "was altered" in m for m in warnings)
         assert (tmp_path / "checkpoints.corrupt" / "2").is_dir()
         # the resumed run can write step 2 again
         _save(checkpointer, 2, model, optimizer, config)
         assert checkpointer.all_steps() == [1, 2]
+
+
+def test_altered_step_is_not_exported(two_steps, tmp_path):
+    """Flipped bytes in a step: its export is refused, naming the checksum mismatch; the
+    default export falls back to the newest intact step."""
+    _copy(two_steps, tmp_path)
+    _corrupt(tmp_path / "checkpoints" / "2", "flip")
+    with pytest.raises(RuntimeError, match="checksum mismatch: .* was altered"):
+        checkpoint.export(tmp_path, tmp_path / "out", step=2)
+    checkpoint.export(tmp_path, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["train"]["steps"] == 3
+    every_file = checkpoint.verify_checksums(tmp_path / "checkpoints" / "1")
+    assert every_file  # written with the step, and intact
 
 
 def test_leftover_tmp_directory_is_ignored(two_steps, tmp_path, caplog):
@@ -294,8 +315,9 @@ def test_export_errors_and_cli(tmp_path, capsys):
     argv = ["moejax-export", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "o")]
     assert export_cli.main(argv) == 0
     assert (tmp_path / "o" / "config.json").is_file()
-    assert export_cli.main(argv) == 1  # not empty
-    assert "not empty" in capsys.readouterr().err
+    assert export_cli.main(argv) == 1  # not empty: the message names the flag
+    assert capsys.readouterr().err == (f"moejax-export: --out {tmp_path / 'o'} is not empty; "
+                                       "pass --overwrite to replace it\n")
     assert export_cli.main([*argv, "--overwrite", "--step", "1"]) == 0
     assert export_cli.main(["moejax-export", "--out", str(tmp_path / "o")]) == 2
     assert "workdir" in capsys.readouterr().err
