@@ -26,3 +26,14 @@ def spec_from_mapping(cls, mapping, prefix: str):
     values = dict(mapping or {})
     check_known(cls, values, prefix)
     return cls(**values)
+
+
+def flat_config(config) -> dict:
+    """A nested mapping (ConfigDict or dict) as {dotted key: value}."""
+    out = {}
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            out.update({f"{key}.{k}": v for k, v in flat_config(value).items()})
+        else:
+            out[key] = value
+    return out

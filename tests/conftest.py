@@ -1,7 +1,7 @@
 """Test set-up: 8 CPU devices before any JAX operation; strict dtype promotion for moejax code.
 
-Strict promotion is not applied under tests/train/ and tests/parallel/, which run optax
-updates: optax's own code mixes Python floats with int32 step counters.
+Strict promotion is not applied under tests/train/, tests/parallel/ and tests/reliability/,
+which run optax updates: optax's own code mixes Python floats with int32 step counters.
 
 The tests' programs are tiny, so compiling dominates their time: XLA compiles them without
 its expensive optimisation passes (the flags `moejax-experiment --quick` uses), which saves
@@ -22,7 +22,7 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 @pytest.fixture(autouse=True)
 def _strict_dtype_promotion(request):
-    if {"train", "parallel"} & set(request.node.path.parts):
+    if {"train", "parallel", "reliability"} & set(request.node.path.parts):
         yield
         return
     with jax.numpy_dtype_promotion("strict"):

@@ -21,7 +21,7 @@ ALLOWED = {
     "reporting": ("moejax.reporting",),
     "train": (*_MODEL, "moejax.train", "moejax.parallel", "moejax.regularizers", "moejax.data",
               "moejax.reporting"),
-    "experiments": ("moejax.experiments", "moejax.train", "moejax.reporting"),
+    "experiments": ("moejax.experiments", "moejax.train", "moejax.reporting", "moejax.options"),
     "record.py": (),
     "options.py": (),
     "__init__.py": ("moejax.models", "moejax.moe", "moejax.record"),

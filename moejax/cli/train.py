@@ -5,11 +5,18 @@ Several hosts: start the same command on every host with `--coordinator_address=
 --num_processes=N --process_id=I` (or the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
 JAX_PROCESS_ID environment variables), or `--distributed_cluster` under SLURM / MPI /
 Kubernetes; see `moejax/parallel/distributed.py`.
+
+Exit status: 0 finished; 2 a bad flag or option (one line naming it, before any work where it
+can be checked up front); 3 the workdir is in use by another run; 4 a non-finite loss, gradient
+or state (the step was not saved; the line names the last good checkpoint); 128 + N stopped by
+signal N (143 for SIGTERM, 130 for Ctrl-C) after saving the step it arrived in, so rerunning
+the same command resumes. `--debug` adds the traceback to those one-line errors.
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 
 from absl import flags
 from ml_collections import config_flags
@@ -18,7 +25,7 @@ from moejax.cli._command import run_command
 from moejax.models.param_count import count_parameters
 from moejax.parallel.distributed import distributed_spec, initialize_distributed
 from moejax.train.specs import specs_from_config, train_spec_from_config
-from moejax.train.trainer import train_and_evaluate
+from moejax.train.trainer import NonFiniteError, StoppedBySignal, train_and_evaluate
 from moejax.train.workdir_lock import WorkdirBusyError
 
 USAGE = "moejax-train --config configs/NAME.py[:arg] --workdir DIR [--config.a.b=value] [--dry-run]"
@@ -37,6 +44,7 @@ flags.DEFINE_integer("process_id", None, "Multi-host: this process's index (or J
                      flag_values=FLAGS)
 flags.DEFINE_bool("distributed_cluster", False,
                   "Multi-host: let JAX detect SLURM, MPI, Kubernetes or TPU.", flag_values=FLAGS)
+flags.DEFINE_bool("debug", False, "On an error, also print the traceback.", flag_values=FLAGS)
 flags.mark_flags_as_required(["config", "workdir"], flag_values=FLAGS)
 
 
@@ -64,10 +72,19 @@ def main(options: flags.FlagValues) -> int:
                            cluster=options.distributed_cluster)
     try:
         train_and_evaluate(options.config, options.workdir)
-    except WorkdirBusyError as error:
+    except (ValueError, WorkdirBusyError, NonFiniteError, StoppedBySignal) as error:
+        if options.debug:
+            traceback.print_exc()
         print(f"moejax-train: {error}", file=sys.stderr)
-        return 1
+        return _exit_status(error)
     return 0
+
+
+def _exit_status(error: Exception) -> int:
+    """EXIT_STATUS of a run that ended early (see the module docstring)."""
+    if isinstance(error, StoppedBySignal):
+        return 128 + error.signum
+    return {WorkdirBusyError: 3, NonFiniteError: 4}.get(type(error), 2)
 
 
 def run():

@@ -24,6 +24,7 @@ import functools
 import glob
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import sysconfig
@@ -194,9 +195,15 @@ def _relative_names(files: list[pathlib.Path]) -> list[str]:
 
 
 def _file_documents(spec: DataSpec) -> Iterator[Document]:
+    """Text files; a file with a NUL byte is binary, not text: skipped with a warning."""
     files = expand_paths(spec.paths)
     for name, path in zip(_relative_names(files), files, strict=True):
-        yield Document(name, _read(path), path.parent.name)
+        text = _read(path)
+        if b"\0" in text:
+            logging.getLogger(__name__).warning(
+                "data.paths: skipping %s: it holds NUL bytes (a binary file, not text)", path)
+            continue
+        yield Document(name, text, path.parent.name)
 
 
 def _jsonl_documents(spec: DataSpec) -> Iterator[Document]:

@@ -18,6 +18,7 @@ import pathlib
 
 from moejax.experiments import stats
 from moejax.experiments.suites import CLAIMS, SUITES, variant_config
+from moejax.options import flat_config
 from moejax.reporting import plots
 from moejax.reporting.metrics import METRICS_FILE, read_metrics
 from moejax.train.trainer import train_and_evaluate
@@ -28,17 +29,6 @@ COLUMNS = (("val_loss", "val loss"), ("val_perplexity", "val ppl"),
            ("load_cv", "load CV"), ("dropped_fraction", "dropped"), ("step_ms", "step ms"),
            ("top1_disabled_increase", "top-1 off: +val loss"),
            ("eval_dropped_top1_disabled", "top-1 off: dropped"))
-
-
-def flat_config(config) -> dict:
-    """A ConfigDict as {dotted key: value}."""
-    out = {}
-    for key, value in config.items():
-        if hasattr(value, "items"):
-            out.update({f"{key}.{k}": v for k, v in flat_config(value).items()})
-        else:
-            out[key] = value
-    return out
 
 
 def config_differences(suite: str, *, quick: bool = False, config_dir=None, extra=None) -> dict:

@@ -8,6 +8,8 @@ of every per-router list. Only process 0 writes.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import pathlib
 
 import jax
@@ -22,12 +24,56 @@ def to_python(metrics: dict) -> dict:
             for k, v in metrics.items()}
 
 
-class MetricsWriter:
-    """Appends one JSON object per logged step to `<workdir>/metrics.jsonl`."""
+def _parsed_lines(text: str):
+    """(line number, row or None) for each non-blank line; None where it is not JSON."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError:
+                yield number, None
 
-    def __init__(self, workdir, *, tensorboard: bool = False):
+
+def keep_rows_through(path: pathlib.Path, step: int) -> int:
+    """Rewrites the metrics file with only its rows of steps <= `step` (atomically).
+
+    A resumed run continues from its restored step, so rows written after that step by the
+    interrupted run, and a line cut off by a kill, are dropped: every step appears once.
+
+    Returns:
+      The number of lines dropped.
+    """
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for _, row in _parsed_lines(path.read_text()):
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            kept.append(json.dumps(row) + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        partial = path.with_name(path.name + ".tmp")
+        partial.write_text("".join(kept))
+        os.replace(partial, path)
+    return dropped
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step to `<workdir>/metrics.jsonl`.
+
+    `keep_through_step`: the step the run starts from; rows after it are dropped first
+    (`keep_rows_through`).
+    """
+
+    def __init__(self, workdir, *, tensorboard: bool = False, keep_through_step: int = 0):
         self.active = jax.process_index() == 0
         self.path = pathlib.Path(workdir) / METRICS_FILE
+        if self.active:
+            dropped = keep_rows_through(self.path, keep_through_step)
+            if dropped:
+                logging.getLogger(__name__).warning(
+                    "%s: dropped %d rows after step %d (the run continues from there)",
+                    self.path, dropped, keep_through_step)
         self._file = self.path.open("a") if self.active else None
         self._tensorboard = None
         if tensorboard and self.active:
@@ -63,21 +109,23 @@ class MetricsWriter:
 def read_metrics(path) -> list[dict]:
     """The logged rows of a metrics.jsonl file, in order; rows without "step" get their number.
 
+    A last line cut off (a run killed while writing it) is skipped with a warning.
+
     Raises:
       FileNotFoundError: path does not exist.
-      ValueError: a line is not a JSON object, or the file holds no rows.
+      ValueError: a line other than the last is not a JSON object, or the file holds no rows.
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no metrics file at {path} (the trainer writes it to its workdir)")
+    text = path.read_text()
+    lines = list(_parsed_lines(text))
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
+    for number, row in lines:
+        if row is None and number == lines[-1][0] and not text.endswith("\n"):
+            logging.getLogger(__name__).warning("%s:%d is cut off (a killed run?): skipped",
+                                                path, number)
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number} is not valid JSON: {err}") from err
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{number} is not a JSON object")
         row.setdefault("step", len(rows) + 1)

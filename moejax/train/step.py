@@ -73,7 +73,8 @@ def _mean(trees):
 
 @functools.partial(nnx.jit, static_argnames=("loss_spec", "micro_batches"))
 def train_step(model, optimizer, tokens: jax.Array, loss_spec: LossSpec, micro_batches: int = 1):
-    """One optimizer step; returns a dict of metrics.
+    """One optimizer step; returns a dict of metrics (with "finite_state": whether every
+    parameter is finite after the update).
 
     Args:
       tokens: [B, S + 1] int token ids, the whole optimizer step's batch.
@@ -106,7 +107,13 @@ def train_step(model, optimizer, tokens: jax.Array, loss_spec: LossSpec, micro_b
                                   loss_spec.bias_rate)
         metrics.update(_routing_summary(record))
     metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["finite_state"] = _all_finite(nnx.state(model, nnx.Param))  # the trainer's NaN guard
     return metrics
+
+
+def _all_finite(tree) -> jax.Array:
+    """[] bool: every element of every leaf is finite."""
+    return jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]))
 
 
 @functools.partial(nnx.jit, static_argnames=("num_domains", "disable_top1"))

@@ -7,6 +7,7 @@ log, checkpoint), final save and report.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import pathlib
 import signal
@@ -19,7 +20,7 @@ from flax import nnx
 
 from moejax.data import pipeline
 from moejax.models.decoder import Decoder
-from moejax.options import spec_from_mapping
+from moejax.options import flat_config, spec_from_mapping
 from moejax.parallel import (
     MeshSpec,
     batch_sharding,
@@ -31,7 +32,7 @@ from moejax.regularizers import nmi_from_counts
 from moejax.reporting.metrics import MetricsWriter
 from moejax.reporting.report import write_report
 from moejax.train import step
-from moejax.train.checkpoint import Checkpointer
+from moejax.train.checkpoint import Checkpointer, config_json
 from moejax.train.optim import learning_rate_schedule, make_optimizer
 from moejax.train.specs import TrainSpec, specs_from_config, train_spec_from_config
 from moejax.train.workdir_lock import workdir_lock
@@ -102,6 +103,21 @@ def _host_batch(batch: int) -> int:
     return batch // hosts
 
 
+def _check_data(data_spec, train: TrainSpec) -> None:
+    """Both splits hold data, and the training split at least one batch of distinct windows.
+
+    Raises:
+      ValueError: naming the split, its size and the options that decide it.
+    """
+    for split, needed, what in (("train", train.batch_size, "train.batch_size"),
+                                ("validation", 1, "one")):
+        windows = pipeline.num_sequences(data_spec, split, seq_len=train.seq_len)
+        if windows < needed:
+            raise ValueError(f"the {split} split holds {windows} windows of train.seq_len + 1 = "
+                             f"{train.seq_len + 1} tokens, fewer than {what} ({needed}): use a "
+                             "larger corpus or a shorter train.seq_len")
+
+
 def _check_batch_fits_mesh(train: TrainSpec, mesh) -> None:
     shards = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
     if train.batch_size % (shards * train.grad_accumulation):
@@ -111,12 +127,72 @@ def _check_batch_fits_mesh(train: TrainSpec, mesh) -> None:
                          "batch axes)")
 
 
-def _check_finite(metrics: dict, step_number: int, last_saved: int | None) -> None:
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss) or not math.isfinite(float(metrics.get("total_loss", loss))):
-        where = f"step {last_saved}" if last_saved is not None else "none yet"
-        raise RuntimeError(f"non-finite loss ({loss}) at step {step_number}; stopping. The "
-                           f"last good checkpoint is {where}, and the run resumes from it.")
+# a resumed run must keep these (the state's shapes and meaning, the data order); other
+# changed options are allowed and named in a warning, e.g. a longer train.steps
+RESUME_MUST_MATCH = ("model.", "data.", "seed", "train.batch_size", "train.seq_len")
+RESUME_MAY_CHANGE_SILENTLY = ("mesh.", "train.progress", "train.report", "train.tensorboard",
+                              "train.steps")
+
+
+def _check_resume_config(saved: dict, config, directory) -> None:
+    """Compares the config the checkpoints were written with to this run's.
+
+    Raises:
+      ValueError: a RESUME_MUST_MATCH option differs; names each, with both values.
+    """
+    old, new = flat_config(saved), flat_config(config_json(config))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "<unset>")
+                     != new.get(k, "<unset>"))
+    fatal = [k for k in changed if k.startswith(RESUME_MUST_MATCH)]
+    if fatal:
+        listed = "; ".join(f"{k}={old.get(k, '<unset>')!r} there, {new.get(k, '<unset>')!r} here"
+                           for k in fatal)
+        raise ValueError(f"the checkpoints in {directory} were written with another config: "
+                         f"{listed}. Resume with the same model, data, seed, train.batch_size "
+                         "and train.seq_len, or use another --workdir")
+    noted = [k for k in changed if not k.startswith(RESUME_MAY_CHANGE_SILENTLY)]
+    if noted:
+        logging.getLogger(__name__).warning(
+            "resuming with changed options: %s", ", ".join(
+                f"{k}={old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in noted))
+
+
+class NonFiniteError(RuntimeError):
+    """A step produced a non-finite loss, gradient or state; that step was not saved."""
+
+
+class StoppedBySignal(Exception):  # noqa: N818 - a stop, not an error
+    """SIGTERM or SIGINT arrived: the step it arrived in was saved, then the run stopped.
+
+    Attributes:
+      signum: the signal number (`moejax-train` exits with 128 + signum).
+      step: the step saved.
+    """
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"signal {signum}: saved step {step} and stopped; rerun the same "
+                         "command to resume")
+        self.signum, self.step = signum, step
+
+
+def _check_finite(metrics: dict, step_number: int, checkpointer: Checkpointer) -> None:
+    """Raises NonFiniteError when the loss, the gradient norm or the updated parameters are
+    not finite; names the newest saved step (async saves finished, every one checked finite
+    before it was saved)."""
+    values = {name: float(metrics[name]) for name in ("loss", "total_loss", "grad_norm")
+              if name in metrics}
+    bad = [f"{name} ({value})" for name, value in values.items() if not math.isfinite(value)]
+    if not bool(metrics.pop("finite_state", True)):
+        bad.append("updated parameters")
+    if not bad:
+        return
+    checkpointer.wait()
+    saved = checkpointer.all_steps()
+    where = (f"step {saved[-1]} ({checkpointer.directory / str(saved[-1])})" if saved
+             else "none: a rerun starts from scratch")
+    raise NonFiniteError(f"non-finite {', '.join(bad)} at step {step_number}; stopped without "
+                         f"saving it. The last good checkpoint is {where}; lower "
+                         "train.learning_rate or set train.grad_clip before resuming.")
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -126,6 +202,9 @@ def train_and_evaluate(config, workdir) -> dict:
 
     Raises:
       WorkdirBusyError: another run is training in `workdir` (`train/workdir_lock.py`).
+      NonFiniteError: a step's loss, gradient or updated parameters were not finite; that
+        step was not saved, every saved step is finite.
+      StoppedBySignal: SIGTERM/SIGINT; the step it arrived in was saved (no evaluation).
     """
     workdir = pathlib.Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +219,8 @@ def _train(config, workdir: pathlib.Path) -> dict:
     train_cfg = train_spec_from_config(config)
     data_spec = pipeline.data_spec_from_config(config.get("data"))
 
-    # Data: the per-host shard of the training stream, and the domain names.
+    # Data: checked, then the per-host shard of the training stream, and the domain names.
+    _check_data(data_spec, train_cfg)
     train_batches = iter(pipeline.make_dataset(
         data_spec, "train", seq_len=train_cfg.seq_len,
         batch_size=_host_batch(train_cfg.batch_size),
@@ -164,36 +244,39 @@ def _train(config, workdir: pathlib.Path) -> dict:
     # Restore: the latest good checkpoint, including the data iterator position.
     checkpointer = Checkpointer(workdir, max_to_keep=train_cfg.max_to_keep,
                                 async_save=train_cfg.async_checkpoint)
+    saved_config = checkpointer.saved_config()
+    if saved_config is not None:
+        _check_resume_config(saved_config, config, checkpointer.directory)
     restored = checkpointer.restore_latest(model, optimizer)
-    start, last_saved = 0, None
+    start = 0
     if restored is not None:
-        start = last_saved = restored.step
+        start = restored.step
         train_batches.set_state(restored.data_state)
         print(f"resumed from step {start} ({restored.directory})", flush=True)
 
     def save(step_number, force=False):
         checkpointer.save(step_number, model=model, optimizer=optimizer, config=config,
                           data_state=train_batches.get_state(), force=force)
-        return step_number
 
-    # Loop.
-    writer = MetricsWriter(workdir, tensorboard=train_cfg.tensorboard)
+    # Loop. metrics.jsonl keeps the rows up to the restored step: every step appears once.
+    writer = MetricsWriter(workdir, tensorboard=train_cfg.tensorboard, keep_through_step=start)
     tokens_per_step = train_cfg.batch_size * train_cfg.seq_len
     bar = tqdm.tqdm(total=train_cfg.steps, initial=start, unit="step", dynamic_ncols=True,
                     disable=not train_cfg.progress or jax.process_index() != 0)
-    row, started, step_seconds = {}, time.perf_counter(), []
-    with _StopRequest().installed() as stop, contextlib.closing(writer), bar:
+    row, started, step_seconds, stopped = {}, time.perf_counter(), [], None
+    with (_StopRequest().installed() as stop, contextlib.closing(writer),
+          contextlib.closing(checkpointer), bar):  # closing: async saves finish, even on errors
         for step_number in range(start + 1, train_cfg.steps + 1):
             step_started = time.perf_counter()
             batch = next(train_batches)
             tokens = jax.make_array_from_process_local_data(tokens_sharding, batch["tokens"])
             metrics = step.train_step(model, optimizer, tokens, loss_spec,
                                       train_cfg.grad_accumulation)
-            _check_finite(metrics, step_number, last_saved)  # waits for the step
+            _check_finite(metrics, step_number, checkpointer)  # waits for the step
             if step_number > start + 1:  # the first step of a run includes compilation
                 step_seconds.append(time.perf_counter() - step_started)
             stopping = stop.signal  # read once: a signal arriving later waits for the next step
-            last = step_number == train_cfg.steps or stopping is not None
+            last = step_number == train_cfg.steps
             elapsed = time.perf_counter() - started
             bar.update(1)
             bar.set_postfix(loss=f"{float(metrics['loss']):.3f}",
@@ -202,7 +285,8 @@ def _train(config, workdir: pathlib.Path) -> dict:
                 metrics.update(evaluate(model, data_spec, train_cfg, config.seed,
                                         len(domain_names), tokens_sharding),
                                **{"eval/domain_names": domain_names})
-            if step_number % train_cfg.log_every == 0 or last or "val_loss" in metrics:
+            if (step_number % train_cfg.log_every == 0 or last or stopping is not None
+                    or "val_loss" in metrics):
                 metrics["tokens_per_s"] = (step_number - start) * tokens_per_step / elapsed
                 if step_seconds:  # data + step, median since the start of this run
                     metrics["step_ms"] = 1e3 * float(np.median(step_seconds))
@@ -211,14 +295,14 @@ def _train(config, workdir: pathlib.Path) -> dict:
                 if "val_loss" in metrics:
                     bar.write(f"step {step_number}: loss {row['loss']:.3f}  val_loss "
                               f"{row['val_loss']:.3f} ({row['val_bits_per_byte']:.2f} bits/byte)")
-            if step_number % train_cfg.checkpoint_every == 0 or last:
-                last_saved = save(step_number, force=stopping is not None)
+            if step_number % train_cfg.checkpoint_every == 0 or last or stopping is not None:
+                save(step_number, force=stopping is not None)  # a signal: save, no evaluation
             if stopping is not None:
-                bar.write(f"signal {stopping}: saved step {step_number}, exiting")
+                stopped = StoppedBySignal(stopping, step_number)
                 break
 
-    # Final save and report.
-    checkpointer.close()
+    if stopped is not None:
+        raise stopped
     if train_cfg.report and jax.process_index() == 0 and row:
         print(f"report: {write_report(workdir)}", flush=True)
     return row

@@ -1,6 +1,7 @@
 """moejax-report: plots and report.md from a synthetic metrics.jsonl; skips and errors."""
 
 import json
+import logging
 import pathlib
 import subprocess
 import sys
@@ -121,9 +122,24 @@ def test_missing_or_empty_metrics_is_a_clear_error(tmp_path):
     path.write_text("\n")
     with pytest.raises(ValueError, match=f"{path} is empty"):
         report.write_report(tmp_path)
-    path.write_text('{"step": 1, "loss": 3.0}\n{"step": 2, "lo')
-    with pytest.raises(ValueError, match=f"{path}:2 is not valid JSON"):
+    path.write_text('{"step": 1, "loss": 3.0}\n{"step": 2, "lo\n{"step": 3, "loss": 2.0}\n')
+    with pytest.raises(ValueError, match=f"{path}:2 is not a JSON object"):
         report.write_report(tmp_path)
+
+
+def test_a_cut_off_last_line_is_skipped_and_a_resume_drops_later_rows(tmp_path, caplog):
+    """A run killed while writing leaves a partial last line: the reader skips it (the report
+    of a finished run does not crash); a resumed run keeps the rows up to its restored step."""
+    from moejax.reporting.metrics import keep_rows_through, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(f'{{"step": {s}, "loss": {s}.5}}\n' for s in (1, 2, 3)) + '{"st')
+    with caplog.at_level(logging.WARNING):
+        assert [row["step"] for row in read_metrics(path)] == [1, 2, 3]
+    assert f"{path}:4 is cut off" in caplog.text
+    assert keep_rows_through(path, 2) == 2  # step 3 and the partial line
+    assert path.read_text() == '{"step": 1, "loss": 1.5}\n{"step": 2, "loss": 2.5}\n'
+    assert keep_rows_through(path, 2) == 0
 
 
 def test_cli(tmp_path):

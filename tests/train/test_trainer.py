@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -180,20 +181,32 @@ def test_resume_is_bitwise_identical(tmp_path, capsys):
     assert _losses(halves2) == _losses(straight)
 
 
-def test_non_finite_loss_stops_with_resumable_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("poisoned, value, named", [
+    ("loss", np.float32("nan"), "loss (nan)"),
+    ("grad_norm", np.float32("inf"), "grad_norm (inf)"),  # NaN weights while the loss is fine
+    ("finite_state", np.bool_(False), "updated parameters"),
+])
+def test_non_finite_step_stops_unsaved_and_resumes(tmp_path, monkeypatch, poisoned, value,
+                                                    named):
+    """A step whose loss, gradient norm or updated parameters are not finite is not saved;
+    the error names the newest saved step, which is what a rerun resumes from."""
+    from moejax.train.trainer import NonFiniteError
+
     original = step_module.train_step
     calls = []
 
-    def poisoned(*args, **kwargs):
+    def poison_third_step(*args, **kwargs):
         metrics = original(*args, **kwargs)
         calls.append(1)
         if len(calls) == 3:
-            metrics["loss"] = np.float32("nan")
+            metrics[poisoned] = value
         return metrics
 
-    monkeypatch.setattr(step_module, "train_step", poisoned)
-    with pytest.raises(RuntimeError, match="non-finite loss.*step 3.*step 2"):
+    monkeypatch.setattr(step_module, "train_step", poison_third_step)
+    with pytest.raises(NonFiniteError, match=rf"non-finite {re.escape(named)} at step 3; "
+                                             r"stopped without saving it\. .* step 2 \("):
         train_and_evaluate(_tiny(), tmp_path)
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [1, 2]
     monkeypatch.setattr(step_module, "train_step", original)
     last = train_and_evaluate(_tiny(), tmp_path)  # resumes from step 2
     assert last["step"] == 4
@@ -214,9 +227,13 @@ def test_sigterm_saves_and_resumes(tmp_path):
         time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, output
+    assert process.returncode == 128 + signal.SIGTERM, output  # stopped, not finished
     saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir()]
     assert len(saved) == 1 and 3 <= saved[0] < 1000, (saved, output)
+    assert f"moejax-train: signal {int(signal.SIGTERM)}: saved step {saved[0]} and stopped" \
+        in output
+    assert _rows(tmp_path)[-1]["step"] == saved[0]  # logged, and saved before any evaluation
+    assert not any("val_loss" in row for row in _rows(tmp_path))
     config = _tiny(steps=saved[0] + 1)
     last = train_and_evaluate(config, tmp_path)
     assert last["step"] == saved[0] + 1
