@@ -198,9 +198,11 @@ MAX_DOMAINS = 24
 
 
 def plot_expert_domain(rows: list[dict], path: pathlib.Path) -> str | None:
-    """Per router, P(domain | top-1 expert) over experts x domains, from the last eval.
+    """Per router, P(top-1 expert | domain) over experts x domains, from the last eval.
 
-    With more than MAX_DOMAINS domains, only the most frequent ones are drawn.
+    Each domain's column sums to 1, so a domain's favourite experts stand out whatever the
+    domain's size (uniform routing is 1/E everywhere). Panels wrap at three per row. With more
+    than MAX_DOMAINS domains, only the most frequent ones are drawn.
     """
     counts, row = last_value(rows, "eval/routing/domain_counts")
     if counts is None:
@@ -212,22 +214,33 @@ def plot_expert_domain(rows: list[dict], path: pathlib.Path) -> str | None:
     names = row.get("eval/domain_names") or last_value(rows, "eval/domain_names")[0]
     if names is None or len(names) != num_domains:
         names = [f"domain {d}" for d in range(num_domains)]
+    seen = counts.sum((0, 1)) > 0  # a domain the evaluation did not see has no column
+    empty = [str(name) for name, kept in zip(names, seen, strict=True) if not kept]
+    counts, names = counts[:, :, seen], [name for name, kept in zip(names, seen) if kept]
+    num_domains = len(names)
+    if num_domains == 0:
+        return "the evaluated batches hold no tokens with a domain label"
     if num_domains > MAX_DOMAINS:  # keep the most frequent domains readable
         keep = np.sort(np.argsort(-counts.sum((0, 1)), kind="stable")[:MAX_DOMAINS])
         counts, names = counts[:, :, keep], [names[d] for d in keep]
         num_domains = MAX_DOMAINS
     nmi = row.get("eval/routing/domain_nmi")
     fig, axes = _figure(num_routers, width=min(max(3.5, 0.8 * num_domains + 2.0), 10.0),
-                        height=min(max(3.0, 0.35 * num_experts + 1.8), 7.0), max_cols=6)
+                        height=min(max(3.0, 0.35 * num_experts + 1.8), 7.0), max_cols=3)
     names = [str(name) for name in names]
+    given_domain = _normalise_rows(counts.transpose(0, 2, 1)).transpose(0, 2, 1)  # [R, E, dom]
+    vmax = max(float(given_domain.max()), 1e-12)
     for router, ax in enumerate(axes):
         title = f"router {router}"
         if nmi is not None and len(nmi) == num_routers:
             title += f" (NMI {nmi[router]:.2f})"
-        image = _heatmap(ax, _normalise_rows(counts[router]), title=title, vmax=1.0,
+        image = _heatmap(ax, given_domain[router], title=title, vmax=vmax,
                          xlabel="domain", ylabel="top-1 expert", xticklabels=names)
-    fig.colorbar(image, ax=axes, label="P(domain | expert), rows normalised")
-    fig.suptitle(f"Expert vs document domain (eval at step {row['step']})")
+    fig.colorbar(image, ax=axes, label=f"P(expert | domain), columns sum to 1 "
+                                       f"(uniform: 1/{num_experts})")
+    missing = f"; {len(empty)} domains not in the evaluated batches: {', '.join(empty[:6])}" + (
+        ", ..." if len(empty) > 6 else "") if empty else ""
+    fig.suptitle(f"Expert vs document domain (eval at step {row['step']}{missing})")
     _save(fig, path)
     return None
 
