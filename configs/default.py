@@ -61,7 +61,8 @@ def get_config(arg=None):
     config.data.text_field = "text"  # JSONL key of the document text
     # JSONL key of the domain name; None: the file's parent directory name
     config.data.domain_field = ml_collections.config_dict.placeholder(str)
-    config.data.validation_every = 20  # one document in this many (by name hash) is validation
+    config.data.validation_every = 20  # one document in this many (per domain) is validation
+    config.data.chunk_bytes = 1 << 20  # longer documents are cut into chunks before the split
     config.data.num_threads = 1  # grain reader threads preparing batches ahead (0: synchronous)
     config.data.prefetch_buffer_size = 4  # batches prepared ahead
 

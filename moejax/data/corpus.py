@@ -1,9 +1,12 @@
 """Data stage 1, sources: the byte tokenizer, `DataSpec` and the raw-text corpora.
 
 A source yields documents `(name, text, domain)` sorted by `name`, where `name` is a relative,
-machine-independent name that decides the train/validation split through a hash
-(`is_validation`), `text` is the raw bytes and `domain` labels the document for per-domain
-statistics. Corpora (`DataSpec.corpus`):
+machine-independent name that decides the train/validation split, `text` is the raw bytes and
+`domain` labels the document for per-domain statistics. A document longer than
+`data.chunk_bytes` is cut into chunks named `<name>#<i>` first, so that a few large files
+still give validation data. The split is stratified by domain (`validation_names`): within a
+domain, one document in `validation_every` by name hash, at least one when the domain has two
+or more, never all of them. Corpora (`DataSpec.corpus`):
 
 - "stdlib": the running Python's standard library `*.py` under `sysconfig.get_paths()["stdlib"]`
   (site-packages excluded); name = path relative to that root, domain = top-level package, or
@@ -28,7 +31,7 @@ import logging
 import os
 import pathlib
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -78,7 +81,10 @@ class DataSpec:
         must be empty for "stdlib". A single string is taken as a 1-tuple.
       text_field: JSONL key holding the document text.
       domain_field: JSONL key holding the domain name; None: the file's parent directory.
-      validation_every: one document in `validation_every` (by name hash) goes to validation.
+      validation_every: one document in `validation_every` (by name hash, per domain) goes to
+        validation; see `validation_names`.
+      chunk_bytes: documents longer than this are cut into chunks of this many bytes before
+        the split (each chunk is a document of its own).
       num_threads: grain reader threads that prepare batches ahead (0: synchronous).
       prefetch_buffer_size: batches prepared ahead of the consumer.
     """
@@ -88,6 +94,7 @@ class DataSpec:
     text_field: str = "text"
     domain_field: str | None = None
     validation_every: int = 20
+    chunk_bytes: int = 1 << 20
     num_threads: int = 1
     prefetch_buffer_size: int = 4
 
@@ -110,6 +117,8 @@ class DataSpec:
                              f"data.corpus='jsonl', not {self.corpus!r}")
         if self.validation_every < 2:
             raise ValueError(f"data.validation_every={self.validation_every}; allowed: >= 2")
+        if self.chunk_bytes < 1024:
+            raise ValueError(f"data.chunk_bytes={self.chunk_bytes}; allowed: >= 1024")
         if self.num_threads < 0 or self.prefetch_buffer_size < 0:
             raise ValueError(f"data.num_threads={self.num_threads}, data.prefetch_buffer_size="
                              f"{self.prefetch_buffer_size}; allowed: >= 0")
@@ -123,10 +132,50 @@ def data_spec_from_config(data_config) -> DataSpec:
     return spec_from_mapping(DataSpec, data_config, "data")
 
 
+def _name_hash(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+
+
 def is_validation(name: str, every: int = 20) -> bool:
-    """Deterministic split: one name in `every` (by SHA-256 of the name) goes to validation."""
-    digest = hashlib.sha256(name.encode()).digest()
-    return int.from_bytes(digest[:4], "little") % every == 0
+    """The hash rule: one name in `every` (by SHA-256 of the name) is a validation name."""
+    return _name_hash(name) % every == 0
+
+
+def validation_names(docs: Iterable[Document], every: int) -> frozenset[str]:
+    """The stratified split: names of the documents (or chunks) that go to validation.
+
+    Within each domain, the names that `is_validation` picks; a domain of two or more
+    documents that it left without one sends its document of smallest hash, and one whose
+    documents it picked all keeps its document of largest hash for training. A domain of one
+    document follows the hash rule alone.
+    """
+    by_domain: dict[str, list[str]] = {}
+    for doc in docs:
+        by_domain.setdefault(doc.domain, []).append(doc.name)
+    chosen = set()
+    for names in by_domain.values():
+        picked = [name for name in names if is_validation(name, every)]
+        if len(names) >= 2 and len(picked) in (0, len(names)):
+            ranked = sorted(names, key=_name_hash)
+            picked = ranked[:1] if not picked else ranked[:-1]
+        chosen.update(picked)
+    return frozenset(chosen)
+
+
+def domains_without_validation(spec: DataSpec) -> list[str]:
+    """Domains of a text source whose documents all train (one document each, unchunked)."""
+    docs = list(iter_documents(spec))
+    chosen = validation_names(docs, spec.validation_every)
+    seen = {d.domain for d in docs if d.name in chosen}
+    return sorted({d.domain for d in docs} - seen)
+
+
+def _chunks(doc: Document, chunk_bytes: int) -> Iterator[Document]:
+    if len(doc.text) <= chunk_bytes:
+        yield doc
+        return
+    for i, start in enumerate(range(0, len(doc.text), chunk_bytes)):
+        yield Document(f"{doc.name}#{i}", doc.text[start:start + chunk_bytes], doc.domain)
 
 
 def check_split(split: str) -> None:
@@ -239,7 +288,8 @@ def _jsonl_document(spec: DataSpec, name: str, line: bytes, default_domain: str)
 
 
 def iter_documents(spec: DataSpec, split: str | None = None) -> Iterator[Document]:
-    """The source's documents in a fixed order, read lazily; only `split`'s unless it is None.
+    """The source's documents (large ones as chunks) in a fixed order, read lazily; only
+    `split`'s unless it is None (then one more pass first, for the split's names).
 
     The order is by name; JSONL documents are ordered by file name, then line number. Files are
     read as the iterator advances, so a pass over a large corpus holds one document at a time.
@@ -260,12 +310,14 @@ def iter_documents(spec: DataSpec, split: str | None = None) -> Iterator[Documen
     else:
         raise ValueError("data.corpus='arrayrecord' holds token records, not documents; "
                          "read it with moejax.data.pipeline.make_dataset")
+    chosen = None if split is None else validation_names(iter_documents(spec),
+                                                         spec.validation_every)
     empty = True
-    for doc in docs:
+    for whole in docs:
         empty = False
-        if split is None or is_validation(doc.name, spec.validation_every) == (
-                split == "validation"):
-            yield doc
+        for doc in _chunks(whole, spec.chunk_bytes):
+            if chosen is None or (doc.name in chosen) == (split == "validation"):
+                yield doc
     if empty:
         raise ValueError(f"empty corpus: no documents in {where}")
 

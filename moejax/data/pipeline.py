@@ -37,16 +37,20 @@ from moejax.data.corpus import (
     data_spec_from_config,
     decode,
     documents,
+    domains_without_validation,
     encode,
     is_validation,
     source_domain_names,
+    validation_names,
 )
 from moejax.data.shards import RecordDocuments, prepare, read_index
 
 __all__ = [
     "BOS_ID", "EOS_ID", "PAD_ID", "VOCAB_SIZE", "DataSpec", "MemoryDocuments",
-    "PackedSequences", "data_spec_from_config", "decode", "domain_names", "encode",
+    "PackedSequences", "data_spec_from_config", "decode", "domain_names",
+    "domains_without_validation", "encode",
     "is_validation", "load_documents", "make_dataset", "num_sequences", "prepare",
+    "validation_names",
 ]
 
 
@@ -132,14 +136,14 @@ def load_documents(spec: DataSpec, split: str) -> MemoryDocuments | RecordDocume
     else:
         everything = documents(spec)
         ids = {name: i for i, name in enumerate(sorted({d.domain for d in everything}))}
-        chosen = [d for d in everything
-                  if is_validation(d.name, spec.validation_every) == (split == "validation")]
+        names = validation_names(everything, spec.validation_every)
+        chosen = [d for d in everything if (d.name in names) == (split == "validation")]
         docs = MemoryDocuments(chosen, ids)
         where = f"{len(everything)} documents of data.corpus={spec.corpus!r}"
     if not len(docs):
         raise ValueError(f"the {split} split is empty: none of the {where} falls into it "
                          f"(data.validation_every={spec.validation_every} sends one document "
-                         "in that many, by name hash, to validation)")
+                         "in that many per domain, by name hash, to validation)")
     return docs
 
 

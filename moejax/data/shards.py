@@ -30,9 +30,9 @@ from moejax.data.corpus import (
     DataSpec,
     check_split,
     encode,
-    is_validation,
     iter_documents,
     source_domain_names,
+    validation_names,
 )
 
 FORMAT = "moejax-arrayrecord/1"
@@ -66,14 +66,15 @@ def prepare(spec: DataSpec, out_dir: str | pathlib.Path, *, overwrite: bool = Fa
     names = source_domain_names(spec)  # first pass: the sorted domain ids
     domain_ids = {name: i for i, name in enumerate(names)}
     writers = {split: _SplitWriter(out, split) for split in SPLITS}
-    for doc in iter_documents(spec):  # second pass: one document in memory at a time
-        split = "validation" if is_validation(doc.name, spec.validation_every) else "train"
+    chosen = validation_names(iter_documents(spec), spec.validation_every)  # names only
+    for doc in iter_documents(spec):  # last pass: one document in memory at a time
+        split = "validation" if doc.name in chosen else "train"
         writers[split].write(encode(doc.text), domain_ids[doc.domain])
     splits = {split: writer.close() for split, writer in writers.items()}
     index = {"format": FORMAT, "vocab_size": VOCAB_SIZE, "domain_names": names,
              "source": {k: v for k, v in dataclasses.asdict(spec).items()
                         if k in ("corpus", "paths", "text_field", "domain_field",
-                                 "validation_every")},
+                                 "validation_every", "chunk_bytes")},
              "splits": splits}
     (out / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
     return index

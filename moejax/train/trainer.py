@@ -1,7 +1,8 @@
 """train_and_evaluate(config, workdir): the whole training run, read top to bottom.
 
-Sections: specs, data, model and optimizer, restore, signals, loop (step, NaN guard, eval,
-log, checkpoint), final save and report.
+Sections: the workdir lock, specs, data (checked), model and optimizer, restore (after the
+checkpoints' config is compared with this one), signals, loop (step, NaN guard, eval, log,
+checkpoint), report. What it guarantees under faults: README, "Reliability".
 """
 
 from __future__ import annotations
@@ -116,6 +117,13 @@ def _check_data(data_spec, train: TrainSpec) -> None:
             raise ValueError(f"the {split} split holds {windows} windows of train.seq_len + 1 = "
                              f"{train.seq_len + 1} tokens, fewer than {what} ({needed}): use a "
                              "larger corpus or a shorter train.seq_len")
+    if data_spec.corpus != "arrayrecord":
+        missing = pipeline.domains_without_validation(data_spec)
+        if missing:
+            logging.getLogger(__name__).warning(
+                "%d domains have no validation data (one document each, shorter than "
+                "data.chunk_bytes): %s%s", len(missing), ", ".join(missing[:8]),
+                ", ..." if len(missing) > 8 else "")
 
 
 def _check_batch_fits_mesh(train: TrainSpec, mesh) -> None:
@@ -143,7 +151,8 @@ def _check_resume_config(saved: dict, config, directory) -> None:
     old, new = flat_config(saved), flat_config(config_json(config))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "<unset>")
                      != new.get(k, "<unset>"))
-    fatal = [k for k in changed if k.startswith(RESUME_MUST_MATCH)]
+    # a key only one side has (an option added since the checkpoint was written) is noted only
+    fatal = [k for k in changed if k.startswith(RESUME_MUST_MATCH) and k in old and k in new]
     if fatal:
         listed = "; ".join(f"{k}={old.get(k, '<unset>')!r} there, {new.get(k, '<unset>')!r} here"
                            for k in fatal)

@@ -1,6 +1,8 @@
 """Tests for moejax/train/data.py (with corpus.py, records.py, prepare_main.py)."""
 
 import collections
+import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -42,13 +44,33 @@ def _take(spec, split, count, *, batch_size=1, seed=0, **kwargs):
     return [next(iterator) for _ in range(count)]
 
 
+def _reference_validation(docs, every):
+    """The stratified split restated: per domain, one name in `every` by SHA-256; a domain of
+    two or more documents gets at least one validation document and keeps one for training."""
+    by_domain = {}
+    for doc in docs:
+        by_domain.setdefault(doc.domain, []).append(doc.name)
+    chosen = set()
+    for names in by_domain.values():
+        digest = {n: int.from_bytes(hashlib.sha256(n.encode()).digest()[:4], "little")
+                  for n in names}
+        picked = {n for n in names if digest[n] % every == 0}
+        if len(names) > 1 and not picked:
+            picked = {min(names, key=digest.get)}
+        if len(names) > 1 and len(picked) == len(names):
+            picked.remove(max(names, key=digest.get))
+        chosen |= picked
+    return chosen
+
+
 def _reference_windows(spec, split):
     """The NumPy loop: EOS-joined documents of the split, cut into windows of SEQ_LEN + 1."""
     docs = corpus.documents(spec)
     ids = {name: i for i, name in enumerate(sorted({d.domain for d in docs}))}
+    validation = _reference_validation(docs, spec.validation_every)
     tokens, domains = [], []
     for doc in docs:
-        if corpus.is_validation(doc.name, spec.validation_every) == (split == "validation"):
+        if (doc.name in validation) == (split == "validation"):
             for byte in doc.text:
                 tokens.append(byte)
                 domains.append(ids[doc.domain])
@@ -169,7 +191,8 @@ def test_processes_together_read_the_single_process_batches(tmp_path, process_co
 
 @pytest.mark.parametrize("skip", [1, 3])  # 3 batches of 2 cross the epoch boundary
 def test_resume_gives_the_identical_next_batch(tmp_path, skip):
-    spec = _spec(tmp_path, num_threads=2)
+    spec = _spec(tmp_path, num_threads=2,
+                 paths=(_write_corpus(tmp_path / "odd", num_files=11),))
     assert data.num_sequences(spec, "train", seq_len=SEQ_LEN) % 2 == 1  # batches straddle epochs
     dataset = data.make_dataset(spec, "train", seq_len=SEQ_LEN, batch_size=2, seed=7)
     iterator = iter(dataset)
@@ -277,6 +300,32 @@ def test_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(pathlib.Path, "read_bytes", unreadable)
     with pytest.raises(ValueError, match="data.paths: cannot read .*Permission denied"):
         corpus.documents(spec)
+
+
+def test_few_large_documents_give_validation_data_in_every_domain(tmp_path):
+    """Three domains of two 5000-byte files: cut into 1024-byte chunks before the split, every
+    domain has validation windows and keeps training data (the hash rule alone misses some)."""
+    rng = np.random.default_rng(3)
+    for domain in ("alpha", "beta", "gamma"):
+        (tmp_path / domain).mkdir()
+        for i in range(2):
+            text = rng.integers(32, 127, 5000, np.uint8).tobytes()
+            (tmp_path / domain / f"big{i}.txt").write_bytes(text)
+    spec = data.DataSpec(corpus="files", paths=(str(tmp_path / "*" / "*.txt"),),
+                         chunk_bytes=1024, num_threads=0)
+    docs = corpus.documents(spec)
+    assert len(docs) == 30 and docs[0].name == "alpha/big0.txt#0"
+    assert b"".join(d.text for d in docs[:5]) == (tmp_path / "alpha" / "big0.txt").read_bytes()
+    for split in ("train", "validation"):
+        assert {d.domain for d in corpus.documents(spec, split)} == {"alpha", "beta", "gamma"}
+        batches = _take(spec, split, 20, shuffle=True)
+        domains = np.concatenate([b["domains"].ravel() for b in batches])
+        assert set(domains.tolist()) == {0, 1, 2}, split
+    assert corpus.domains_without_validation(spec) == []
+    whole = dataclasses.replace(spec, chunk_bytes=1 << 20)  # one document per file
+    hashed = {d.domain for d in corpus.documents(whole) if corpus.is_validation(d.name, 20)}
+    assert len(hashed) < 3  # what the plain hash rule gave
+    assert {d.domain for d in corpus.documents(whole, "validation")} == {"alpha", "beta", "gamma"}
 
 
 def test_stdlib_corpus_and_default_config():
