@@ -21,9 +21,12 @@ CONFIGS = ROOT / "configs"
 
 
 def _tiny(steps=4, **train):
+    """configs/tiny.py for tests: checkpoints every step, synchronous; evaluates only at the
+    end and without the top-1 test unless asked (each evaluation mode compiles once)."""
     config = load_config(CONFIGS / "tiny.py")
     config.train.update(dict(dict(steps=steps, log_every=1, eval_every=100, checkpoint_every=1,
-                                  async_checkpoint=False, progress=False, report=False), **train))
+                                  async_checkpoint=False, progress=False, report=False,
+                                  eval_top1_disabled=False), **train))
     return config
 
 
@@ -90,7 +93,7 @@ def _check_metrics_rows(rows, config):
 
 
 def test_tiny_trains_logs_checkpoints_and_reports(tmp_path):
-    config = _tiny(report=True)
+    config = _tiny(report=True, eval_top1_disabled=True)
     last = train_and_evaluate(config, tmp_path)
     rows = _rows(tmp_path)
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
@@ -107,7 +110,7 @@ def test_tiny_trains_logs_checkpoints_and_reports(tmp_path):
 def test_evaluation_counts_capacity_drops(tmp_path):
     """Half the slots fit at capacity_factor 0.5: evaluation reports the drops per router, with
     and without the top-1 expert (the robustness test is not silently short of experts)."""
-    config = _tiny(steps=1)
+    config = _tiny(steps=1, eval_top1_disabled=True)
     config.model.moe.update(engine="capacity", capacity_factor=0.5)
     last = train_and_evaluate(config, tmp_path)
     for key in ("eval/routing/dropped_fraction", "eval/routing/dropped_fraction_top1_disabled"):
@@ -152,6 +155,26 @@ def test_gradient_accumulation_through_the_trainer(tmp_path):
     assert np.abs(micro - whole).max() > 100 * np.abs(accumulated - whole).max()
 
 
+@pytest.mark.parametrize("metrics, named", [
+    ({"loss": np.float32("nan")}, "loss (nan)"),
+    ({"total_loss": np.float32("inf")}, "total_loss (inf)"),
+    ({"finite_state": np.bool_(False)}, "updated parameters"),
+])
+def test_nan_guard_reads_the_loss_and_the_updated_state(tmp_path, metrics, named):
+    """The guard's other inputs (the gradient norm runs through a whole run above); with no
+    checkpoint yet it says a rerun starts from scratch."""
+    from moejax.train.checkpoint import Checkpointer
+    from moejax.train.trainer import NonFiniteError, _check_finite
+
+    finite = {"loss": np.float32(2.0), "total_loss": np.float32(2.1),
+              "grad_norm": np.float32(0.5), "finite_state": np.bool_(True)}
+    with Checkpointer(tmp_path, async_save=False) as checkpointer:
+        _check_finite(dict(finite), 7, checkpointer)
+        with pytest.raises(NonFiniteError, match=rf"non-finite {re.escape(named)} at step 7; .*"
+                                                 "none: a rerun starts from scratch"):
+            _check_finite({**finite, **metrics}, 7, checkpointer)
+
+
 def test_busy_workdir_stops_a_second_run_before_any_work(tmp_path):
     """A second trainer on a workdir another run holds stops at once: nothing written."""
     from moejax.train.workdir_lock import WorkdirBusyError, workdir_lock
@@ -182,9 +205,7 @@ def test_resume_is_bitwise_identical(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("poisoned, value, named", [
-    ("loss", np.float32("nan"), "loss (nan)"),
     ("grad_norm", np.float32("inf"), "grad_norm (inf)"),  # NaN weights while the loss is fine
-    ("finite_state", np.bool_(False), "updated parameters"),
 ])
 def test_non_finite_step_stops_unsaved_and_resumes(tmp_path, monkeypatch, poisoned, value,
                                                     named):
@@ -246,7 +267,7 @@ def test_every_preset_trains_a_step(tmp_path, name):
     path, _, arg = name.partition(":")
     config = load_config(CONFIGS / path, arg or None)
     config.train.update(steps=1, batch_size=2, seq_len=16, eval_batches=1, progress=False,
-                        report=False, async_checkpoint=False)
+                        report=False, async_checkpoint=False, eval_top1_disabled=False)
     config.mesh.devices = 2  # the batch over two of the 8 test devices
     last = train_and_evaluate(config, tmp_path)
     assert last["step"] == 1 and np.isfinite(last["loss"])
