@@ -24,6 +24,17 @@ EXPERT = "expert"
 EXPERT_MLP = "expert_mlp"
 ROUTER_EXPERTS = "router_experts"
 
+# the config options that set each logical axis's size (for errors a user can act on)
+CONFIG_KEYS = MappingProxyType({
+    EMBED: "model.d_model",
+    VOCAB: "model.vocab_size",
+    HEADS: "model.num_heads",
+    KV_HEADS: "model.num_kv_heads",
+    MLP: "model.d_ff (or a shared expert's width)",
+    EXPERT: "model.moe.num_experts x model.moe.granularity",
+    EXPERT_MLP: "model.moe.d_hidden / model.moe.granularity (CartesianMoE: its sub-expert width)",
+})
+
 DEFAULT_RULES = MappingProxyType({
     BATCH: ("data", "fsdp", "expert"),
     EMBED: "fsdp",

@@ -64,8 +64,13 @@ def partition_spec(logical: tuple, shape: tuple, mesh, rules, where: str) -> Par
             size = math.prod(mesh.shape[a] for a in (target if isinstance(target, tuple)
                                                      else (target,)))
             if shape[dim] % size:
-                raise ValueError(f"{where}: dimension {dim} ({name}, size {shape[dim]}) is not "
-                                 f"divisible by mesh axis {target} of size {size}")
+                axes_names = target if isinstance(target, tuple) else (target,)
+                meshes = " x ".join(f"mesh.{a}={mesh.shape[a]}" for a in axes_names)
+                option = axes.CONFIG_KEYS.get(name, name)
+                raise ValueError(f"{option} = {shape[dim]} is not divisible by {meshes}: pick "
+                                 f"sizes that divide (parameter {where}: dimension {dim} "
+                                 f"({name}, size {shape[dim]}) is not divisible by mesh axis "
+                                 f"{target} of size {size})")
         mesh_axes.append(target)
     return PartitionSpec(*mesh_axes)
 

@@ -197,6 +197,18 @@ def plot_transitions(rows: list[dict], path: pathlib.Path) -> str | None:
 MAX_DOMAINS = 24
 
 
+def unseen_domains(rows: list[dict]) -> list[str]:
+    """Domains with no token in the last evaluation's batches ([] without domain counts)."""
+    counts, row = last_value(rows, "eval/routing/domain_counts")
+    if counts is None or np.ndim(counts) != 3:
+        return []
+    seen = np.asarray(counts, dtype=np.float64).sum((0, 1)) > 0
+    names = row.get("eval/domain_names") or last_value(rows, "eval/domain_names")[0]
+    if names is None or len(names) != len(seen):
+        names = [f"domain {d}" for d in range(len(seen))]
+    return [str(name) for name, kept in zip(names, seen, strict=True) if not kept]
+
+
 def plot_expert_domain(rows: list[dict], path: pathlib.Path) -> str | None:
     """Per router, P(top-1 expert | domain) over experts x domains, from the last eval.
 
@@ -215,7 +227,7 @@ def plot_expert_domain(rows: list[dict], path: pathlib.Path) -> str | None:
     if names is None or len(names) != num_domains:
         names = [f"domain {d}" for d in range(num_domains)]
     seen = counts.sum((0, 1)) > 0  # a domain the evaluation did not see has no column
-    empty = [str(name) for name, kept in zip(names, seen, strict=True) if not kept]
+    empty = unseen_domains(rows)
     counts, names = counts[:, :, seen], [name for name, kept in zip(names, seen) if kept]
     num_domains = len(names)
     if num_domains == 0:

@@ -104,6 +104,14 @@ def _markdown(workdir: pathlib.Path, rows, written, skipped) -> str:
              "`eval/` ones from the last evaluation.", "",
              "| quantity | value |", "|---|---|"]
     lines += [f"| {label} | {value} |" for label, value in _final_numbers(rows)]
+    unseen = plots.unseen_domains(rows)
+    if unseen:
+        lines += ["", f"**Warning:** {len(unseen)} domains have no token in the last "
+                  "evaluation's batches, so the domain NMI and the expert-by-domain map say "
+                  f"nothing about them: {', '.join(unseen[:20])}"
+                  f"{', ...' if len(unseen) > 20 else ''}. A domain of one document has no "
+                  "validation data (the trainer names those at the start); more "
+                  "`train.eval_batches` cover more of the others."]
     lines += ["", "## Plots", ""]
     for name, caption in written:
         lines += [f"### {caption}", "", f"![{caption}]({PLOT_DIR}/{name})", ""]

@@ -86,7 +86,8 @@ def test_expert_axis_that_does_not_divide_experts_is_an_error():
     mesh = make_mesh(MeshSpec(data=2, expert=4))
     spec = dict(SPEC, moe=dict(SPEC["moe"], num_experts=6))
     model = Decoder(decoder_spec_from_config(spec), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="experts/w_.*size 6.*mesh axis expert"):
+    with pytest.raises(ValueError, match=r"^model\.moe\.num_experts x model\.moe\.granularity "
+                                         r"= 6 is not divisible by mesh\.expert=4: .*experts/w_"):
         state_shardings(nnx.state(model), mesh)
 
 

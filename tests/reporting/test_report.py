@@ -96,6 +96,22 @@ def test_full_report_writes_all_plots_and_final_numbers(tmp_path):
     assert "Skipped" not in text
 
 
+def test_domains_the_evaluation_did_not_see_are_named(tmp_path):
+    """A domain with no token in the last evaluation: the report warns, naming it, and the
+    expert-by-domain map leaves its column out instead of drawing zeros."""
+    rows = _write_metrics(tmp_path)
+    counts = np.asarray(rows[-1]["eval/routing/domain_counts"])
+    counts[:, :, 1] = 0
+    rows[-1]["eval/routing/domain_counts"] = counts.tolist()
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    text = report.write_report(tmp_path).read_text()
+    assert f"**Warning:** 1 domains have no token in the last evaluation's batches, so the " \
+           f"domain NMI and the expert-by-domain map say nothing about them: {DOMAINS[1]}." in text
+    assert (tmp_path / "plots" / "expert_domain.png").read_bytes().startswith(PNG_HEADER)
+    _write_metrics(tmp_path)
+    assert "Warning" not in report.write_report(tmp_path).read_text()
+
+
 @pytest.mark.parametrize("kwargs, drawn, skipped", [
     (dict(routing=False, domains=False), ("loss.png",), ALL_PLOTS[1:]),
     (dict(routers=1, domains=False), ALL_PLOTS[:4], ("transitions.png", "expert_domain.png")),
