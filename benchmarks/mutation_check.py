@@ -1,0 +1,212 @@
+"""Mutation check: break one feature of the core at a time and see the suite notice.
+
+Each mutant replaces one snippet of moejax/ (it must occur exactly once) in a throw-away copy
+of the working tree and runs the tests named for it there; the mutant is caught when at least
+one of them fails. The named tests are first run on the unchanged copy, where they must pass:
+otherwise a "caught" would prove nothing. Slow (one pytest process per mutant), so it is not
+part of the default suite; README records its last result.
+
+Usage:
+  python benchmarks/mutation_check.py                 # every mutant
+  python benchmarks/mutation_check.py --only no_restore nan_guard_off
+  python benchmarks/mutation_check.py --json benchmarks/results/mutation_check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    name: str
+    what: str  # the feature it switches off, in words
+    path: str  # file under the repository root
+    old: str  # snippet replaced (must occur exactly once)
+    new: str
+    tests: tuple[str, ...]  # pytest node ids; at least one must fail
+
+
+MUTANTS = (
+    Mutant("no_restore", "checkpoints never restore: every run starts from scratch",
+           "moejax/train/checkpoint.py",
+           "        restore_one = functools.partial(_restore_step, self._manager, targets)\n",
+           "        return None\n",
+           ("tests/train/test_trainer.py::test_resume_is_bitwise_identical",)),
+    Mutant("no_sharding", "shard_model_and_optimizer leaves the state on one device",
+           "moejax/parallel/sharding.py",
+           "in place.\"\"\"\n", "in place.\"\"\"\n    return\n",
+           ("tests/parallel/test_sharding.py::test_parameters_and_moments_are_placed_by_the_rules",)),
+    Mutant("dense_ignores_drops", "the dense engine computes dropped slots",
+           "moejax/moe/engines/dense.py",
+           "kept = plan.kept[..., None]", "kept = jnp.ones_like(plan.kept)[..., None]",
+           ("tests/moe/test_engines.py::test_engine_matches_reference",)),
+    Mutant("dropless_ignores_drops", "the dropless engine computes a capacity plan's drops",
+           "moejax/moe/engines/dropless.py",
+           "kept = plan.kept[..., None]", "kept = jnp.ones_like(plan.kept)[..., None]",
+           ("tests/moe/test_engines.py::test_engine_matches_reference",)),
+    Mutant("capacity_ignores_drops", "the capacity engine reads dropped slots from the buffers",
+           "moejax/moe/engines/capacity.py",
+           "slot_row = jnp.where(plan.kept, slot_row, plan.num_experts * capacity)",
+           "slot_row = jnp.minimum(slot_row, plan.num_experts * capacity - 1)",
+           ("tests/moe/test_engines.py::test_engine_matches_reference",
+            "tests/moe/test_topk.py::test_block_and_record_match_reference")),
+    Mutant("router_ignores_disable_top1", "disable_top1 keeps each token's first choice",
+           "moejax/moe/router.py", "    if disable_top1:\n", "    if False:\n",
+           ("tests/moe/test_router.py::test_disable_top1",
+            "tests/moe/test_cartesian.py::test_disable_top1_reaches_both_routers",
+            "tests/moe/test_deepseek.py::test_disable_top1_reaches_the_routed_experts")),
+    Mutant("blocks_drop_disable_top1", "the Cartesian layer does not pass disable_top1 to B",
+           "moejax/moe/cartesian.py",
+           "y, record_b = self.sub_b(h, disable_top1=disable_top1)",
+           "y, record_b = self.sub_b(h)",
+           ("tests/moe/test_cartesian.py::test_disable_top1_reaches_both_routers",
+            "tests/models/test_decoder.py::test_decoder_matches_reference")),
+    Mutant("losses_drop_a_router", "every loss averages all routers but the last",
+           "moejax/regularizers/_routers.py",
+           "    return per_router.mean(), per_router",
+           "    kept = per_router[:-1] if per_router.shape[0] > 1 else per_router\n"
+           "    return kept.mean(), per_router",
+           ("tests/regularizers/test_load_balance.py::test_matches_reference_stacked",
+            "tests/regularizers/test_total.py::test_all_weights_on_decoder_record_match_reference")),
+    Mutant("sequence_lb_is_batch_lb", "lb_variant=sequence computes the micro-batch balance",
+           "moejax/regularizers/total.py",
+           "sequence_length=batch.sequence_length)", "sequence_length=None)",
+           ("tests/train/test_step.py::test_train_step_load_balance_variants_against_numpy",)),
+    Mutant("trainer_ignores_accumulation", "the trainer passes 1 micro-batch to the step",
+           "moejax/train/trainer.py", "train_cfg.grad_accumulation)\n", "1)\n",
+           ("tests/train/test_trainer.py::test_gradient_accumulation_through_the_trainer",)),
+    Mutant("nan_guard_off", "a non-finite step does not stop the run",
+           "moejax/train/trainer.py",
+           "            _check_finite(metrics, step_number, checkpointer)",
+           "            pass",
+           ("tests/train/test_trainer.py::test_non_finite_step_stops_unsaved_and_resumes",)),
+    Mutant("nan_guard_loss_only", "the NaN guard reads the loss only (as before issue 14)",
+           "moejax/train/trainer.py",
+           'for name in ("loss", "total_loss", "grad_norm")', 'for name in ("loss",)',
+           ("tests/train/test_trainer.py::test_non_finite_step_stops_unsaved_and_resumes",)),
+    Mutant("checksums_unverified", "restore and export skip the checksums",
+           "moejax/train/checkpoint.py",
+           '    listed = step_dir / CHECKSUMS\n', '    listed = step_dir / "nothing"\n',
+           ("tests/train/test_checkpoint.py::test_corrupt_latest_falls_back_with_a_warning",
+            "tests/train/test_checkpoint.py::test_altered_step_is_not_exported")),
+    Mutant("metrics_not_reconciled", "a resumed run appends to the interrupted run's rows",
+           "moejax/train/trainer.py", "keep_through_step=start)", "keep_through_step=10**9)",
+           ("tests/reliability/test_cases.py::test_killed_run_resumes_with_every_step_logged_once",)),
+    Mutant("sigterm_evaluates", "SIGTERM evaluates before it saves (22 s on the default run)",
+           "moejax/train/trainer.py", "            last = step_number == train_cfg.steps\n",
+           "            last = step_number == train_cfg.steps or stopping is not None\n",
+           ("tests/train/test_trainer.py::test_sigterm_saves_and_resumes",)),
+    Mutant("sigterm_exits_0", "SIGTERM exits 0 like a finished run",
+           "moejax/train/trainer.py", "    if stopped is not None:\n        raise stopped\n", "",
+           ("tests/train/test_trainer.py::test_sigterm_saves_and_resumes",)),
+    Mutant("resume_config_unchecked", "a changed model config reaches the tensor restore",
+           "moejax/train/trainer.py", "        _check_resume_config(saved_config, config, "
+           "checkpointer.directory)\n", "        pass\n",
+           ("tests/reliability/test_cases.py::test_changed_model_is_named_by_its_config_keys",)),
+    Mutant("lock_off", "the workdir lock is never taken",
+           "moejax/train/workdir_lock.py", "            handle = _acquire(path)\n",
+           "            handle = None\n",
+           ("tests/train/test_workdir_lock.py",
+            "tests/train/test_trainer.py::test_busy_workdir_stops_a_second_run_before_any_work")),
+)
+
+
+def _copy_tree(destination: pathlib.Path) -> None:
+    """The working tree as git sees it (tracked and untracked-but-not-ignored files)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"], cwd=ROOT, check=True,
+                            capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def _apply(tree: pathlib.Path, mutant: Mutant) -> None:
+    path = tree / mutant.path
+    text = path.read_text()
+    if text.count(mutant.old) != 1:
+        raise SystemExit(f"mutant {mutant.name}: the snippet occurs {text.count(mutant.old)} "
+                         f"times in {mutant.path} (the code changed: update the mutant)")
+    path.write_text(text.replace(mutant.old, mutant.new))
+
+
+def _pytest(tree: pathlib.Path, tests, timeout: int) -> tuple[int, list[str], float]:
+    """Runs the tests in `tree` with its own moejax first on the path -> (rc, failed, s)."""
+    env = dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
+    started = time.perf_counter()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-rf", "-p", "no:cacheprovider",
+             *tests], cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -1, ["(timed out)"], time.perf_counter() - started
+    failed = re.findall(r"^FAILED (.+?)(?: - .*)?$", result.stdout, re.MULTILINE)
+    if result.returncode not in (0, 1):  # 2-5: interrupted, internal, usage, no tests
+        print(result.stdout[-3000:], result.stderr[-3000:], sep="\n")
+    return result.returncode, failed, time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", help="mutant names (default: all)")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks/results/mutation_check.json"))
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per pytest run")
+    args = parser.parse_args()
+    chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
+    unknown = set(args.only or ()) - {m.name for m in MUTANTS}
+    if unknown:
+        parser.error(f"--only: unknown mutants {sorted(unknown)}; allowed: "
+                     f"{', '.join(m.name for m in MUTANTS)}")
+    with tempfile.TemporaryDirectory(prefix="moejax-mutants-") as scratch:
+        clean = pathlib.Path(scratch) / "clean"
+        _copy_tree(clean)
+        which = subprocess.run([sys.executable, "-c", "import moejax; print(moejax.__file__)"],
+                               cwd=clean, env=dict(os.environ, PYTHONPATH=str(clean)),
+                               capture_output=True, text=True, check=True).stdout.strip()
+        if not which.startswith(str(clean)):
+            raise SystemExit(f"the copy's tests would import {which}, not the copy")
+        all_tests = sorted({t for m in chosen for t in m.tests})
+        rc, failed, seconds = _pytest(clean, all_tests, args.timeout * 2)
+        print(f"unchanged tree: named tests {'pass' if rc == 0 else 'FAIL'} ({seconds:.0f} s)")
+        if rc != 0:
+            print("the named tests must pass before mutating:", failed)
+            return 1
+        rows = []
+        for mutant in chosen:
+            tree = pathlib.Path(scratch) / mutant.name
+            shutil.copytree(clean, tree)
+            _apply(tree, mutant)
+            rc, failed, seconds = _pytest(tree, mutant.tests, args.timeout)
+            caught = rc == 1 and bool(failed)
+            rows.append(dict(mutant=mutant.name, what=mutant.what, file=mutant.path,
+                             caught=caught, failed_tests=failed, returncode=rc,
+                             seconds=round(seconds, 1)))
+            print(f"{mutant.name:30s} {'caught' if caught else 'SURVIVED':9s} "
+                  f"{seconds:6.0f} s  {failed[0] if failed else ''}", flush=True)
+            shutil.rmtree(tree)
+    caught = sum(row["caught"] for row in rows)
+    print(f"\n{caught} of {len(rows)} mutants caught")
+    pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(args.json).write_text(json.dumps(
+        {"date": time.strftime("%Y-%m-%d"), "caught": caught, "mutants": rows}, indent=2) + "\n")
+    return 0 if caught == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
