@@ -98,7 +98,7 @@ MUTANTS = (
            'for name in ("loss", "total_loss", "grad_norm")', 'for name in ("loss",)',
            ("tests/train/test_trainer.py::test_non_finite_step_stops_unsaved_and_resumes",)),
     Mutant("checksums_unverified", "restore and export skip the checksums",
-           "moejax/train/checkpoint.py",
+           "moejax/train/checksums.py",
            '    listed = step_dir / CHECKSUMS\n', '    listed = step_dir / "nothing"\n',
            ("tests/train/test_checkpoint.py::test_corrupt_latest_falls_back_with_a_warning",
             "tests/train/test_checkpoint.py::test_altered_step_is_not_exported")),

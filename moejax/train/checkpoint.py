@@ -12,11 +12,9 @@ Training stage (outside the data path). One step is one Orbax Composite under
 | `data_state` | JsonSave     | data iterator state (JSON, or base64 when it is bytes)          |
 | `config`     | JsonSave     | `config.to_json_best_effort()`                                  |
 
-Every finished step also gets `<step>/checksums.json` (SHA-256 of each of its files), written
-by process 0 as soon as the step is on disk (for async saves, from Orbax's post-finalization
-callback). Restore and export verify it first; a step whose files do not match is unreadable.
-A step without the file (written before moejax had checksums, or killed between the save and
-the checksums) restores unverified, with a warning.
+Every finished step also gets `<step>/checksums.json` (train/checksums.py), written by process
+0 once the step is on disk (async saves: from Orbax's post-finalization callback) and verified
+before a restore or export; a step whose files do not match is unreadable.
 
 `Checkpointer.restore_latest` tries the newest step first; a step that does not restore
 (missing, truncated or altered files, a wrong step number) is logged as a warning and the next
@@ -36,10 +34,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
-import os
 import pathlib
 import shutil
 import time
@@ -52,12 +48,12 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from moejax.models.decoder import Decoder, DecoderSpec, decoder_spec_from_config
+from moejax.train.checksums import CHECKSUMS, verify_checksums, write_checksums
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
 CORRUPT = "checkpoints.corrupt"
 _JSON_ITEMS = ("meta", "data_state", "config")
-CHECKSUMS = "checksums.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,47 +126,6 @@ def config_json(config) -> dict:
     if isinstance(config, Mapping):
         return json.loads(json.dumps(dict(config), default=repr))
     raise TypeError(f"config must be a ConfigDict or a mapping, got {type(config).__name__}")
-
-
-def _step_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
-    return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != CHECKSUMS)
-
-
-def _sha256(path: pathlib.Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def write_checksums(step_dir: pathlib.Path) -> None:
-    """Writes `<step_dir>/checksums.json`: {relative path: SHA-256} of every file (atomically)."""
-    sums = {str(p.relative_to(step_dir)): _sha256(p) for p in _step_files(step_dir)}
-    partial = step_dir / (CHECKSUMS + ".tmp")
-    partial.write_text(json.dumps(sums, indent=0, sort_keys=True))
-    os.replace(partial, step_dir / CHECKSUMS)
-
-
-def verify_checksums(step_dir: pathlib.Path) -> bool:
-    """Checks a step's files against its checksums.json.
-
-    Returns:
-      True if verified; False if the step has no checksums.json (logged as a warning).
-
-    Raises:
-      ValueError: a file is missing, added or altered (names it).
-    """
-    listed = step_dir / CHECKSUMS
-    if not listed.is_file():
-        _warn("checkpoint %s has no %s: restoring it unverified", step_dir, CHECKSUMS)
-        return False
-    sums = json.loads(listed.read_text())
-    present = {str(p.relative_to(step_dir)) for p in _step_files(step_dir)}
-    for name in sorted(present ^ set(sums)):
-        raise ValueError(f"checksum mismatch: {name} is "
-                         f"{'missing' if name in sums else 'not in ' + CHECKSUMS} (in {step_dir})")
-    for name, digest in sums.items():
-        if _sha256(step_dir / name) != digest:
-            raise ValueError(f"checksum mismatch: {name} was altered (in {step_dir})")
-    return True
 
 
 def _abstract(tree):

@@ -18,7 +18,7 @@ from flax import nnx
 from moejax.cli import export as export_cli
 from moejax.models.decoder import Decoder, decoder_spec_from_config
 from moejax.moe.router import RouterBias
-from moejax.train import checkpoint
+from moejax.train import checkpoint, checksums
 
 MODEL = {"vocab_size": 19, "d_model": 16, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1,
          "d_ff": 24, "moe": {"num_experts": 4, "top_k": 2, "d_hidden": 8,
@@ -202,7 +202,7 @@ def test_altered_step_is_not_exported(two_steps, tmp_path):
         checkpoint.export(tmp_path, tmp_path / "out", step=2)
     checkpoint.export(tmp_path, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "config.json").read_text())["train"]["steps"] == 3
-    every_file = checkpoint.verify_checksums(tmp_path / "checkpoints" / "1")
+    every_file = checksums.verify_checksums(tmp_path / "checkpoints" / "1")
     assert every_file  # written with the step, and intact
 
 
