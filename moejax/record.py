@@ -35,8 +35,9 @@ class RoutingRecord:
       dropped: [R] int32 token-slots dropped by capacity.
       num_experts: [R] int32 true expert count of each router.
       top_k: [R] int32 true number of choices per token of each router.
-      pair_cos: [R, T, K, K] float32 cosine of the chosen experts' SwiGLU activations z,
-        or None when the block was not asked for it.
+      pair_cos: [R, T', K, K] float32 cosine of the chosen experts' SwiGLU activations z,
+        or None when the block was not asked for it; T' = T, or the `token_subset` of
+        `MoESpec.cosine_max_tokens` tokens. A dropped slot has cosine 0, with itself too.
     """
 
     logits: jax.Array
@@ -121,3 +122,16 @@ def concat_tokens(records: Sequence[RoutingRecord]) -> RoutingRecord:
                  if field.name not in (*summed, "num_experts", "top_k")
                  and getattr(first, field.name) is not None}
     return dataclasses.replace(first, **summed, **per_token)
+
+
+def token_subset(num_tokens: int, max_tokens: int | None) -> jax.Array | None:
+    """A fixed, evenly spaced subset of at most `max_tokens` of T token indices (or None).
+
+    The tokens whose cosines a block records (`MoESpec.cosine_max_tokens`) and the
+    specialization loss reads (`loss.sp_max_tokens`).
+    """
+    if max_tokens is None or max_tokens >= num_tokens:
+        return None
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens={max_tokens} must be >= 1")
+    return jnp.asarray((jnp.arange(max_tokens) * num_tokens) // max_tokens, jnp.int32)

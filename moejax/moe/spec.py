@@ -6,6 +6,7 @@ import dataclasses
 from typing import ClassVar
 
 from moejax.kernels import KERNEL_IMPLEMENTATIONS
+from moejax.kernels.grouped_matmul import check_grouped_matmul
 from moejax.moe.engines import ENGINES
 from moejax.moe.router import RouterSpec
 
@@ -29,10 +30,16 @@ class MoESpec:
         pairwise-cosine kernels (`moejax.kernels`) or their jnp references; "auto" is jnp
         until the Pallas kernels have been checked on a GPU. (Was `kernel`, a name the
         router's weight `Router.kernel` also has.)
+      grouped_matmul: the dropless engine's grouped matmul (`kernels.grouped_matmul`):
+        "auto" (tiled on CPU; tokamax on GPU when installed, else ragged_dot), "tiled",
+        "ragged_dot" or "tokamax".
       capacity_factor: C = ceil(capacity_factor * T * k / E) for the capacity engine.
       record_cosine: put each token's [K, K] cosine of its chosen experts in the record.
       cosine_source: what that cosine compares: "activation" (the SwiGLU z, for the
         specialization loss) or "output" (FFN_e(x), for the orthogonality baseline).
+      cosine_max_tokens: record that cosine for a fixed, evenly spaced subset of at most this
+        many tokens of the layer's T (None: all), gathering only their activations (set from
+        `loss.sp_max_tokens` by the trainer).
       router: routing options.
     """
 
@@ -46,9 +53,11 @@ class MoESpec:
     shared_mix: str = "sum"
     engine: str = "dropless"
     implementation: str = "auto"
+    grouped_matmul: str = "auto"
     capacity_factor: float = 1.25
     record_cosine: bool = False
     cosine_source: str = "activation"
+    cosine_max_tokens: int | None = None
     router: RouterSpec = dataclasses.field(default_factory=RouterSpec)
 
     # old option name -> new one: a config that still uses the old name gets an error naming
@@ -72,9 +81,13 @@ class MoESpec:
         if self.implementation not in KERNEL_IMPLEMENTATIONS:
             raise ValueError(f"moe.implementation={self.implementation!r}; allowed: "
                              f"{', '.join(KERNEL_IMPLEMENTATIONS)}")
+        check_grouped_matmul(self.grouped_matmul, "moe.grouped_matmul")
         if self.cosine_source not in ("activation", "output"):
             raise ValueError(f"moe.cosine_source={self.cosine_source!r}; allowed: activation, "
                              "output")
+        if self.cosine_max_tokens is not None and self.cosine_max_tokens < 1:
+            raise ValueError(f"moe.cosine_max_tokens={self.cosine_max_tokens} must be >= 1 "
+                             "(or None: all tokens)")
         if self.shared_mix not in ("sum", "softmax"):
             raise ValueError(f"moe.shared_mix={self.shared_mix!r}; allowed: sum, softmax")
         if self.capacity_factor <= 0:

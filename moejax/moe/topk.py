@@ -6,6 +6,8 @@ with one router on the record's leading axis.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -17,7 +19,7 @@ from moejax.moe.engines import ENGINES
 from moejax.moe.experts import Experts
 from moejax.moe.router import Router, Routing
 from moejax.moe.spec import MoESpec
-from moejax.record import RoutingRecord
+from moejax.record import RoutingRecord, token_subset
 
 
 def make_record(routing: Routing, plan, pair_cos: jax.Array | None) -> RoutingRecord:
@@ -47,7 +49,7 @@ def routed_experts_forward(x: jax.Array, routing: Routing, weights, spec: MoESpe
       x: [T, D] tokens in the compute dtype.
       routing: the router's output for x.
       weights: ExpertWeights in the compute dtype.
-      spec: the layer's options (engine, capacity, record_cosine).
+      spec: the layer's options (engine, capacity, record_cosine, cosine_max_tokens).
       engine: None for `ENGINES[spec.engine]`, or an engine object with `prepare_plan(plan)`
         and the engine contract (`moejax.parallel.ExpertParallel`); the plan it prepares
         (e.g. with extra drops marked) is the one the record reports.
@@ -63,17 +65,26 @@ def routed_experts_forward(x: jax.Array, routing: Routing, weights, spec: MoESpe
     plan = make_plan(routing.expert_idx, num_experts, capacity, routing.dispatch)
     if engine is None:
         engine = ENGINES[spec.engine]
+        if spec.engine == "dropless":
+            engine = functools.partial(engine, grouped_matmul=spec.grouped_matmul)
     else:
         plan = engine.prepare_plan(plan)
     with_z = spec.record_cosine and spec.cosine_source == "activation"
-    layout = "sorted" if use_pallas(spec.implementation) else "slots"  # where the kernel reads z
+    subset = token_subset(x.shape[0], spec.cosine_max_tokens) if spec.record_cosine else None
+    # where the cosine reads z: its rows in the engine's layout (the Pallas kernel, or only a
+    # subset of tokens), else z gathered to [T, K, F] slots
+    layout = "sorted" if use_pallas(spec.implementation) or subset is not None else "slots"
     y_slots, z = engine(x, plan, weights, activations=layout if with_z else None)
     y = combine(y_slots, routing.gates, plan.kept)
     pair_cos = None
     if with_z and layout == "sorted":
-        pair_cos = pairwise_cosine_sorted(z.rows, z.index, implementation=spec.implementation)
+        index = z.index if subset is None else z.index[subset]
+        pair_cos = pairwise_cosine_sorted(z.rows, index, implementation=spec.implementation)
     elif spec.record_cosine:
-        pair_cos = pairwise_cosine(z if with_z else y_slots, implementation=spec.implementation)
+        compared = z if with_z else y_slots
+        if subset is not None:
+            compared = compared[subset]
+        pair_cos = pairwise_cosine(compared, implementation=spec.implementation)
     return y, make_record(routing, plan, pair_cos)
 
 

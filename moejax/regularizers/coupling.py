@@ -3,7 +3,8 @@
 With `s^l` the pre-top-k softmax of router l and `P_t^l = sum_{e in TopK_t^l} s^l_te` its
 top-k mass, `R_cp = -mean_{l=1..L-1} mean_t P_t^l P_t^{l+1}` over adjacent routers in depth
 order. Options: `form="log"` gives `-mean log(P^l P^{l+1})`; `stop_gradient_deeper` treats
-router l+1 as a fixed teacher (unconfirmed in the paper).
+router l+1 as a fixed teacher (unconfirmed in the paper). Computed in float32, or float64 for
+float64 inputs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from moejax.layers.dtypes import at_least_float32
 from moejax.regularizers._routers import mean_over_routers, with_router_axis
 
 FORMS = ("product", "log")
@@ -41,7 +43,8 @@ def coupling_loss(probs, expert_idx, *, form="product", stop_gradient_deeper=Fal
     """
     if form not in FORMS:
         raise ValueError(f"form={form!r}; allowed: {', '.join(FORMS)}")
-    probs = with_router_axis(jnp.asarray(probs, jnp.float32), 2)
+    probs = jnp.asarray(probs)
+    probs = with_router_axis(probs.astype(at_least_float32(probs.dtype)), 2)
     expert_idx = with_router_axis(jnp.asarray(expert_idx), 2)
     if probs.shape[0] < 2:
         raise ValueError(f"the coupling loss needs >= 2 routers in depth order, got "

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from moejax.record import RoutingRecord
 from moejax.regularizers.coupling import topk_mass
+from moejax.regularizers.specialization import kept_pair_sums
 
 
 def _sum(x, axis_name):
@@ -112,12 +113,10 @@ def routing_metrics(record: RoutingRecord, *, domains=None, num_domains=None, ax
         "topk_mass": _sum(topk_mass(record.probs, record.expert_idx).sum(-1), axis_name) / tokens,
         **_load_metrics(record, valid, axis_name),
     }
-    if record.pair_cos is not None:
-        k = record.top_k.astype(jnp.float32)
-        off_diagonal = (record.pair_cos**2).sum((-2, -1)) - (jnp.diagonal(
-            record.pair_cos, axis1=-2, axis2=-1) ** 2).sum(-1)
-        summed = _sum(off_diagonal.sum(-1), axis_name)
-        metrics["specialization"] = summed / (tokens * jnp.maximum(k * (k - 1), 1.0))
+    if record.pair_cos is not None:  # the specialization loss's value: mean over kept pairs
+        summed, pairs = kept_pair_sums(record.pair_cos.astype(jnp.float32), record.top_k)
+        metrics["specialization"] = (_sum(summed.sum(-1), axis_name)
+                                     / jnp.maximum(_sum(pairs.sum(-1), axis_name), 1.0))
     if record.num_routers >= 2:
         metrics["pathway_entropy"] = pathway_entropy(record, axis_name)
         metrics["transitions"] = transition_counts(record, axis_name)

@@ -2,10 +2,13 @@
 docs/methods.md section 5).
 
 For each router and token, over the k routed experts the token activated:
-`R_sp = mean_routers mean_t 1/(k(k-1)) sum_{e != v in TopK_t} cos(z_e(x_t), z_v(x_t))^2`,
-with z the SwiGLU activation (input of the down projection). Squared cosine by default
+`R_sp = mean_routers mean_{(t, e, v) kept} cos(z_e(x_t), z_v(x_t))^2`, the mean over every
+ordered pair e != v of experts that token t activated and whose slots were kept (a slot
+dropped by capacity has z = 0 and no cosine; without drops this is mean_t 1/(k(k-1)) sum).
+z is the SwiGLU activation (input of the down projection). Squared cosine by default
 (`mode="square"`, pushes towards orthogonal); `mode="abs"` uses |cos|. No gate weighting;
-gradients reach both experts and x. It needs k >= 2.
+gradients reach both experts and x. It needs k >= 2. Computed in float32, or float64 for
+float64 inputs.
 """
 
 from __future__ import annotations
@@ -14,23 +17,39 @@ import jax
 import jax.numpy as jnp
 
 from moejax.kernels import pairwise_cosine as kernel_pairwise_cosine
+from moejax.layers.dtypes import at_least_float32
+from moejax.record import token_subset
 from moejax.regularizers._routers import mean_over_routers, with_router_axis
 
 MODES = ("square", "abs")
 
 
-def token_subset(num_tokens: int, max_tokens: int | None) -> jax.Array | None:
-    """A fixed, evenly spaced subset of at most `max_tokens` of T token indices (or None)."""
-    if max_tokens is None or max_tokens >= num_tokens:
-        return None
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens={max_tokens} must be >= 1")
-    return jnp.asarray((jnp.arange(max_tokens) * num_tokens) // max_tokens, jnp.int32)
-
-
 def _check_mode(mode):
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}; allowed: {', '.join(MODES)}")
+
+
+def kept_pair_sums(cos, top_k=None, mode="square"):
+    """Per-token sums over kept pairs: (sum of the penalty [R, T], number of pairs [R, T]).
+
+    A pair (i, j), i != j, counts when both slots are among the router's true top_k (K may
+    be padded) and both were kept: a dropped slot's activation is the zero vector, whose
+    cosine with everything, itself included, is 0, so a slot is kept where cos[t, j, j] = 1.
+
+    Args:
+      cos: [R, T, K, K] cosines.
+      top_k: true k per router (int or [R]); default K.
+      mode: "square" (cos^2) or "abs" (|cos|).
+    """
+    _check_mode(mode)
+    routers, _, slots, _ = cos.shape
+    k = jnp.broadcast_to(jnp.asarray(slots if top_k is None else top_k), (routers,))
+    valid = jnp.arange(slots, dtype=k.dtype)[None, :] < k[:, None]  # [R, K]
+    kept = (jnp.diagonal(cos, axis1=-2, axis2=-1) > 0.5) & valid[:, None, :]  # [R, T, K]
+    pair = kept[..., :, None] & kept[..., None, :] & ~jnp.eye(slots, dtype=bool)
+    penalty = cos**2 if mode == "square" else jnp.abs(cos)
+    return (jnp.where(pair, penalty, 0.0).sum((-2, -1)),
+            pair.sum((-2, -1)).astype(cos.dtype))
 
 
 def specialization_loss_from_cosine(cos, *, top_k=None, mode="square", max_tokens=None):
@@ -40,26 +59,23 @@ def specialization_loss_from_cosine(cos, *, top_k=None, mode="square", max_token
       cos: [R, T, K, K] or [T, K, K] cosines between each token's chosen experts.
       top_k: true k per router (int or [R]) when K is padded; default K.
       mode: "square" (cos^2) or "abs" (|cos|).
-      max_tokens: evaluate on a fixed, evenly spaced subset of this many tokens.
+      max_tokens: evaluate on a fixed, evenly spaced subset of this many tokens (the blocks
+        may already have taken it: `MoESpec.cosine_max_tokens`).
 
     Returns:
-      (mean over routers [], per-router values [R]).
+      (mean over routers [], per-router values [R]): each router's mean over its kept pairs.
     """
     _check_mode(mode)
-    cos = with_router_axis(jnp.asarray(cos, jnp.float32), 3)
-    routers, tokens, slots, _ = cos.shape
-    if slots < 2:
-        raise ValueError(f"the specialization loss needs top_k >= 2 experts per token, got {slots}")
-    subset = token_subset(tokens, max_tokens)
+    cos = jnp.asarray(cos)
+    cos = with_router_axis(cos.astype(at_least_float32(cos.dtype)), 3)
+    if cos.shape[2] < 2:
+        raise ValueError(f"the specialization loss needs top_k >= 2 experts per token, got "
+                         f"{cos.shape[2]}")
+    subset = token_subset(cos.shape[1], max_tokens)
     if subset is not None:
         cos = cos[:, subset]
-    k = jnp.broadcast_to(jnp.asarray(slots if top_k is None else top_k), (routers,))
-    valid = jnp.arange(slots, dtype=k.dtype)[None, :] < k[:, None]  # [R, K]
-    pair = valid[:, :, None] & valid[:, None, :] & ~jnp.eye(slots, dtype=bool)
-    penalty = cos**2 if mode == "square" else jnp.abs(cos)
-    summed = jnp.where(pair[:, None], penalty, 0.0).sum((-2, -1))  # [R, T']
-    pairs = (k * (k - 1)).astype(jnp.float32)
-    return mean_over_routers(summed.mean(-1) / jnp.maximum(pairs, 1.0))
+    summed, pairs = kept_pair_sums(cos, top_k, mode)
+    return mean_over_routers(summed.sum(-1) / jnp.maximum(pairs.sum(-1), 1.0))
 
 
 def pairwise_cosine(z: jax.Array) -> jax.Array:

@@ -120,5 +120,6 @@ def specs_from_config(config) -> tuple[DecoderSpec, LossSpec]:
     # the losses' needs, or an explicit model.moe.record_cosine (to measure specialization)
     moe = dataclasses.replace(model.moe, record_cosine=source is not None or
                               model.moe.record_cosine,
-                              cosine_source=source or model.moe.cosine_source)
+                              cosine_source=source or model.moe.cosine_source,
+                              cosine_max_tokens=loss.sp_max_tokens)
     return dataclasses.replace(model, moe=moe), loss

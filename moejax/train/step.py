@@ -72,7 +72,8 @@ def _mean(trees):
 
 
 @functools.partial(nnx.jit, static_argnames=("loss_spec", "micro_batches"))
-def train_step(model, optimizer, tokens: jax.Array, loss_spec: LossSpec, micro_batches: int = 1):
+def train_step(model, optimizer, tokens: jax.Array, loss_spec: LossSpec, micro_batches: int = 1,
+               log_routing=True):
     """One optimizer step; returns a dict of metrics (with "finite_state": whether every
     parameter is finite after the update).
 
@@ -84,6 +85,9 @@ def train_step(model, optimizer, tokens: jax.Array, loss_spec: LossSpec, micro_b
         means over the micro-batches, which have equal sizes, so the step equals one step on
         the whole batch wherever the loss is a mean over tokens; the global-batch load
         balance gets the loads of all micro-batches (one extra forward pass each).
+      log_routing: [] bool (traced: one compile for both values): compute the "routing/*"
+        metrics (entropy, loads, transitions, ...); when False they are zeros, not computed.
+        The trainer asks for them on logged steps only.
     """
     batches = [tokens[m::micro_batches] for m in range(micro_batches)]
     has_routers = bool(model.routers())
@@ -105,7 +109,10 @@ def train_step(model, optimizer, tokens: jax.Array, loss_spec: LossSpec, micro_b
         if loss_spec.bias_rate > 0:
             _update_router_biases(model, record.tokens_per_expert, record.num_experts,
                                   loss_spec.bias_rate)
-        metrics.update(_routing_summary(record))
+        summary = jax.eval_shape(_routing_summary, record)
+        metrics.update(jax.lax.cond(
+            log_routing, _routing_summary,
+            lambda _: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), summary), record))
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["finite_state"] = _all_finite(nnx.state(model, nnx.Param))  # the trainer's NaN guard
     return metrics

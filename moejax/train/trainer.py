@@ -279,13 +279,15 @@ def _train(config, workdir: pathlib.Path) -> dict:
             step_started = time.perf_counter()
             batch = next(train_batches)
             tokens = jax.make_array_from_process_local_data(tokens_sharding, batch["tokens"])
+            last = step_number == train_cfg.steps
+            logged = (step_number % train_cfg.log_every == 0 or last
+                      or step_number % train_cfg.eval_every == 0)
             metrics = step.train_step(model, optimizer, tokens, loss_spec,
-                                      train_cfg.grad_accumulation)
+                                      train_cfg.grad_accumulation, np.bool_(logged))
             _check_finite(metrics, step_number, checkpointer)  # waits for the step
             if step_number > start + 1:  # the first step of a run includes compilation
                 step_seconds.append(time.perf_counter() - step_started)
             stopping = stop.signal  # read once: a signal arriving later waits for the next step
-            last = step_number == train_cfg.steps
             elapsed = time.perf_counter() - started
             bar.update(1)
             bar.set_postfix(loss=f"{float(metrics['loss']):.3f}",
@@ -294,8 +296,9 @@ def _train(config, workdir: pathlib.Path) -> dict:
                 metrics.update(evaluate(model, data_spec, train_cfg, config.seed,
                                         len(domain_names), tokens_sharding),
                                **{"eval/domain_names": domain_names})
-            if (step_number % train_cfg.log_every == 0 or last or stopping is not None
-                    or "val_loss" in metrics):
+            if logged or stopping is not None:  # a signal's row has no routing metrics
+                if not logged:
+                    metrics = {k: v for k, v in metrics.items() if not k.startswith("routing/")}
                 metrics["tokens_per_s"] = (step_number - start) * tokens_per_step / elapsed
                 if step_seconds:  # data + step, median since the start of this run
                     metrics["step_ms"] = 1e3 * float(np.median(step_seconds))

@@ -1,4 +1,10 @@
-"""Engines against the oracle and against each other, values and gradients."""
+"""Engines against the oracle and against each other, values and gradients.
+
+The dropless engine runs in both layouts: "tiled" (CPU's default; small and large tiles, so
+that groups span several tiles and padding tiles are skipped) and "ragged_dot" (GPU's).
+"""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +20,15 @@ from moejax.moe.router import RouterSpec, route
 from tests.reference import moe_ref, swiglu_ref
 
 T, D, E, K, F = 37, 10, 6, 3, 12
+VARIANTS = {
+    "dense": ENGINES["dense"],
+    "capacity": ENGINES["capacity"],
+    "dropless_tiled": functools.partial(ENGINES["dropless"], grouped_matmul="tiled"),
+    "dropless_tiled32": functools.partial(ENGINES["dropless"], grouped_matmul="tiled",
+                                          tile_rows=32),
+    "dropless_ragged_dot": functools.partial(ENGINES["dropless"], grouped_matmul="ragged_dot"),
+}
+ROUTED = [name for name in VARIANTS if name != "dense"]
 SMALL_CAPACITY = capacity_for(T, K, E, 0.5)  # ceil(9.25) = 10 slots per expert: drops
 LARGE_CAPACITY = T * K  # no expert can overflow
 
@@ -36,8 +51,8 @@ def _capacity(engine, capacity):
 def _forward(engine, x, w_router, w_gate, w_up, w_down, capacity):
     routing = route(x, w_router, RouterSpec(), K)
     plan = make_plan(routing.expert_idx, E, capacity)
-    y_slots, z_slots = ENGINES[engine](x, plan, ExpertWeights(w_gate, w_up, w_down),
-                                       activations="slots")
+    y_slots, z_slots = VARIANTS[engine](x, plan, ExpertWeights(w_gate, w_up, w_down),
+                                        activations="slots")
     return combine(y_slots, routing.gates, plan.kept), y_slots, z_slots, plan
 
 
@@ -53,7 +68,7 @@ def _slots_ref(inputs, info):
     return y_slots
 
 
-@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize("engine", sorted(VARIANTS))
 @pytest.mark.parametrize("capacity", [None, SMALL_CAPACITY])
 def test_engine_matches_reference(engine, capacity):
     capacity = _capacity(engine, capacity)
@@ -75,12 +90,12 @@ def test_engine_matches_reference(engine, capacity):
 def test_engines_agree_without_drops():
     inputs = list(map(jnp.asarray, _inputs(6)))
     outputs = {}
-    for engine in ENGINES:
+    for engine in VARIANTS:
         y, y_slots, z_slots, plan = _forward(engine, *inputs, _capacity(engine, None))
         if engine == "capacity":  # LARGE_CAPACITY holds every slot (the others have no capacity)
             assert int(plan.dropped) == 0
         outputs[engine] = (y, y_slots, z_slots)
-    for engine in ("capacity", "dropless"):
+    for engine in ROUTED:
         for got, want in zip(outputs[engine], outputs["dense"]):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     y_ref, _ = moe_ref(*_inputs(6), top_k=K)
@@ -88,11 +103,11 @@ def test_engines_agree_without_drops():
                                rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize("engine", sorted(VARIANTS))
 def test_engine_without_activations(engine):
     x, w_router, *weights = map(jnp.asarray, _inputs(7))
     plan = make_plan(route(x, w_router, RouterSpec(), K).expert_idx, E, SMALL_CAPACITY)
-    y_slots, z_slots = ENGINES[engine](x, plan, ExpertWeights(*weights))
+    y_slots, z_slots = VARIANTS[engine](x, plan, ExpertWeights(*weights))
     assert z_slots is None and y_slots.shape == (T, K, D) and y_slots.dtype == jnp.float32
 
 
@@ -109,27 +124,28 @@ def test_engine_gradients_match_dense(capacity):
     target = jnp.asarray(np.random.default_rng(2).normal(size=(T, D)).astype(np.float32))
 
     def grads(engine):
-        def loss(*args):
-            y = _forward(engine, *args, _capacity(engine, capacity))[0]
-            return jnp.sum((y - target) ** 2)
+        def loss(*args):  # through y and z: z's cotangent joins the experts' backward
+            y, _, z_slots, _ = _forward(engine, *args, _capacity(engine, capacity))
+            return jnp.sum((y - target) ** 2) + jnp.sum(jnp.sin(z_slots))
 
         return jax.grad(loss, argnums=(0, 1, 2, 3, 4))(*inputs)
 
     want = grads("dense")
-    for engine in ("capacity", "dropless"):
+    for engine in ROUTED:
         got = grads(engine)
         for name, g, w in zip(("x", "w_router", "w_gate", "w_up", "w_down"), got, want):
             assert np.abs(np.asarray(w)).max() > 0, name
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4, err_msg=f"{engine} {name}")
 
 
-@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize("engine", sorted(VARIANTS))
 def test_engine_check_grads_float64(engine):
     with jax.enable_x64(True):
         inputs = [jnp.asarray(a) for a in _inputs(3, np.float64)]
         capacity = SMALL_CAPACITY if engine == "capacity" else None
 
         def f(x, w_gate, w_up, w_down):
-            return _forward(engine, x, inputs[1], w_gate, w_up, w_down, capacity)[0]
+            y, _, z_slots, _ = _forward(engine, x, inputs[1], w_gate, w_up, w_down, capacity)
+            return y, z_slots
 
         check_grads(f, (inputs[0], *inputs[2:]), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)

@@ -75,3 +75,29 @@ def test_old_kernel_option_names_its_new_name():
     with pytest.raises(ValueError,
                        match=r"^model.moe.kernel was renamed model.moe.implementation$"):
         decoder_spec_from_config(config)
+
+
+@pytest.mark.parametrize("engine", ["dense", "capacity", "dropless"])
+def test_cosine_of_a_token_subset_equals_the_full_cosine_there(engine):
+    """cosine_max_tokens reads only the subset's activations: the values and gradients of the
+    full record's cosines at those tokens."""
+    subset = np.asarray((np.arange(9) * TOKENS) // 9)
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(TOKENS, D_MODEL)), jnp.float32)
+    results = []
+    for max_tokens in (None, 9):
+        spec = MoESpec(num_experts=8, top_k=2, d_hidden=8, engine=engine, capacity_factor=0.75,
+                       record_cosine=True, cosine_max_tokens=max_tokens)
+        graphdef, params = nnx.split(TopKMoE(D_MODEL, spec, rngs=nnx.Rngs(0)))
+
+        def penalty(params, x):
+            cos = nnx.merge(graphdef, params)(x)[1].pair_cos[0]
+            return jnp.sum(jnp.square(cos if max_tokens else cos[subset])), cos
+
+        results.append(jax.value_and_grad(penalty, argnums=(0, 1), has_aux=True)(params, x))
+    (full_value, full_cos), full_grads = results[0]
+    (value, cos), grads = results[1]
+    assert cos.shape == (9, 2, 2)
+    np.testing.assert_allclose(cos, full_cos[subset], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(value, full_value, rtol=1e-6)
+    for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(full_grads), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

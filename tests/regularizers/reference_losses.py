@@ -109,24 +109,28 @@ def _penalty(c, mode):
     raise ValueError(mode)
 
 
-def _specialization_one(cos_of, tokens, top_k, mode):
-    """mean_t 1/(k(k-1)) sum_{e != v} penalty(cos_tev) over the given tokens."""
-    total = 0.0
+def _specialization_one(cos_of, tokens, top_k, mode, kept=None):
+    """Mean of penalty(cos_tev) over the pairs e != v of the given tokens whose slots were
+    both kept (kept[t][e]; default all): mean_t 1/(k(k-1)) sum_{e != v} without drops."""
+    total, pairs = 0.0, 0
     for t in tokens:
-        pairs = sum(_penalty(cos_of(t, e, v), mode)
-                    for e in range(top_k) for v in range(top_k) if e != v)
-        total += pairs / (top_k * (top_k - 1))
-    return total / len(tokens)
+        for e in range(top_k):
+            for v in range(top_k):
+                if e != v and (kept is None or (kept[t][e] and kept[t][v])):
+                    total += _penalty(cos_of(t, e, v), mode)
+                    pairs += 1
+    return total / max(pairs, 1)
 
 
-def specialization(z, *, mode="square", max_tokens=None):
-    """R_sp from activations z: per router [T, K, F]."""
+def specialization(z, *, mode="square", max_tokens=None, kept=None):
+    """R_sp from activations z: per router [T, K, F]; kept: per router [T, K] bool."""
     per_router = []
-    for zr in routers(z):
+    for r, zr in enumerate(routers(z)):
         zr = _f64(zr)
         tokens = subset(zr.shape[0], max_tokens)
         per_router.append(_specialization_one(lambda t, e, v: cosine(zr[t, e], zr[t, v]),
-                                              tokens, zr.shape[1], mode))
+                                              tokens, zr.shape[1], mode,
+                                              None if kept is None else kept[r]))
     return _mean(per_router)
 
 

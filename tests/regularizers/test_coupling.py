@@ -130,3 +130,15 @@ def test_gradient_matches_finite_differences(form):
     fd = central_difference(lambda p: cp_ref(list(p), routers.expert_idx, form=form)[0],
                             probs64, direction)
     assert_directional(grad, direction, fd)
+
+
+def test_float64_in_float64_out_and_exact():
+    """float64 probabilities are not rounded through float32: the value equals the float64
+    reference to 1e-12 (float32 math would be off by about 1e-8)."""
+    routers = random_routers(50)
+    probs64 = np.stack(routers.probs).astype(np.float64)
+    with jax.enable_x64(True):
+        mean, per_pair = coupling_loss(jnp.asarray(probs64), stack(routers.expert_idx))
+        assert mean.dtype == per_pair.dtype == jnp.float64
+        want = cp_ref(list(probs64), routers.expert_idx)[0]
+        np.testing.assert_allclose(float(mean), want, rtol=1e-12)

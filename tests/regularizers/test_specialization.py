@@ -162,3 +162,28 @@ def test_zero_activation_has_cosine_zero_and_finite_gradient():
     grad = jax.grad(lambda x: specialization_loss(x)[0])(z)
     assert bool(jnp.isfinite(grad).all())
     assert float(jnp.abs(grad[4, 1]).max()) == 0.0
+
+
+def test_dropped_slots_leave_the_mean():
+    """A dropped slot (z = 0) adds no pairs: the mean is over kept pairs only (k=2 here, with
+    the issue's 20 of 58 slots dropped; counting them as cosine 0 would dilute the value)."""
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(29, 2, F)) + 1.5 * rng.normal(size=(29, 1, F))  # correlated pairs
+    kept = np.ones((29, 2), bool)
+    kept[rng.choice(29, 20, replace=False), rng.integers(0, 2, 20)] = False
+    z[~kept] = 0.0
+    want = sp_ref(z[None], kept=kept[None])
+    diluted = sp_ref(z[None])  # every pair counted, dropped ones with cosine 0
+    assert want > 2 * diluted
+    check_mean_and_per_router(specialization_loss(jnp.asarray(z, jnp.float32)), want)
+    cos = pairwise_cosine(jnp.asarray(z, jnp.float32))
+    check_mean_and_per_router(specialization_loss_from_cosine(cos), want)
+
+
+def test_float64_in_float64_out():
+    with jax.enable_x64(True):
+        z = jnp.asarray(random_routers(32).z[0], jnp.float64)
+        mean, per_router = specialization_loss(z)
+        assert mean.dtype == per_router.dtype == jnp.float64
+        mean, _ = specialization_loss_from_cosine(pairwise_cosine(z))
+        assert mean.dtype == jnp.float64

@@ -97,3 +97,25 @@ def test_train_step_load_balance_variants_against_numpy():
         np.testing.assert_allclose(float(metrics["aux/lb"]), want, rtol=1e-5)
         np.testing.assert_allclose(float(metrics["total_loss"] - metrics["loss"]), 2.0 * want,
                                    rtol=1e-5)
+
+
+def test_routing_metrics_only_when_asked():
+    """log_routing=False (the trainer's unlogged steps) skips the routing metrics: zeros of
+    the same shapes, and the same update; one compiled step serves both."""
+    tokens, spec = _tokens(), LossSpec(lb=0.01, sp=0.1)
+    states, metrics = [], []
+    for log_routing in (True, False):
+        model = _model()
+        optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+        metrics.append(step.train_step(model, optimizer, tokens, spec, 1,
+                                       np.bool_(log_routing)))
+        states.append(nnx.state(model, nnx.Param))
+    for g, w in zip(jax.tree.leaves(states[1]), jax.tree.leaves(states[0]), strict=True):
+        np.testing.assert_array_equal(g, w)
+    routing = [name for name in metrics[0] if name.startswith("routing/")]
+    assert "routing/entropy" in routing and "routing/transitions" in routing
+    assert float(np.asarray(metrics[0]["routing/tokens_per_expert"]).sum()) == 2 * 2 * 8 * 2
+    for name in routing:
+        assert np.asarray(metrics[1][name]).shape == np.asarray(metrics[0][name]).shape
+        assert not np.asarray(metrics[1][name]).any(), name
+    np.testing.assert_array_equal(metrics[1]["loss"], metrics[0]["loss"])
