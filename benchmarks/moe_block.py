@@ -28,8 +28,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from moejax.layers.ffn import init_swiglu_weights, swiglu
 from moejax.kernels import resolve_grouped_matmul
+from moejax.layers.ffn import init_swiglu_weights, swiglu
 from moejax.moe.dispatch import capacity_for
 from moejax.moe.experts import ExpertWeights, experts_on_buffers
 from moejax.moe.router import RouterSpec, route

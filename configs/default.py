@@ -39,6 +39,9 @@ def get_config(arg=None):
     # CartesianMoE sub-expert width (None: d_hidden // 2)
     config.model.moe.sub_d_hidden = ml_collections.config_dict.placeholder(int)
     config.model.moe.engine = "dropless"  # "dense", "capacity" or "dropless"
+    # dropless engine's grouped matmul: "auto" (tiled on CPU; tokamax on GPU when installed,
+    # else ragged_dot), "tiled", "ragged_dot" or "tokamax"
+    config.model.moe.grouped_matmul = "auto"
     # fused top-k dispatch and pairwise-cosine kernels: "auto" (jnp until checked on a GPU),
     # "pallas" (interpret mode on CPU: slow) or "jnp"
     config.model.moe.implementation = "auto"

@@ -21,7 +21,11 @@ from moejax.experiments.suites import CLAIMS, SUITES, variant_config
 from moejax.options import flat_config
 from moejax.reporting import plots
 from moejax.reporting.metrics import METRICS_FILE, read_metrics
+from moejax.train.step_time import compiled_step, interleaved_ms
 from moejax.train.trainer import train_and_evaluate
+
+STEP_TIME_FILE = "step_time.json"
+STEP_TIME_ROUNDS = {False: 10, True: 2}  # interleaved rounds per step-time claim (quick: 2)
 
 COLUMNS = (("val_loss", "val loss"), ("val_perplexity", "val ppl"),
            ("routing_entropy", "routing entropy"), ("specialization", "specialization"),
@@ -74,9 +78,33 @@ def _label_run(directory: pathlib.Path, label: str) -> None:
         path.write_text("\n".join([*labels, label]) + "\n")
 
 
+def measure_step_times(suite: str, workdir, *, quick: bool = False, config_dir=None,
+                       extra=None) -> dict:
+    """The step-time claims' evidence: the two variants of each such claim (seed 0), compiled,
+    then timed interleaved (`moejax/train/step_time.py`); {variant: [ms per round]}, kept in
+    DIR/<suite>/step_time.json and measured again only when a variant's config changed."""
+    path = pathlib.Path(workdir).resolve() / suite / STEP_TIME_FILE
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    names = sorted({name for claim in CLAIMS[suite] if claim.metric == "step_ms_overhead"
+                    for name in (claim.better, claim.than)})
+    variants = {v.name: v for v in SUITES[suite]}
+    configs = {name: variant_config(variants[name], seed=0, quick=quick, config_dir=config_dir,
+                                    extra=extra) for name in names}
+    keys = {name: run_dir(path.parent.parent, config).parent.name
+            for name, config in configs.items()}
+    if names and saved.get("configs") != keys:
+        print(f"[{suite}] timing {', '.join(names)} interleaved", flush=True)
+        steps = {name: compiled_step(config) for name, config in configs.items()}
+        saved = {"configs": keys, "ms": interleaved_ms(steps, STEP_TIME_ROUNDS[quick])}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(saved, indent=1) + "\n")
+    return saved.get("ms", {})
+
+
 def run_suite(suite: str, workdir, *, seeds: int, quick: bool = False, config_dir=None,
               extra=None) -> dict:
-    """Trains every (variant, seed) not yet finished; returns variant name -> rows per seed."""
+    """Trains every (variant, seed) not yet finished, then times the step-time claims'
+    variants; returns variant name -> rows per seed."""
     workdir = pathlib.Path(workdir).resolve()
     runs = {}
     for variant in SUITES[suite]:
@@ -91,6 +119,7 @@ def run_suite(suite: str, workdir, *, seeds: int, quick: bool = False, config_di
                 print(f"[{suite}] {variant.name} seed {seed} -> {directory}", flush=True)
                 train_and_evaluate(config, directory)
             runs[variant.name].append(read_metrics(directory / METRICS_FILE))
+    measure_step_times(suite, workdir, quick=quick, config_dir=config_dir, extra=extra)
     return runs
 
 
@@ -104,10 +133,11 @@ def claim_results(suite: str, finals: dict) -> list[tuple]:
     `finals` is variant name -> metric -> per-seed values."""
     out = []
     for claim in CLAIMS[suite]:
-        if claim.metric == "step_ms_overhead":
-            a, b = finals[claim.better]["step_ms"], finals[claim.than]["step_ms"]
+        if claim.metric == "step_ms_overhead":  # interleaved rounds, paired by round
+            a = finals[claim.better].get("step_ms_interleaved", [])
+            b = finals[claim.than].get("step_ms_interleaved", [])
             label, value, se = stats.overhead_verdict(a, b)
-            shown = f"overhead {value:+.2%} ± {se:.2%}"
+            shown = f"overhead {value:+.2%} ± {se:.2%} ({len(a)} interleaved rounds)"
         else:
             a, b = finals[claim.better][claim.metric], finals[claim.than][claim.metric]
             label, value, se = stats.verdict(a, b, lower_is_better=claim.lower_is_better)
@@ -159,6 +189,10 @@ def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
         if variant.overrides.get("loss.orth", 0) > 0:
             finals[variant.name]["specialization"] = [math.nan] * len(per_seed)
             output_cosine.append(variant.name)
+    step_times = suite_dir / STEP_TIME_FILE
+    if step_times.exists():  # per-round times of the step-time claims' variants
+        for name, ms in json.loads(step_times.read_text())["ms"].items():
+            finals[name]["step_ms_interleaved"] = ms
     seeds = len(next(iter(runs.values())))
     columns = [(key, label) for key, label in COLUMNS  # those measured for some variant
                if any(v == v for name in runs for v in finals[name][key])]

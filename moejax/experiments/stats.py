@@ -10,7 +10,8 @@ share each seed's initial weights and data order, so they are compared seed by s
 That is a two-sided paired t-test at the 5% level: with 3 seeds t = 4.30, so a "2 se" rule
 would call about one null claim in five. Arms of different lengths fall back to Welch's test:
 se = sqrt(s_A^2 / n_A + s_B^2 / n_B) with the Welch-Satterthwaite degrees of freedom.
-The step-time overhead claim ("< 2% extra") is paired by seed: r_i = t_A,i / t_B,i - 1, and it
+The step-time overhead claim ("< 2% extra") is paired by interleaved round (both variants'
+steps timed one after the other, `moejax/train/step_time.py`): r_i = t_A,i / t_B,i - 1, and it
 is reproduced when mean r + t se(r) < 0.02, not reproduced when mean r - t se(r) > 0.02.
 """
 
@@ -91,7 +92,7 @@ def verdict(better, than, *, lower_is_better: bool = True) -> tuple[str, float, 
 
 
 def overhead_verdict(treated_ms, baseline_ms) -> tuple[str, float, float]:
-    """(label, mean relative overhead, se) of paired step times (see module doc)."""
+    """(label, mean relative overhead, se) of step times paired by round (see module doc)."""
     ratios = np.asarray(treated_ms, np.float64) / np.asarray(baseline_ms, np.float64) - 1.0
     mean = float(np.mean(ratios))
     if ratios.size < 2 or not np.all(np.isfinite(ratios)):

@@ -116,10 +116,11 @@ CLAIMS = MappingProxyType({
     ),
 })
 
-# The scales: one set of overrides for every variant of every suite. Both use the capacity
-# engine (drops counted in the `dropped` column): on XLA:CPU the dropless engine's ragged_dot is
-# a masked dense product, 2.5-7x slower per step for these models.
-_ENGINE = {"model.moe.engine": "capacity", "model.moe.capacity_factor": 2.0}
+# The scales: one set of overrides for every variant of every suite. Both use the dropless
+# engine (nothing dropped; on CPU its tiled grouped matmul is as fast as the capacity engine at
+# capacity factor 1.25, benchmarks/moe_block.py). The runs of docs/results/ before 2026-12-02
+# used the capacity engine at capacity factor 2.
+_ENGINE = {"model.moe.engine": "dropless"}
 # Default: 100 steps of 16 x 128 bytes (205k tokens) per run; run with --seeds 4, the 56 distinct
 # runs took 52 minutes on the 2-core CPU (docs/results/README.md says how this was chosen).
 DEFAULT_SCALE = MappingProxyType({

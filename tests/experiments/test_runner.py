@@ -154,3 +154,19 @@ def test_summary_lists_every_claim_of_the_finished_suites(tmp_path):
     assert "specialization" not in text.split("| suite")[1]  # unfinished suites are left out
     # lb+sp+cp (index 2) has the higher loss than lb+orth+var (index 1): paired d = -1 exactly
     assert "| -1 ± 0 | **not reproduced** |" in rows[0]
+
+
+def test_step_time_claim_reads_the_interleaved_rounds(tmp_path):
+    """The step-time claim is paired by interleaved round (DIR/<suite>/step_time.json), not
+    taken from the runs' own step times, which another run's load can shift."""
+    ms = {"topk/lb": [100.0, 150.0, 90.0, 120.0], "topk/lb+sp+cp": [101.0, 151.0, 91.0, 121.2]}
+    metrics = {c.metric for c in CLAIMS["specialization"]}
+    finals = {v.name: {m: [1.0, 1.0] for m in metrics} for v in SUITES["specialization"]}
+    for name, rounds in ms.items():
+        finals[name]["step_ms"] = [50.0, 500.0] if name == "topk/lb" else [500.0, 50.0]
+        finals[name]["step_ms_interleaved"] = rounds
+    claim = next(c for c in CLAIMS["specialization"]
+                 if c.metric == "step_ms_overhead" and c.better == "topk/lb+sp+cp")
+    results = {c.text: r for c, *r in experiment.claim_results("specialization", finals)}
+    *_, shown, label = results[claim.text]
+    assert label == "reproduced" and "(4 interleaved rounds)" in shown, shown

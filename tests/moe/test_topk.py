@@ -104,7 +104,10 @@ def test_block_gradients_float64(engine):
 
         grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
         eps = 1e-6
-        shift = lambda s: (jax.tree.map(lambda p, d: p + s * d, params, direction), x + s * dx)
+
+        def shift(s):
+            return jax.tree.map(lambda p, d: p + s * d, params, direction), x + s * dx
+
         loss = jax.jit(loss)
         numeric = (loss(*shift(eps)) - loss(*shift(-eps))) / (2 * eps)
         analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads[0]),
