@@ -13,27 +13,21 @@ in training. The experiment suites quote their step-time claim from this benchma
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import pathlib
 import statistics
-import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from flax import nnx
 
-from moejax.models.decoder import Decoder, DecoderSpec
-from moejax.moe.spec import MoESpec
-from moejax.regularizers import LossSpec
-from moejax.train import step
+from moejax.train.config_files import load_config
+from moejax.train.step_time import compiled_step, interleaved_ms, median_ratio
 
-VARIANTS = {
-    "lb": LossSpec(lb=1e-2),
-    "lb+sp": LossSpec(lb=1e-2, sp=2e-3),
-    "lb+cp": LossSpec(lb=1e-2, cp=1e-3),
-    "lb+sp+cp": LossSpec(lb=1e-2, sp=2e-3, cp=1e-3),
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+VARIANTS = {  # paper A's weights
+    "lb": dict(lb=1e-2),
+    "lb+sp": dict(lb=1e-2, sp=2e-3),
+    "lb+cp": dict(lb=1e-2, cp=1e-3),
+    "lb+sp+cp": dict(lb=1e-2, sp=2e-3, cp=1e-3),
 }
 
 
@@ -53,23 +47,17 @@ def _parse():
     return parser.parse_args()
 
 
-def _make_step(args, loss_spec: LossSpec):
-    """A compiled and warmed-up step of a fresh model: () -> metrics."""
-    moe = MoESpec(num_experts=args.experts, top_k=args.top_k, d_hidden=args.d_hidden,
-                  engine=args.engine, record_cosine=loss_spec.sp > 0)
-    spec = DecoderSpec(d_model=args.d_model, num_layers=args.layers, num_heads=4,
-                       num_kv_heads=4, d_ff=4 * args.d_model, moe=moe)
-    model = Decoder(spec, rngs=nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, optax.adamw(1e-4), wrt=nnx.Param)
-    rng = np.random.default_rng(0)
-    tokens = jnp.asarray(rng.integers(0, 256, (args.batch, args.seq + 1)), jnp.int32)
-
-    def run():
-        return step.train_step(model, optimizer, tokens, loss_spec, 1, np.bool_(False))
-
-    for _ in range(2):  # compile and warm up
-        jax.block_until_ready(run())
-    return run
+def _config(args, weights: dict):
+    """configs/default.py at the benchmark's shape, with these loss weights (others 0)."""
+    config = load_config(DEFAULT_CONFIG)
+    config.model.update(d_model=args.d_model, num_layers=args.layers, num_heads=4,
+                        num_kv_heads=4, d_ff=4 * args.d_model)
+    config.model.moe.update(num_experts=args.experts, top_k=args.top_k,
+                            d_hidden=args.d_hidden, engine=args.engine)
+    config.train.update(batch_size=args.batch, seq_len=args.seq)
+    config.loss.update(lb=0.0, z=0.0, sp=0.0, cp=0.0, sp_max_tokens=None)
+    config.loss.update(**weights)
+    return config
 
 
 def main():
@@ -78,21 +66,16 @@ def main():
     device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
     print(f"device: {device}, jax {jax.__version__}")
     print(f"shape: {shape}, rounds: {args.repeats}; ratios are medians of per-round ratios")
-    steps = {name: _make_step(args, loss_spec) for name, loss_spec in VARIANTS.items()}
-    times = {name: [] for name in steps}
-    for _ in range(args.repeats):
-        for name, run in steps.items():
-            start = time.perf_counter()
-            jax.block_until_ready(run())
-            times[name].append((time.perf_counter() - start) * 1e3)
+    steps = {name: compiled_step(_config(args, weights)) for name, weights in VARIANTS.items()}
+    times = interleaved_ms(steps, args.repeats)
     rows = []
     print(f"{'variant':<10} {'median ms':>10} {'vs lb':>8}")
-    for name, loss_spec in VARIANTS.items():
-        ratio = statistics.median(a / b for a, b in zip(times[name], times["lb"]))
-        row = {"name": name, "ms": statistics.median(times[name]), "ratio_vs_lb": ratio,
-               "loss": dataclasses.asdict(loss_spec)}
+    for name, weights in VARIANTS.items():
+        ms = statistics.median(times[name])
+        row = {"name": name, "ms": ms, "ratio_vs_lb": median_ratio(times[name], times["lb"]),
+               "loss": weights}
         rows.append(row)
-        print(f"{name:<10} {row['ms']:>10.2f} {ratio:>8.3f}")
+        print(f"{name:<10} {ms:>10.2f} {row['ratio_vs_lb']:>8.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device, "jax": jax.__version__, "shape": shape,

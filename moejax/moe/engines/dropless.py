@@ -63,10 +63,10 @@ def _tiled(x, plan: DispatchPlan, weights: ExpertWeights, activations, tile_rows
     layout = tile_layout(plan.tokens_per_expert, num_slots, tile_rows)
     num_rows = layout.row_source.shape[0]
     slot_of_row = plan.sorted_slots[jnp.minimum(layout.row_source, num_slots - 1)]
-    kept_flat = plan.kept.reshape(-1)
-    row_slot = jnp.where((layout.row_source < num_slots) & kept_flat[slot_of_row], slot_of_row,
-                         num_slots)
-    slot_row = jnp.where(plan.kept, layout.padded_row[_sorted_index(plan)], num_rows)
+    kept = plan.kept  # a capacity plan's dropped slots get no row
+    row_slot = jnp.where((layout.row_source < num_slots) & kept.reshape(-1)[slot_of_row],
+                         slot_of_row, num_slots)
+    slot_row = jnp.where(kept, layout.padded_row[_sorted_index(plan)], num_rows)
     tiles = slots_to_rows(x, row_slot, slot_row).reshape(-1, tile_rows, x.shape[1])
     y, z = experts_on_tiles(tiles, layout.tile_group, layout.used_tiles, weights)
     y_slots = rows_to_slots(y.reshape(num_rows, -1), row_slot, slot_row)
