@@ -162,7 +162,8 @@ def scan_used_tiles(step, carry, xs, used_tiles: jax.Array, skipped):
 
     A trailing tile gets `skipped(carry, x) -> (carry, y)` instead (zeros, in the shapes of
     `step`'s y): a layout's padding tiles hold no rows, so they cost a branch, not a tile's
-    matmuls.
+    matmuls. (Not for use inside `shard_map`, where the branches would vary over different
+    mesh axes: the expert-parallel modes use "ragged_dot".)
     """
     def maybe_step(carry, inputs):
         index, x = inputs

@@ -47,5 +47,7 @@ def grouped_swiglu(rows: jax.Array, group_sizes: jax.Array, weights: ExpertWeigh
     Returns:
       (y [M, D] full expert outputs, z [M, F_l] this tensor shard's activations).
     """
-    y, z = experts_on_sorted_rows(rows, group_sizes, weights)
+    # ragged_dot, a primitive whose transpose sums the weight gradients over the mesh axes the
+    # rows vary over; the tiled kernels' custom VJPs cannot (XLA:CPU: a masked dense product)
+    y, z = experts_on_sorted_rows(rows, group_sizes, weights, "ragged_dot")
     return jax.lax.psum(y, tensor_axis), z
