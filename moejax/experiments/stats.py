@@ -94,7 +94,7 @@ def verdict(better, than, *, lower_is_better: bool = True) -> tuple[str, float, 
 def overhead_verdict(treated_ms, baseline_ms) -> tuple[str, float, float]:
     """(label, mean relative overhead, se) of step times paired by round (see module doc)."""
     ratios = np.asarray(treated_ms, np.float64) / np.asarray(baseline_ms, np.float64) - 1.0
-    mean = float(np.mean(ratios))
+    mean = float(np.mean(ratios)) if ratios.size else math.nan
     if ratios.size < 2 or not np.all(np.isfinite(ratios)):
         return "inconclusive (needs >= 2 seeds with finite values)", mean, math.nan
     se = float(np.std(ratios, ddof=1)) / math.sqrt(ratios.size)
