@@ -21,11 +21,18 @@ def rope_ref(x, positions, theta):
     return out
 
 
-def attention_ref(x, w_q, w_k, w_v, w_o, theta):
-    """One sequence x [S, D]; w_q [D, N, H], w_k/w_v [D, K, H], w_o [N, H, D] -> [S, D]."""
+def attention_ref(x, w_q, w_k, w_v, w_o, theta, segments=None):
+    """One sequence x [S, D]; w_q [D, N, H], w_k/w_v [D, K, H], w_o [N, H, D] -> [S, D].
+
+    segments: [S] document ids (runs of equal ids), or None: one document. A query sees the
+    earlier keys of its own document, and positions count from the document's first token.
+    """
     x = np.asarray(x, np.float64)
     seq, num_heads, num_kv = x.shape[0], w_q.shape[1], w_k.shape[1]
-    positions = np.arange(seq)
+    segments = np.zeros(seq, int) if segments is None else np.asarray(segments)
+    positions = np.zeros(seq, int)
+    for s in range(1, seq):
+        positions[s] = positions[s - 1] + 1 if segments[s] == segments[s - 1] else 0
     q = rope_ref(np.einsum("sd,dnh->snh", x, w_q), positions, theta)
     k = rope_ref(np.einsum("sd,dkh->skh", x, w_k), positions, theta)
     v = np.einsum("sd,dkh->skh", x, w_v)
@@ -33,8 +40,9 @@ def attention_ref(x, w_q, w_k, w_v, w_o, theta):
     for n in range(num_heads):
         kv = n // (num_heads // num_kv)
         for s in range(seq):
-            scores = np.array([q[s, n] @ k[j, kv] for j in range(s + 1)]) / np.sqrt(q.shape[-1])
-            out[s, n] = softmax(scores) @ v[: s + 1, kv]
+            keys = [j for j in range(s + 1) if segments[j] == segments[s]]
+            scores = np.array([q[s, n] @ k[j, kv] for j in keys]) / np.sqrt(q.shape[-1])
+            out[s, n] = softmax(scores) @ v[keys, kv]
     return np.einsum("snh,nhd->sd", out, w_o)
 
 

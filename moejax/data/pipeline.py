@@ -6,6 +6,8 @@ source's fixed order. The stream is cut into consecutive windows of `seq_len + 1
 train step uses window[:-1] as inputs and window[1:] as targets); the tail shorter than a window
 is dropped. Each token carries the id of its document's domain (EOS carries the domain of the
 document it ends); ids index the sorted `domain_names(spec)` and are the same for both splits.
+Each token also carries its segment: the documents of a window are numbered 1, 2, ..., so the
+model masks attention across documents and restarts positions at each.
 
 `make_dataset` builds a grain pipeline over the windows:
 
@@ -90,14 +92,19 @@ class PackedSequences:
         return self.num_tokens // self._length
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        """{"tokens": int32 [length], "domains": int32 [length]} of window `index`."""
+        """{"tokens", "domains", "segments"}: int32 [length] each, of window `index`.
+
+        segments numbers the documents in the window 1, 2, ... (EOS belongs to the document
+        it ends), for attention masking and per-document positions.
+        """
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"window {index} of {len(self)}")
         start, stop = index * self._length, (index + 1) * self._length
         tokens = np.empty(self._length, np.int32)
         domains = np.empty(self._length, np.int32)
-        pos = start
+        segments = np.empty(self._length, np.int32)
+        pos, segment = start, 1
         doc = int(np.searchsorted(self._ends, start, side="right"))
         while pos < stop:
             text, domain = self._docs.document(doc)
@@ -109,8 +116,9 @@ class PackedSequences:
                 tokens[pos - start + count] = EOS_ID
                 count += 1
             domains[pos - start:pos - start + count] = domain
-            pos, doc = pos + count, doc + 1
-        return {"tokens": tokens, "domains": domains}
+            segments[pos - start:pos - start + count] = segment
+            pos, doc, segment = pos + count, doc + 1, segment + 1
+        return {"tokens": tokens, "domains": domains, "segments": segments}
 
     def __repr__(self) -> str:
         return f"PackedSequences({self._docs!r}, length={self._length}, windows={len(self)})"
@@ -170,7 +178,8 @@ def make_dataset(spec: DataSpec, split: str, *, seq_len: int, batch_size: int, s
 
     Returns:
       A grain IterDataset; its iterator yields {"tokens": int32 [B, S + 1],
-      "domains": int32 [B, S + 1]} and supports get_state() / set_state() (see module doc).
+      "domains": int32 [B, S + 1], "segments": int32 [B, S + 1]} and supports get_state() /
+      set_state() (see module doc).
 
     Raises:
       ValueError: a bad argument (naming it), or a split too small for one window per host.

@@ -1,7 +1,10 @@
 """Grouped-query causal self-attention with rotary embeddings, no biases (Mixtral layout).
 
-The product itself goes through `jax.nn.dot_product_attention`, which picks cuDNN's fused
-kernel on GPU. RoPE is the "rotate half" (non-interleaved) form of HF Llama/Mixtral.
+The product itself goes through `jax.nn.dot_product_attention` (implementation "xla", or
+"cudnn" for cuDNN's fused kernel on GPU). Packed documents: with segment ids a query attends
+only to keys of its own segment (and, causally, earlier ones), and `positions_from_segments`
+restarts RoPE positions at each document. RoPE is the "rotate half" (non-interleaved) form of
+HF Llama/Mixtral.
 """
 
 from __future__ import annotations
@@ -32,26 +35,46 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotated * sin
 
 
-def _attend(q, k, v):
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
+
+def positions_from_segments(segments: jax.Array) -> jax.Array:
+    """[B, S] int positions counted from the start of each token's segment (document).
+
+    segments: [B, S] int segment id of each token; a segment is a run of equal ids.
+    """
+    index = jnp.arange(segments.shape[1], dtype=jnp.int32)
+    starts = jnp.concatenate([jnp.ones_like(segments[:, :1], bool),
+                              segments[:, 1:] != segments[:, :-1]], axis=1)
+    return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+
+
+def _attend(q, k, v, segments=None, implementation="xla"):
     """Causal softmax attention, q: [B, S, N, H], k/v: [B, S, K, H] -> [B, S, N, H].
 
-    `jax.nn.dot_product_attention` (cuDNN's fused kernel on GPU) does its softmax in float32
-    on purpose; float64 inputs (gradient checks) take a plain einsum path instead.
+    segments: [B, S] int or None; a query sees only keys of its own segment.
+    `jax.nn.dot_product_attention` does its softmax in float32 on purpose; float64 inputs
+    (gradient checks) take a plain einsum path instead.
     """
+    same = None if segments is None else segments[:, :, None] == segments[:, None, :]
     if q.dtype != jnp.float64:
         with jax.numpy_dtype_promotion("standard"):  # jax's own code mixes float32 constants
-            return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+            return jax.nn.dot_product_attention(
+                q, k, v, mask=None if same is None else same[:, None], is_causal=True,
+                implementation=implementation)
     batch, seq, num_heads, head_dim = q.shape
     groups = num_heads // k.shape[2]
     q = q.reshape(batch, seq, k.shape[2], groups, head_dim)
     scores = jnp.einsum("BSKGH,BTKH->BKGST", q, k) / jnp.sqrt(jnp.float64(head_dim))
-    causal = jnp.tril(jnp.ones((seq, seq), bool))
-    weights = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
+    visible = jnp.tril(jnp.ones((seq, seq), bool))[None, None, None]
+    if same is not None:
+        visible = visible & same[:, None, None]
+    weights = jax.nn.softmax(jnp.where(visible, scores, -jnp.inf), axis=-1)
     out = jnp.einsum("BKGST,BTKH->BSKGH", weights, v)
     return out.reshape(batch, seq, num_heads, head_dim)
 
 
-def attention(x, w_q, w_k, w_v, w_o, positions, theta):
+def attention(x, w_q, w_k, w_v, w_o, positions, theta, segments=None, implementation="xla"):
     """Causal GQA self-attention.
 
     Args:
@@ -59,6 +82,8 @@ def attention(x, w_q, w_k, w_v, w_o, positions, theta):
       w_q: [D, N, H]; w_k, w_v: [D, K, H] with N a multiple of K; w_o: [N, H, D].
       positions: [B, S] int token positions.
       theta: RoPE base.
+      segments: [B, S] int segment (packed document) ids, or None: one segment per row.
+      implementation: `jax.nn.dot_product_attention`'s, one of ATTENTION_IMPLEMENTATIONS.
 
     Returns:
       [B, S, D].
@@ -68,7 +93,7 @@ def attention(x, w_q, w_k, w_v, w_o, positions, theta):
     v = jnp.einsum("BSD,DKH->BSKH", x, w_v)
     cos, sin = rope_tables(positions, q.shape[-1], theta, at_least_float32(x.dtype))
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    out = _attend(q, k, v)
+    out = _attend(q, k, v, segments, implementation)
     return jnp.einsum("BSNH,NHD->BSD", out, w_o)
 
 
@@ -76,12 +101,16 @@ class Attention(nnx.Module):
     """Owns q/k/v/o projections: [D, N, H], [D, K, H], [D, K, H], [N, H, D] (float32)."""
 
     def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
-                 rope_theta: float, rngs: nnx.Rngs):
+                 rope_theta: float, rngs: nnx.Rngs, implementation: str = "xla"):
         if num_heads % num_kv_heads:
             raise ValueError(
                 f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}"
             )
+        if implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"model.attention={implementation!r}; allowed: "
+                             f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
         self.rope_theta = rope_theta
+        self.implementation = implementation
         init_in = nnx.initializers.normal(stddev=d_model**-0.5)
         init_out = nnx.initializers.normal(stddev=(num_heads * head_dim) ** -0.5)
         f32 = jnp.float32
@@ -90,8 +119,10 @@ class Attention(nnx.Module):
         self.w_v = nnx.Param(init_in(rngs.params(), (d_model, num_kv_heads, head_dim), f32))
         self.w_o = nnx.Param(init_out(rngs.params(), (num_heads, head_dim, d_model), f32))
 
-    def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
-        """x: [B, S, D] compute dtype, positions: [B, S] -> [B, S, D]."""
+    def __call__(self, x: jax.Array, positions: jax.Array,
+                 segments: jax.Array | None = None) -> jax.Array:
+        """x: [B, S, D] compute dtype, positions: [B, S], segments: [B, S] or None."""
         dtype = x.dtype
         weights = [w[...].astype(dtype) for w in (self.w_q, self.w_k, self.w_v, self.w_o)]
-        return attention(x, *weights, positions, self.rope_theta)
+        return attention(x, *weights, positions, self.rope_theta, segments,
+                         self.implementation)

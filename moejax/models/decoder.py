@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from moejax.layers.attention import Attention
+from moejax.layers.attention import ATTENTION_IMPLEMENTATIONS, Attention, positions_from_segments
 from moejax.layers.embed import Embed, LMHead
 from moejax.layers.ffn import SwiGLU
 from moejax.layers.norms import RMSNorm
@@ -53,6 +53,7 @@ class DecoderSpec:
         (two routed sub-layers with their own norms and residuals; 2 routers per layer).
       dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32); "float64"
         exists for gradient checks under `jax.enable_x64`.
+      attention: `jax.nn.dot_product_attention`'s implementation: "xla" or "cudnn" (GPU).
       moe: the MoE layers' options.
     """
 
@@ -69,6 +70,7 @@ class DecoderSpec:
     moe_every: int = 1
     block: str = "topk"
     dtype: str = "float32"
+    attention: str = "xla"
     moe: MoESpec = dataclasses.field(default_factory=MoESpec)
 
     def __post_init__(self):
@@ -76,6 +78,9 @@ class DecoderSpec:
             object.__setattr__(self, "moe", MoESpec(**self.moe))
         if self.block not in BLOCKS:
             raise ValueError(f"model.block={self.block!r}; allowed: {', '.join(BLOCKS)}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"model.attention={self.attention!r}; allowed: "
+                             f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype={self.dtype!r}; allowed: {', '.join(DTYPES)}")
         if self.head_dim is None and self.d_model % self.num_heads:
@@ -161,12 +166,14 @@ class DecoderLayer(nnx.Module):
     def __init__(self, spec: DecoderSpec, layer: int, *, rngs: nnx.Rngs, engine=None):
         self.attn_norm = RMSNorm(spec.d_model, eps=spec.norm_eps)
         self.attn = Attention(spec.d_model, spec.num_heads, spec.num_kv_heads,
-                              spec.resolved_head_dim, rope_theta=spec.rope_theta, rngs=rngs)
+                              spec.resolved_head_dim, rope_theta=spec.rope_theta, rngs=rngs,
+                              implementation=spec.attention)
         self.ffn = _feed_forward_cls(spec, layer)(spec, rngs=rngs, engine=engine)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, *, disable_top1: bool = False):
-        """x: [B, S, D] -> ([B, S, D], record or None)."""
-        x = x + self.attn(self.attn_norm(x), positions)
+    def __call__(self, x: jax.Array, positions: jax.Array, segments=None, *,
+                 disable_top1: bool = False):
+        """x: [B, S, D], positions and segments [B, S] -> ([B, S, D], record or None)."""
+        x = x + self.attn(self.attn_norm(x), positions, segments)
         batch, seq, d_model = x.shape
         h, record = self.ffn(x.reshape(batch * seq, d_model), disable_top1=disable_top1)
         return h.reshape(batch, seq, d_model), record
@@ -187,15 +194,23 @@ class Decoder(nnx.Module):
         self.head = LMHead(spec.d_model, spec.vocab_size, rngs=rngs)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, *,
-                 disable_top1: bool = False):
-        """tokens: [B, S] int; disable_top1: the robustness test (every router drops each
-        token's first choice and re-picks top-k from the rest)."""
+                 segments: jax.Array | None = None, disable_top1: bool = False):
+        """tokens: [B, S] int.
+
+        Args:
+          positions: [B, S] int RoPE positions; None: counted from each segment's start.
+          segments: [B, S] int packed-document ids (the pipeline's "segments"): attention
+            stays within a document. None: each row is one document.
+          disable_top1: the robustness test (every router drops each token's first choice and
+            re-picks top-k from the rest).
+        """
         if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+            positions = (jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+                         if segments is None else positions_from_segments(segments))
         x = self.embed(tokens, DTYPES[self.spec.dtype])
         records = []
         for layer in self.layers:
-            x, record = layer(x, positions, disable_top1=disable_top1)
+            x, record = layer(x, positions, segments, disable_top1=disable_top1)
             if record is not None:
                 records.append(record)
         logits = self.head(self.final_norm(x))

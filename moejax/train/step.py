@@ -23,13 +23,14 @@ def lm_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
-def _loss_fn(model, tokens, loss_spec: LossSpec, step_tokens_per_expert=None):
+def _loss_fn(model, tokens, loss_spec: LossSpec, step_tokens_per_expert=None, segments=None):
     """tokens [B, S + 1] -> (total loss, (metrics, record)).
 
     step_tokens_per_expert: [R, E] loads of the whole optimizer step (all its micro-batches),
     for the global-batch load balance; None: this batch's own.
+    segments: [B, S + 1] packed-document ids (attention stays within a document), or None.
     """
-    logits, record = model(tokens[:, :-1])
+    logits, record = model(tokens[:, :-1], segments=_inputs(segments))
     loss = lm_loss(logits, tokens[:, 1:])
     metrics = {"loss": loss}
     total = loss
@@ -42,6 +43,11 @@ def _loss_fn(model, tokens, loss_spec: LossSpec, step_tokens_per_expert=None):
         total = total + aux
         metrics.update(terms, total_loss=total)
     return total, (metrics, record)
+
+
+def _inputs(segments):
+    """The model inputs' part [B, S] of [B, S + 1] segment ids (None stays None)."""
+    return None if segments is None else segments[:, :-1]
 
 
 def _routing_summary(record) -> dict:
@@ -58,11 +64,12 @@ def _update_router_biases(model, tokens_per_expert, num_experts, rate: float) ->
         router.bias[...] = new[i, : router.bias.shape[0]]
 
 
-def _step_tokens_per_expert(model, micro_batches) -> jax.Array:
+def _step_tokens_per_expert(model, micro_batches, micro_segments) -> jax.Array:
     """[R, E] loads of all micro-batches, from forward passes that leave the model unchanged
     (the random state is put back, so the jitter of these passes is that of the step's)."""
     rng_state = nnx.clone(nnx.state(model, nnx.RngState))
-    counts = sum(model(batch[:, :-1])[1].tokens_per_expert for batch in micro_batches)
+    counts = sum(model(batch[:, :-1], segments=_inputs(segments))[1].tokens_per_expert
+                 for batch, segments in zip(micro_batches, micro_segments))
     nnx.update(model, rng_state)
     return jax.lax.stop_gradient(counts)
 
@@ -73,7 +80,7 @@ def _mean(trees):
 
 @functools.partial(nnx.jit, static_argnames=("loss_spec", "micro_batches"))
 def train_step(model, optimizer, tokens: jax.Array, loss_spec: LossSpec, micro_batches: int = 1,
-               log_routing=True):
+               log_routing=True, segments=None):
     """One optimizer step; returns a dict of metrics (with "finite_state": whether every
     parameter is finite after the update).
 
@@ -88,17 +95,21 @@ def train_step(model, optimizer, tokens: jax.Array, loss_spec: LossSpec, micro_b
       log_routing: [] bool (traced: one compile for both values): compute the "routing/*"
         metrics (entropy, loads, transitions, ...); when False they are zeros, not computed.
         The trainer asks for them on logged steps only.
+      segments: [B, S + 1] int packed-document ids from the pipeline, or None.
     """
     batches = [tokens[m::micro_batches] for m in range(micro_batches)]
+    micro_segments = [None if segments is None else segments[m::micro_batches]
+                      for m in range(micro_batches)]
     has_routers = bool(model.routers())
     step_counts = None
     if (micro_batches > 1 and has_routers and loss_spec.lb > 0
             and loss_spec.lb_variant == "global"):
-        step_counts = _step_tokens_per_expert(model, batches)
+        step_counts = _step_tokens_per_expert(model, batches, micro_segments)
     grad_fn = nnx.value_and_grad(_loss_fn, has_aux=True)
     grads, metrics, records = [], [], []
-    for batch in batches:
-        (_, (batch_metrics, record)), batch_grads = grad_fn(model, batch, loss_spec, step_counts)
+    for batch, batch_segments in zip(batches, micro_segments):
+        (_, (batch_metrics, record)), batch_grads = grad_fn(model, batch, loss_spec, step_counts,
+                                                            batch_segments)
         grads.append(batch_grads)
         metrics.append(batch_metrics)
         records.append(record)
@@ -125,11 +136,12 @@ def _all_finite(tree) -> jax.Array:
 
 @functools.partial(nnx.jit, static_argnames=("num_domains", "disable_top1"))
 def eval_step(model, tokens: jax.Array, domains: jax.Array, num_domains: int,
-              disable_top1: bool = False):
+              disable_top1: bool = False, segments=None):
     """Validation on one batch.
 
     Args:
       tokens: [B, S + 1] int token ids.
+      segments: [B, S + 1] int packed-document ids, or None.
       domains: [B, S + 1] int domain id of each token.
       num_domains: number of domain labels.
       disable_top1: the robustness test (every router skips each token's first choice).
@@ -139,7 +151,7 @@ def eval_step(model, tokens: jax.Array, domains: jax.Array, num_domains: int,
       domain counts, "dropped_fraction": [R] token-slots dropped by capacity (the last two
       absent for a model without routers)}.
     """
-    logits, record = model(tokens[:, :-1], disable_top1=disable_top1)
+    logits, record = model(tokens[:, :-1], segments=_inputs(segments), disable_top1=disable_top1)
     out = {"loss": lm_loss(logits, tokens[:, 1:])}
     if record is not None:
         flat_domains = domains[:, :-1].reshape(-1)

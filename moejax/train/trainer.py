@@ -77,9 +77,11 @@ def evaluate(model, data_spec, train: TrainSpec, seed: int, num_domains: int, sh
         losses, counts, dropped = [], 0.0, []
         for _ in range(train.eval_batches):
             batch = next(batches)
-            tokens, domains = (jax.make_array_from_process_local_data(sharding, batch[name])
-                               for name in ("tokens", "domains"))
-            out = step.eval_step(model, tokens, domains, num_domains, disable_top1)
+            tokens, domains, segments = (
+                jax.make_array_from_process_local_data(sharding, batch[name])
+                for name in ("tokens", "domains", "segments"))
+            out = step.eval_step(model, tokens, domains, num_domains, disable_top1,
+                                 segments=segments)
             losses.append(float(out["loss"]))
             counts = counts + np.asarray(out.get("domain_counts", 0.0))
             if "dropped_fraction" in out:
@@ -278,12 +280,15 @@ def _train(config, workdir: pathlib.Path) -> dict:
         for step_number in range(start + 1, train_cfg.steps + 1):
             step_started = time.perf_counter()
             batch = next(train_batches)
-            tokens = jax.make_array_from_process_local_data(tokens_sharding, batch["tokens"])
+            tokens, segments = (
+                jax.make_array_from_process_local_data(tokens_sharding, batch[name])
+                for name in ("tokens", "segments"))
             last = step_number == train_cfg.steps
             logged = (step_number % train_cfg.log_every == 0 or last
                       or step_number % train_cfg.eval_every == 0)
             metrics = step.train_step(model, optimizer, tokens, loss_spec,
-                                      train_cfg.grad_accumulation, np.bool_(logged))
+                                      train_cfg.grad_accumulation, np.bool_(logged),
+                                      segments=segments)
             _check_finite(metrics, step_number, checkpointer)  # waits for the step
             if step_number > start + 1:  # the first step of a run includes compilation
                 step_seconds.append(time.perf_counter() - step_started)

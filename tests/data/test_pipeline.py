@@ -126,11 +126,16 @@ def test_packing_edges():
                                    SEQ_LEN + 1)
     stream = [t for d in docs for t in [*d.text, data.EOS_ID]]
     labels = [i % 3 for i, d in enumerate(docs) for _ in range(len(d.text) + 1)]
+    document = [i for i, d in enumerate(docs) for _ in range(len(d.text) + 1)]
     assert len(windows) == len(stream) // (SEQ_LEN + 1) and windows.num_tokens == len(stream)
     for i in range(len(windows)):
         edge = slice(i * (SEQ_LEN + 1), (i + 1) * (SEQ_LEN + 1))
         assert windows[i]["tokens"].tolist() == stream[edge]
         assert windows[i]["domains"].tolist() == labels[edge]
+        # segments number the window's documents 1, 2, ... (EOS with the document it ends)
+        docs_here = document[edge]
+        want = [len(set(docs_here[:j + 1])) for j in range(len(docs_here))]
+        assert windows[i]["segments"].tolist() == want
     with pytest.raises(IndexError):
         windows[len(windows)]
 

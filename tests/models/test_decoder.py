@@ -136,3 +136,24 @@ def test_bfloat16_close_to_float32():
 def test_invalid_config_names_the_option(overrides, match):
     with pytest.raises(ValueError, match=match):
         decoder_spec_from_config({**BASE, **overrides})
+
+
+def test_packed_documents_give_each_documents_own_logits():
+    """Two documents packed in one row (segments 1, 2) give the logits, per token, of each
+    document run alone: no attention across the boundary, positions restart (dropless MoE:
+    routing is per token)."""
+    spec = decoder_spec_from_config({**BASE, "num_layers": 2, "first_dense_layers": 0,
+                                     "moe_every": 1, "moe": {"num_experts": 4, "top_k": 2,
+                                                             "d_hidden": 8}})
+    model = Decoder(spec, rngs=nnx.Rngs(3))
+    rng = np.random.default_rng(4)
+    first, second = rng.integers(0, 19, (1, 3)), rng.integers(0, 19, (1, 4))
+    packed = jnp.asarray(np.concatenate([first, second], axis=1), jnp.int32)
+    segments = jnp.asarray([[1, 1, 1, 2, 2, 2, 2]], jnp.int32)
+    run = nnx.jit(lambda model, tokens, segments: model(tokens, segments=segments)[0])
+    logits = run(model, packed, segments)
+    alone = [run(model, jnp.asarray(doc, jnp.int32), None) for doc in (first, second)]
+    np.testing.assert_allclose(logits[:, :3], alone[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits[:, 3:], alone[1], rtol=1e-5, atol=1e-5)
+    unmasked = run(model, packed, None)  # one document: the second part sees the first
+    assert not np.allclose(unmasked[:, 3:], alone[1], atol=1e-3)
