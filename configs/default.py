@@ -120,4 +120,7 @@ def get_config(arg=None):
     config.train.tensorboard = False  # also write TensorBoard events (needs tensorboardX)
     config.train.progress = True  # progress bar on the terminal
     config.train.report = True  # write plots and report.md at the end
+    # peak TFLOP/s per device for mfu (None: from the device kind; CPUs log no mfu)
+    config.train.peak_tflops = ml_collections.config_dict.placeholder(float)
+    config.train.profile_steps = ()  # (first, last): jax.profiler trace into workdir/profile
     return config

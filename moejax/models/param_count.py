@@ -36,3 +36,16 @@ def count_parameters(spec: DecoderSpec) -> ParameterCount:
             num_experts = node.experts.w_gate.shape[0]
             inactive += experts * (1 - node.router.top_k / num_experts)
     return ParameterCount(total=total, active=round(total - inactive))
+
+
+def model_flops_per_token(spec: DecoderSpec, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward), the MFU numerator.
+
+    6 x (active parameters used in matmuls: all active ones but the embedding table, a
+    lookup) + the causal attention products: per layer, QK^T and AV over on average S/2 keys,
+    2 x 2 x (S/2) x N x H forward, so 6 x L x S x N x H in all. Norms, softmax, routing
+    and the activation function are left out, as usual.
+    """
+    matmul_params = count_parameters(spec).active - spec.vocab_size * spec.d_model
+    attention = 6 * spec.num_layers * seq_len * spec.num_heads * spec.resolved_head_dim
+    return float(6 * matmul_params + attention)

@@ -39,6 +39,10 @@ class TrainSpec:
       tensorboard: also write TensorBoard events (needs tensorboardX).
       progress: progress bar on the terminal.
       report: write plots and report.md at the end.
+      peak_tflops: peak TFLOP/s per device for `mfu` (None: from the device kind,
+        `moejax/train/accounting.py`; a device not in its table logs no mfu).
+      profile_steps: (first, last) steps to trace with `jax.profiler` into
+        DIR/profile (TensorBoard / Perfetto format); () for none.
     """
 
     steps: int = 300
@@ -62,6 +66,8 @@ class TrainSpec:
     tensorboard: bool = False
     progress: bool = True
     report: bool = False
+    peak_tflops: float | None = None
+    profile_steps: tuple = ()
 
     def __post_init__(self):
         at_least_one = ("steps", "batch_size", "seq_len", "grad_accumulation", "log_every",
@@ -79,6 +85,13 @@ class TrainSpec:
             if not low <= value <= high or (name in ("b1", "b2") and value == 1):
                 raise ValueError(f"train.{name}={value}; allowed: [{low}, {high}"
                                  f"{')' if name in ('b1', 'b2') else ']'}")
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise ValueError(f"train.peak_tflops={self.peak_tflops}; allowed: > 0 or None")
+        steps = tuple(self.profile_steps)
+        if steps and not (len(steps) == 2 and all(isinstance(s, int) for s in steps)
+                          and 1 <= steps[0] <= steps[1]):
+            raise ValueError(f"train.profile_steps={self.profile_steps!r}; allowed: () or "
+                             "(first, last) with 1 <= first <= last")
         if self.batch_size % self.grad_accumulation:
             raise ValueError(f"train.batch_size={self.batch_size} is not divisible by "
                              f"train.grad_accumulation={self.grad_accumulation}")

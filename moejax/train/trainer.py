@@ -21,6 +21,7 @@ from flax import nnx
 
 from moejax.data import pipeline
 from moejax.models.decoder import Decoder
+from moejax.models.param_count import model_flops_per_token
 from moejax.options import flat_config, spec_from_mapping
 from moejax.parallel import (
     MeshSpec,
@@ -33,6 +34,7 @@ from moejax.regularizers import nmi_from_counts
 from moejax.reporting.metrics import MetricsWriter
 from moejax.reporting.report import write_report
 from moejax.train import step
+from moejax.train.accounting import peak_tflops, utilisation
 from moejax.train.checkpoint import Checkpointer, config_json
 from moejax.train.optim import learning_rate_schedule, make_optimizer
 from moejax.train.specs import TrainSpec, specs_from_config, train_spec_from_config
@@ -186,6 +188,23 @@ class StoppedBySignal(Exception):  # noqa: N818 - a stop, not an error
         self.signum, self.step = signum, step
 
 
+class _Profile:
+    """A `jax.profiler` trace of steps first..last (`train.profile_steps`) into `directory`."""
+
+    def __init__(self, steps: tuple, directory: pathlib.Path):
+        self.first, self.last = steps if steps else (0, -1)
+        self.directory = directory
+
+    def before(self, step_number: int) -> None:
+        if step_number == self.first:
+            jax.profiler.start_trace(str(self.directory))
+
+    def after(self, step_number: int) -> None:
+        if step_number == self.last:
+            jax.profiler.stop_trace()
+            print(f"profile of steps {self.first}..{self.last}: {self.directory}", flush=True)
+
+
 def _check_finite(metrics: dict, step_number: int, checkpointer: Checkpointer) -> None:
     """Raises NonFiniteError when the loss, the gradient norm or the updated parameters are
     not finite; names the newest saved step (async saves finished, every one checked finite
@@ -272,12 +291,16 @@ def _train(config, workdir: pathlib.Path) -> dict:
     # Loop. metrics.jsonl keeps the rows up to the restored step: every step appears once.
     writer = MetricsWriter(workdir, tensorboard=train_cfg.tensorboard, keep_through_step=start)
     tokens_per_step = train_cfg.batch_size * train_cfg.seq_len
+    flops_per_token = model_flops_per_token(model_spec, train_cfg.seq_len)
+    peak = peak_tflops(override=train_cfg.peak_tflops)
+    profile = _Profile(train_cfg.profile_steps, workdir / "profile")
     bar = tqdm.tqdm(total=train_cfg.steps, initial=start, unit="step", dynamic_ncols=True,
                     disable=not train_cfg.progress or jax.process_index() != 0)
     row, started, step_seconds, stopped = {}, time.perf_counter(), [], None
     with (_StopRequest().installed() as stop, contextlib.closing(writer),
           contextlib.closing(checkpointer), bar):  # closing: async saves finish, even on errors
         for step_number in range(start + 1, train_cfg.steps + 1):
+            profile.before(step_number)
             step_started = time.perf_counter()
             batch = next(train_batches)
             tokens, segments = (
@@ -290,6 +313,7 @@ def _train(config, workdir: pathlib.Path) -> dict:
                                       train_cfg.grad_accumulation, np.bool_(logged),
                                       segments=segments)
             _check_finite(metrics, step_number, checkpointer)  # waits for the step
+            profile.after(step_number)
             if step_number > start + 1:  # the first step of a run includes compilation
                 step_seconds.append(time.perf_counter() - step_started)
             stopping = stop.signal  # read once: a signal arriving later waits for the next step
@@ -305,6 +329,7 @@ def _train(config, workdir: pathlib.Path) -> dict:
                 if not logged:
                     metrics = {k: v for k, v in metrics.items() if not k.startswith("routing/")}
                 metrics["tokens_per_s"] = (step_number - start) * tokens_per_step / elapsed
+                metrics.update(utilisation(flops_per_token, metrics["tokens_per_s"], peak))
                 if step_seconds:  # data + step, median since the start of this run
                     metrics["step_ms"] = 1e3 * float(np.median(step_seconds))
                 metrics["learning_rate"] = float(learning_rate_schedule(train_cfg)(step_number))

@@ -2,11 +2,13 @@
 
 import pathlib
 
+import jax
 import pytest
 
 from moejax.models.decoder import DecoderSpec
-from moejax.models.param_count import count_parameters
+from moejax.models.param_count import count_parameters, model_flops_per_token
 from moejax.moe.spec import MoESpec
+from moejax.train.accounting import peak_tflops, utilisation
 from moejax.train.config_files import load_config
 from moejax.train.specs import specs_from_config
 
@@ -28,6 +30,20 @@ def test_counts_by_hand():
     counts = count_parameters(spec)
     assert counts.total == total
     assert counts.active == total - experts * 3 // 4
+    # training FLOPs per token at S = 10: 6 x the active matmul parameters (no embedding
+    # table) + causal attention, 6 L S N H
+    matmul = counts.active - 11 * 8
+    assert model_flops_per_token(spec, 10) == 6 * matmul + 6 * 2 * 10 * 2 * head_dim
+
+
+def test_device_peaks_and_utilisation():
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.4 and peak_tflops("NVIDIA H200") == 989.4
+    assert peak_tflops("TPU v5 lite") == 197.0 and peak_tflops("TPU v5") == 459.0
+    assert peak_tflops("cpu") is None and peak_tflops("cpu", override=2.0) == 2.0
+    out = utilisation(2e9, 1e4, 100.0)  # 2e13 FLOP/s over the devices
+    assert out["tflops_per_device"] == pytest.approx(20.0 / jax.device_count())
+    assert out["mfu"] == pytest.approx(out["tflops_per_device"] / 100.0)
+    assert "mfu" not in utilisation(2e9, 1e4, None)
 
 
 def _by_hand(spec):

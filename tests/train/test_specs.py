@@ -46,6 +46,8 @@ def test_blocks_record_the_cosine_the_losses_read():
     ("b2", 1.0, r"^train.b2=1.0; allowed: \[0, 1\)$"),
     ("grad_accumulation", 3, r"^train.batch_size=2 is not divisible by train.grad_accumulation=3$"),
     ("stepz", 1, r"^unknown option\(s\) train.stepz; allowed: "),
+    ("peak_tflops", 0.0, r"^train.peak_tflops=0.0; allowed: > 0 or None$"),
+    ("profile_steps", (3, 2), r"^train.profile_steps=\(3, 2\); allowed: \(\) or \(first, last\)"),
 ])
 def test_train_options_are_checked_with_errors_naming_them(key, value, match):
     config = _tiny()

@@ -9,9 +9,12 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
+from moejax.models.decoder import decoder_spec_from_config
+from moejax.models.param_count import model_flops_per_token
 from moejax.train import step as step_module
 from moejax.train.config_files import load_config
 from moejax.train.trainer import train_and_evaluate
@@ -63,6 +66,7 @@ def _interrupted_after_two_steps(config, workdir):
 
 
 TRAIN_FIELDS = {"step", "loss", "total_loss", "grad_norm", "learning_rate", "tokens_per_s",
+                "tflops_per_device", "mfu",
                 *(f"aux/{name}{part}" for name in ("lb", "sp", "cp")
                   for part in ("", "/per_router")),
                 *(f"routing/{name}" for name in (
@@ -87,13 +91,18 @@ def _check_metrics_rows(rows, config):
         assert set(row) == TRAIN_FIELDS | timed | evaluated, set(row) ^ (TRAIN_FIELDS | timed)
         assert row["learning_rate"] == pytest.approx(float(schedule(row["step"])), rel=1e-6)
         assert row["tokens_per_s"] > 0 and row["grad_norm"] > 0
+        flops = model_flops_per_token(decoder_spec_from_config(config.model),
+                                      config.train.seq_len)
+        assert row["tflops_per_device"] == pytest.approx(
+            flops * row["tokens_per_s"] / jax.device_count() / 1e12, rel=1e-9)
+        assert row["mfu"] == pytest.approx(row["tflops_per_device"] / config.train.peak_tflops)
         assert row["total_loss"] > row["loss"]  # the weighted regularizers are in it
         assert len(row["aux/lb/per_router"]) == 2 and len(row["aux/cp/per_router"]) == 1
         assert [sum(load) for load in row["routing/tokens_per_expert"]] == [slots, slots]
 
 
 def test_tiny_trains_logs_checkpoints_and_reports(tmp_path):
-    config = _tiny(report=True, eval_top1_disabled=True)
+    config = _tiny(report=True, eval_top1_disabled=True, peak_tflops=0.5, profile_steps=(2, 3))
     last = train_and_evaluate(config, tmp_path)
     rows = _rows(tmp_path)
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
@@ -105,6 +114,7 @@ def test_tiny_trains_logs_checkpoints_and_reports(tmp_path):
     assert last["eval/routing/dropped_fraction_top1_disabled"] == [0.0, 0.0]
     assert (tmp_path / "report.md").exists() and (tmp_path / "plots" / "loss.png").exists()
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2, 3, 4]
+    assert list((tmp_path / "profile").rglob("*.xplane.pb"))  # the jax.profiler trace
 
 
 def test_evaluation_counts_capacity_drops(tmp_path):
