@@ -1,6 +1,9 @@
 """moejax-train: `moejax-train --config configs/NAME.py[:arg] --workdir DIR [--config.a.b=value]`.
 
-`--dry-run` prints the resolved config and the parameter counts (from shapes only) and exits.
+`--dry-run` prints the resolved config and the parameter counts (from shapes only), then the
+plan: the train step lowered and compiled on the configured mesh without running it, with
+per-device memory, FLOPs per step and compile time (`moejax/train/plan.py`; fake CPU devices
+plan a multi-device run: `JAX_NUM_CPU_DEVICES=8`), and exits.
 Several hosts: start the same command on every host with `--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I` (or the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
 JAX_PROCESS_ID environment variables), or `--distributed_cluster` under SLURM / MPI /
@@ -24,6 +27,7 @@ from ml_collections import config_flags
 from moejax.cli._command import run_command
 from moejax.models.param_count import count_parameters
 from moejax.parallel.distributed import distributed_spec, initialize_distributed
+from moejax.train.plan import compile_plan, format_plan
 from moejax.train.specs import specs_from_config, train_spec_from_config
 from moejax.train.trainer import NonFiniteError, StoppedBySignal, train_and_evaluate
 from moejax.train.workdir_lock import WorkdirBusyError
@@ -33,8 +37,8 @@ FLAGS = flags.FlagValues()
 config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).",
                                 flag_values=FLAGS)
 flags.DEFINE_string("workdir", None, "Directory for metrics and checkpoints.", flag_values=FLAGS)
-flags.DEFINE_bool("dry_run", False, "Print config and parameter counts, then exit.",
-                  flag_values=FLAGS)
+flags.DEFINE_bool("dry_run", False, "Print config, parameter counts and the compiled step's "
+                  "plan (memory, FLOPs), then exit.", flag_values=FLAGS)
 flags.DEFINE_string("coordinator_address", None,
                     "Multi-host: HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS).",
                     flag_values=FLAGS)
@@ -48,13 +52,14 @@ flags.DEFINE_bool("debug", False, "On an error, also print the traceback.", flag
 flags.mark_flags_as_required(["config", "workdir"], flag_values=FLAGS)
 
 
-def dry_run(config) -> str:
-    """The resolved config and the two count lines, as printed by --dry-run."""
+def dry_run(config, compile_step: bool = True) -> str:
+    """What --dry-run prints: the resolved config, the two count lines and the plan."""
     spec, _ = specs_from_config(config)
     counts = count_parameters(spec)
     train_spec_from_config(config)
-    return (f"{config}\ntotal parameters: {counts.total}\n"
+    text = (f"{config}\ntotal parameters: {counts.total}\n"
             f"active parameters per token: {counts.active}")
+    return f"{text}\n{format_plan(compile_plan(config))}" if compile_step else text
 
 
 def main(options: flags.FlagValues) -> int:

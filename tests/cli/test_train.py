@@ -19,12 +19,20 @@ def _cli(*args):
 
 
 def test_dry_run_prints_counts_and_applies_overrides(tmp_path):
-    out = _cli("--config", "configs/cartesian_base.py", "--workdir", str(tmp_path),
-               "--dry-run", "--config.model.moe.top_k=3")
+    out = _cli("--config", "configs/tiny.py", "--workdir", str(tmp_path), "--dry-run",
+               "--config.model.moe.top_k=3")
     assert out.returncode == 0, out.stderr
-    assert "total parameters: 842065176" in out.stdout
-    assert "top_k: 3" in out.stdout
-    assert "active parameters per token: " in out.stdout
+    assert "top_k: 3" in out.stdout and "active parameters per token: " in out.stdout
+    assert "plan: 1 x cpu, mesh {'data': 1, 'fsdp': 1, 'expert': 1, 'tensor': 1}" in out.stdout
+    assert "memory per device: " in out.stdout and "FLOPs per step: " in out.stdout
+    assert not (tmp_path / "metrics.jsonl").exists()  # nothing ran
+
+
+def test_dry_run_counts_a_real_size_preset_without_building_it():
+    from moejax.cli.train import dry_run
+
+    text = dry_run(load_config(ROOT / "configs" / "cartesian_base.py"), compile_step=False)
+    assert "total parameters: 842065176" in text
 
 
 MOE_OPTIONS = ", ".join(load_config(ROOT / "configs" / "tiny.py").model.moe)

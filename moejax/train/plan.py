@@ -1,0 +1,106 @@
+"""A plan before a run: the train step lowered and compiled on the configured mesh, nothing run.
+
+`compile_plan(config)` builds the model and optimizer from shapes only (`nnx.eval_shape`: a
+model larger than one device's memory is never allocated), places their abstract state on the
+mesh's shardings, and compiles one train step for the global batch. It reports per-device
+memory from XLA's `memory_analysis()` (arguments, outputs, temporaries, generated code), the
+compiled step's FLOPs per device (`cost_analysis()`), the model's FLOPs per step
+(`model_flops_per_token`) and the compile time. Fake CPU devices make 8-device plans on one
+machine: `JAX_NUM_CPU_DEVICES=8 moejax-train ... --dry-run`. XLA:CPU's memory figures are for
+its own buffers, a guide to a GPU's, not a promise.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from moejax.models.decoder import Decoder
+from moejax.models.param_count import model_flops_per_token
+from moejax.options import spec_from_mapping
+from moejax.parallel import (
+    MeshSpec,
+    batch_sharding,
+    make_expert_parallel,
+    make_mesh,
+    state_shardings,
+)
+from moejax.train import step
+from moejax.train.optim import make_optimizer
+from moejax.train.specs import specs_from_config, train_spec_from_config
+
+
+def compile_plan(config) -> dict:
+    """Compiles one train step of `config` on its mesh; returns the plan's numbers.
+
+    Returns:
+      {"devices", "mesh", "compile_s", "argument_bytes", "output_bytes", "temp_bytes",
+      "code_bytes", "peak_bytes" (arguments + outputs + temporaries - aliased, per device),
+      "xla_flops_per_device", "model_flops_per_step"}.
+    """
+    model_spec, loss_spec = specs_from_config(config)
+    train = train_spec_from_config(config)
+    mesh_spec = spec_from_mapping(MeshSpec, config.get("mesh"), "mesh")
+    mesh = make_mesh(mesh_spec)
+    engine = make_expert_parallel(mesh_spec.expert_parallel, mesh,
+                                  pair_capacity_factor=mesh_spec.pair_capacity_factor,
+                                  moe_engine=model_spec.moe.engine)
+
+    def build():
+        model = Decoder(model_spec, rngs=nnx.Rngs(config.seed), engine=engine)
+        return model, nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
+
+    graphdef, state = nnx.split(nnx.eval_shape(build))
+    shardings = state_shardings(state, mesh)
+    abstract = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(
+        leaf.shape, leaf.dtype, sharding=sharding), state, shardings)
+    tokens = jax.ShapeDtypeStruct((train.batch_size, train.seq_len + 1), jnp.int32,
+                                  sharding=batch_sharding(mesh))
+
+    def train_step(state, tokens, segments):
+        model, optimizer = nnx.merge(graphdef, state)
+        metrics = step.train_step(model, optimizer, tokens, loss_spec, train.grad_accumulation,
+                                  False, segments=segments)
+        return nnx.state((model, optimizer)), metrics
+
+    started = time.perf_counter()
+    compiled = jax.jit(train_step, donate_argnums=0).lower(abstract, tokens, tokens).compile()
+    seconds = time.perf_counter() - started
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    sizes = {name: int(getattr(memory, f"{name}_size_in_bytes", 0) or 0)
+             for name in ("argument", "output", "temp", "generated_code", "alias")}
+    return {
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "mesh": dict(zip(mesh.axis_names, mesh.devices.shape)),
+        "compile_s": seconds,
+        "argument_bytes": sizes["argument"],
+        "output_bytes": sizes["output"],
+        "temp_bytes": sizes["temp"],
+        "code_bytes": sizes["generated_code"],
+        "peak_bytes": sizes["argument"] + sizes["output"] + sizes["temp"] - sizes["alias"],
+        "xla_flops_per_device": float((cost or {}).get("flops", float("nan"))),
+        "model_flops_per_step": model_flops_per_token(model_spec, train.seq_len)
+        * train.batch_size * train.seq_len,
+    }
+
+
+def format_plan(plan: dict) -> str:
+    """The plan as the lines `moejax-train --dry-run` prints."""
+    gib = 2.0**30
+    return "\n".join([
+        f"plan: {plan['devices']}, mesh {plan['mesh']}",
+        f"  compile: {plan['compile_s']:.1f} s",
+        f"  memory per device: {plan['peak_bytes'] / gib:.2f} GiB (arguments "
+        f"{plan['argument_bytes'] / gib:.2f}, outputs {plan['output_bytes'] / gib:.2f}, "
+        f"temporaries {plan['temp_bytes'] / gib:.2f}, code {plan['code_bytes'] / gib:.3f}; "
+        "donated arguments counted once)",
+        f"  FLOPs per step: {plan['model_flops_per_step']:.3e} (model), "
+        f"{plan['xla_flops_per_device']:.3e} per device (XLA's count)",
+    ])
+
+
