@@ -90,3 +90,16 @@ def test_base_presets_within_one_percent_of_each_other():
     for field in ("total", "active"):
         values = [getattr(c, field) for c in counts]
         assert max(values) / min(values) < 1.01
+
+
+@pytest.mark.parametrize("name, total, active", [
+    ("mixtral_8x7b", 46.7e9, 12.9e9),  # Mixtral of Experts (Jiang et al. 2024)
+    ("deepseekmoe_16b", 16.4e9, 2.8e9),  # DeepSeekMoE (Dai et al. 2024)
+])
+def test_real_size_presets_match_the_published_counts(name, total, active):
+    """From shapes only: exactly the count by hand, and the published figures as rounded
+    (to 0.1B)."""
+    spec, _ = specs_from_config(load_config(CONFIGS / f"{name}.py"))
+    counts = count_parameters(spec)
+    assert (counts.total, counts.active) == _by_hand(spec)
+    assert abs(counts.total - total) <= 0.05e9 and abs(counts.active - active) <= 0.05e9
