@@ -27,6 +27,7 @@ def get_config(arg=None):
     config.model.block = "topk"  # "topk" (Mixtral) or "deepseek" (shared experts)
     config.model.dtype = "float32"  # compute dtype: float32 or bfloat16
     config.model.attention = "xla"  # jax.nn.dot_product_attention: "xla" or "cudnn" (GPU)
+    config.model.remat = "none"  # per layer: "none", "full" or "save_dots_except_experts"
 
     config.model.moe = ml_collections.ConfigDict()  # maps onto moejax.MoESpec
     config.model.moe.num_experts = 8  # routed experts E

@@ -4,7 +4,8 @@ The product itself goes through `jax.nn.dot_product_attention` (implementation "
 "cudnn" for cuDNN's fused kernel on GPU). Packed documents: with segment ids a query attends
 only to keys of its own segment (and, causally, earlier ones), and `positions_from_segments`
 restarts RoPE positions at each document. RoPE is the "rotate half" (non-interleaved) form of
-HF Llama/Mixtral.
+HF Llama/Mixtral. The projections' outputs are named ("attention_qkv", "attention_out") for
+the decoder's rematerialisation policies.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from moejax.layers.dtypes import at_least_float32
 
@@ -88,13 +90,13 @@ def attention(x, w_q, w_k, w_v, w_o, positions, theta, segments=None, implementa
     Returns:
       [B, S, D].
     """
-    q = jnp.einsum("BSD,DNH->BSNH", x, w_q)
-    k = jnp.einsum("BSD,DKH->BSKH", x, w_k)
-    v = jnp.einsum("BSD,DKH->BSKH", x, w_v)
+    q = checkpoint_name(jnp.einsum("BSD,DNH->BSNH", x, w_q), "attention_qkv")
+    k = checkpoint_name(jnp.einsum("BSD,DKH->BSKH", x, w_k), "attention_qkv")
+    v = checkpoint_name(jnp.einsum("BSD,DKH->BSKH", x, w_v), "attention_qkv")
     cos, sin = rope_tables(positions, q.shape[-1], theta, at_least_float32(x.dtype))
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     out = _attend(q, k, v, segments, implementation)
-    return jnp.einsum("BSNH,NHD->BSD", out, w_o)
+    return checkpoint_name(jnp.einsum("BSNH,NHD->BSD", out, w_o), "attention_out")
 
 
 class Attention(nnx.Module):

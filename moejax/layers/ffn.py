@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from moejax.layers.dtypes import at_least_float32
 
@@ -40,11 +41,15 @@ swiglu_activation.defvjp(_swiglu_activation_fwd, _swiglu_activation_bwd)
 def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array):
     """One SwiGLU FFN.  x: [..., D], w_gate/w_up: [D, F], w_down: [F, D].
 
+    The matmul outputs are named "ffn_in" and "ffn_out" for the rematerialisation policies
+    (dense layers and shared experts; the routed experts' matmuls are not named).
+
     Returns:
       (y [..., D], z [..., F]), both in x's dtype.
     """
-    z = swiglu_activation(x @ w_gate, x @ w_up)
-    return z @ w_down, z
+    gate, up = (checkpoint_name(x @ w, "ffn_in") for w in (w_gate, w_up))
+    z = swiglu_activation(gate, up)
+    return checkpoint_name(z @ w_down, "ffn_out"), z
 
 
 def init_swiglu_weights(key: jax.Array, num: int, d_model: int, d_hidden: int):

@@ -27,6 +27,14 @@ from moejax.moe.topk import TopKMoE
 from moejax.options import check_known, spec_from_mapping
 from moejax.record import concat_records
 
+# model.remat: what the backward pass may keep of each layer's forward (the rest is recomputed)
+REMAT_POLICIES = MappingProxyType({
+    "none": None,  # no rematerialisation: keep everything
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only each layer's input
+    # keep the attention and dense-FFN matmul outputs; recompute the routed experts
+    "save_dots_except_experts": jax.checkpoint_policies.save_only_these_names(
+        "attention_qkv", "attention_out", "ffn_in", "ffn_out"),
+})
 BLOCKS = MappingProxyType({"topk": TopKMoE, "deepseek": DeepSeekMoE, "cartesian": CartesianMoE})
 DTYPES = MappingProxyType(
     {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
@@ -54,6 +62,8 @@ class DecoderSpec:
       dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32); "float64"
         exists for gradient checks under `jax.enable_x64`.
       attention: `jax.nn.dot_product_attention`'s implementation: "xla" or "cudnn" (GPU).
+      remat: rematerialisation per layer, one of REMAT_POLICIES: "none", "full" or
+        "save_dots_except_experts".
       moe: the MoE layers' options.
     """
 
@@ -71,6 +81,7 @@ class DecoderSpec:
     block: str = "topk"
     dtype: str = "float32"
     attention: str = "xla"
+    remat: str = "none"
     moe: MoESpec = dataclasses.field(default_factory=MoESpec)
 
     def __post_init__(self):
@@ -81,6 +92,8 @@ class DecoderSpec:
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"model.attention={self.attention!r}; allowed: "
                              f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"model.remat={self.remat!r}; allowed: {', '.join(REMAT_POLICIES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype={self.dtype!r}; allowed: {', '.join(DTYPES)}")
         if self.head_dim is None and self.d_model % self.num_heads:
@@ -208,9 +221,15 @@ class Decoder(nnx.Module):
             positions = (jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
                          if segments is None else positions_from_segments(segments))
         x = self.embed(tokens, DTYPES[self.spec.dtype])
+
+        def run_layer(layer, x):
+            return layer(x, positions, segments, disable_top1=disable_top1)
+
+        if self.spec.remat != "none":
+            run_layer = nnx.remat(run_layer, policy=REMAT_POLICIES[self.spec.remat])
         records = []
         for layer in self.layers:
-            x, record = layer(x, positions, segments, disable_top1=disable_top1)
+            x, record = run_layer(layer, x)
             if record is not None:
                 records.append(record)
         logits = self.head(self.final_norm(x))

@@ -132,6 +132,8 @@ def test_bfloat16_close_to_float32():
     ({"d_model": 10, "num_heads": 4, "num_kv_heads": 1}, "d_model=10"),
     ({"first_dense_layers": 5}, "first_dense_layers=5"),
     ({"moe": {"num_experts": 4, "top_k": 5}}, "moe.top_k=5"),
+    ({"remat": "dots"}, "model.remat='dots'; allowed: none, full, save_dots_except_experts"),
+    ({"attention": "flash"}, "model.attention='flash'; allowed: xla, cudnn"),
 ])
 def test_invalid_config_names_the_option(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -157,3 +159,30 @@ def test_packed_documents_give_each_documents_own_logits():
     np.testing.assert_allclose(logits[:, 3:], alone[1], rtol=1e-5, atol=1e-5)
     unmasked = run(model, packed, None)  # one document: the second part sees the first
     assert not np.allclose(unmasked[:, 3:], alone[1], atol=1e-3)
+
+
+def test_remat_policies_give_the_same_gradients():
+    """Rematerialisation changes what the backward keeps, never what it computes: every policy
+    gives the gradients of no remat, through MoE and dense layers, regularizers included."""
+    from moejax.regularizers import LossSpec
+    from moejax.train import step
+
+    tokens = jnp.asarray(np.random.default_rng(5).integers(0, 19, (2, 8)), jnp.int32)
+    grads = {}
+    for remat in ("none", "full", "save_dots_except_experts"):
+        spec = decoder_spec_from_config({**BASE, "num_layers": 2, "remat": remat,
+                                         "moe": {"num_experts": 4, "top_k": 2, "d_hidden": 8,
+                                                 "record_cosine": True}})
+        model = Decoder(spec, rngs=nnx.Rngs(6))
+        graphdef, state = nnx.split(model)
+
+        def loss(state):
+            model = nnx.merge(graphdef, state)
+            return step._loss_fn(model, tokens, LossSpec(lb=0.01, sp=0.1))[0]
+
+        jaxpr = str(jax.make_jaxpr(jax.grad(loss))(state))
+        assert jaxpr.count("remat") == (0 if remat == "none" else 2)  # one per layer
+        grads[remat] = jax.tree.leaves(jax.jit(jax.grad(loss))(state))
+    for remat in ("full", "save_dots_except_experts"):
+        for got, want in zip(grads[remat], grads["none"], strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
