@@ -78,11 +78,13 @@ def _mean(trees):
     return jax.tree.map(lambda *xs: sum(xs) / len(xs), *trees)
 
 
-@functools.partial(nnx.jit, static_argnames=("loss_spec", "micro_batches"))
+@functools.partial(nnx.jit, static_argnames=("loss_spec", "micro_batches"),
+                   donate_argnames=("model", "optimizer"))
 def train_step(model, optimizer, tokens: jax.Array, loss_spec: LossSpec, micro_batches: int = 1,
                log_routing=True, segments=None):
     """One optimizer step; returns a dict of metrics (with "finite_state": whether every
-    parameter is finite after the update).
+    parameter is finite after the update). The model's and optimizer's buffers are donated:
+    the step updates them in place (the modules hold the new arrays afterwards).
 
     Args:
       tokens: [B, S + 1] int token ids, the whole optimizer step's batch.

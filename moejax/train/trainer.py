@@ -319,8 +319,9 @@ def _train(config, workdir: pathlib.Path) -> dict:
             stopping = stop.signal  # read once: a signal arriving later waits for the next step
             elapsed = time.perf_counter() - started
             bar.update(1)
-            bar.set_postfix(loss=f"{float(metrics['loss']):.3f}",
-                            tok_s=f"{(step_number - start) * tokens_per_step / elapsed:.0f}")
+            if logged:  # reading the loss waits for the device: on logged steps only
+                bar.set_postfix(loss=f"{float(metrics['loss']):.3f}",
+                                tok_s=f"{(step_number - start) * tokens_per_step / elapsed:.0f}")
             if step_number % train_cfg.eval_every == 0 or last:
                 metrics.update(evaluate(model, data_spec, train_cfg, config.seed,
                                         len(domain_names), tokens_sharding),
