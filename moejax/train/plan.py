@@ -18,19 +18,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from moejax.models.decoder import Decoder
 from moejax.models.param_count import model_flops_per_token
-from moejax.options import spec_from_mapping
-from moejax.parallel import (
-    MeshSpec,
-    batch_sharding,
-    make_expert_parallel,
-    make_mesh,
-    state_shardings,
-)
+from moejax.parallel import batch_sharding, state_shardings
 from moejax.train import step
-from moejax.train.optim import make_optimizer
 from moejax.train.specs import specs_from_config, train_spec_from_config
+from moejax.train.state import mesh_and_engine, model_and_optimizer
 
 
 def compile_plan(config) -> dict:
@@ -43,17 +35,9 @@ def compile_plan(config) -> dict:
     """
     model_spec, loss_spec = specs_from_config(config)
     train = train_spec_from_config(config)
-    mesh_spec = spec_from_mapping(MeshSpec, config.get("mesh"), "mesh")
-    mesh = make_mesh(mesh_spec)
-    engine = make_expert_parallel(mesh_spec.expert_parallel, mesh,
-                                  pair_capacity_factor=mesh_spec.pair_capacity_factor,
-                                  moe_engine=model_spec.moe.engine)
-
-    def build():
-        model = Decoder(model_spec, rngs=nnx.Rngs(config.seed), engine=engine)
-        return model, nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
-
-    graphdef, state = nnx.split(nnx.eval_shape(build))
+    mesh, engine = mesh_and_engine(config, model_spec, train)
+    graphdef, state = nnx.split(nnx.eval_shape(
+        lambda: model_and_optimizer(model_spec, train, config.seed, engine)))
     shardings = state_shardings(state, mesh)
     abstract = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(
         leaf.shape, leaf.dtype, sharding=sharding), state, shardings)

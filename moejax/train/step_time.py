@@ -15,12 +15,10 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from moejax.models.decoder import Decoder
 from moejax.train import step
-from moejax.train.optim import make_optimizer
 from moejax.train.specs import specs_from_config, train_spec_from_config
+from moejax.train.state import model_and_optimizer
 
 
 def compiled_step(config) -> Callable[[], dict]:
@@ -28,8 +26,7 @@ def compiled_step(config) -> Callable[[], dict]:
     and batch shape on random tokens, on one device; compiled and warmed up."""
     model_spec, loss_spec = specs_from_config(config)
     train = train_spec_from_config(config)
-    model = Decoder(model_spec, rngs=nnx.Rngs(config.seed))
-    optimizer = nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
+    model, optimizer = model_and_optimizer(model_spec, train, config.seed)
     rng = np.random.default_rng(config.seed)
     tokens = jnp.asarray(rng.integers(0, model_spec.vocab_size,
                                       (train.batch_size, train.seq_len + 1)), jnp.int32)

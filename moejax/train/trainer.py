@@ -17,17 +17,12 @@ import time
 import jax
 import numpy as np
 import tqdm
-from flax import nnx
 
 from moejax.data import pipeline
-from moejax.models.decoder import Decoder
 from moejax.models.param_count import model_flops_per_token
-from moejax.options import flat_config, spec_from_mapping
+from moejax.options import flat_config
 from moejax.parallel import (
-    MeshSpec,
     batch_sharding,
-    make_expert_parallel,
-    make_mesh,
     shard_model_and_optimizer,
 )
 from moejax.regularizers import nmi_from_counts
@@ -36,8 +31,9 @@ from moejax.reporting.report import write_report
 from moejax.train import step
 from moejax.train.accounting import peak_tflops, utilisation
 from moejax.train.checkpoint import Checkpointer, config_json
-from moejax.train.optim import learning_rate_schedule, make_optimizer
+from moejax.train.optim import learning_rate_schedule
 from moejax.train.specs import TrainSpec, specs_from_config, train_spec_from_config
+from moejax.train.state import mesh_and_engine, model_and_optimizer
 from moejax.train.workdir_lock import workdir_lock
 
 
@@ -128,15 +124,6 @@ def _check_data(data_spec, train: TrainSpec) -> None:
                 "%d domains have no validation data (one document each, shorter than "
                 "data.chunk_bytes): %s%s", len(missing), ", ".join(missing[:8]),
                 ", ..." if len(missing) > 8 else "")
-
-
-def _check_batch_fits_mesh(train: TrainSpec, mesh) -> None:
-    shards = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
-    if train.batch_size % (shards * train.grad_accumulation):
-        raise ValueError(f"train.batch_size={train.batch_size} is not divisible by "
-                         f"train.grad_accumulation x mesh.data x mesh.fsdp x mesh.expert = "
-                         f"{train.grad_accumulation} x {shards} (each micro-batch spans the "
-                         "batch axes)")
 
 
 # a resumed run must keep these (the state's shapes and meaning, the data order); other
@@ -260,14 +247,8 @@ def _train(config, workdir: pathlib.Path) -> dict:
 
     # Mesh, model and optimizer: the state is placed on its shardings before any restore, so a
     # checkpoint written on another mesh restores onto this one.
-    mesh_spec = spec_from_mapping(MeshSpec, config.get("mesh"), "mesh")
-    mesh = make_mesh(mesh_spec)
-    _check_batch_fits_mesh(train_cfg, mesh)
-    engine = make_expert_parallel(mesh_spec.expert_parallel, mesh,
-                                  pair_capacity_factor=mesh_spec.pair_capacity_factor,
-                                  moe_engine=model_spec.moe.engine)
-    model = Decoder(model_spec, rngs=nnx.Rngs(config.seed), engine=engine)
-    optimizer = nnx.Optimizer(model, make_optimizer(train_cfg), wrt=nnx.Param)
+    mesh, engine = mesh_and_engine(config, model_spec, train_cfg)
+    model, optimizer = model_and_optimizer(model_spec, train_cfg, config.seed, engine)
     shard_model_and_optimizer(model, optimizer, mesh)
     tokens_sharding = batch_sharding(mesh)
 

@@ -61,6 +61,11 @@ def test_attention_gradients():
         w = [jnp.asarray(a, jnp.float64) for a in weights]
         check_grads(lambda x, w_q, w_k: attention(x, w_q, w_k, w[2], w[3], positions, 1e4),
                     (jnp.asarray(x), w[0], w[1]), order=1, modes=["rev"])
+        segments = jnp.asarray([[1, 1, 1, 2, 2, 3, 3], [1, 2, 2, 2, 2, 2, 2]])  # packed
+        check_grads(lambda x, w_q, w_k: attention(x, w_q, w_k, w[2], w[3],
+                                                  positions_from_segments(segments), 1e4,
+                                                  segments),
+                    (jnp.asarray(x), w[0], w[1]), order=1, modes=["rev"])
 
 
 def test_packed_documents_are_masked_and_restart_positions():
