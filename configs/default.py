@@ -28,6 +28,8 @@ def get_config(arg=None):
     config.model.dtype = "float32"  # compute dtype: float32 or bfloat16
     config.model.attention = "xla"  # jax.nn.dot_product_attention: "xla" or "cudnn" (GPU)
     config.model.remat = "none"  # per layer: "none", "full" or "save_dots_except_experts"
+    # stack the layers over depth and run them with nnx.scan (compile time flat in depth)
+    config.model.scan_layers = True
 
     config.model.moe = ml_collections.ConfigDict()  # maps onto moejax.MoESpec
     config.model.moe.num_experts = 8  # routed experts E

@@ -23,7 +23,9 @@ weights are [out, in]; moejax stores [in, out] with heads split out:
 HF's q/k/v rows are head-major (row `n * H + h`), so `w_q = q_proj.T.reshape(D, N, H)`. Any
 tensor that does not map (an unknown name, an expert index >= E, a rotary `inv_freq` buffer) or
 that is missing raises ValueError listing the names: expert weights are never dropped silently.
-Parameters are float32 (bfloat16 checkpoints are upcast, exactly).
+Parameters are float32 (bfloat16 checkpoints are upcast, exactly). The table gives the unrolled
+layout (`model.scan_layers=False`); a scanned model's stacks are converted with
+`stack_params` / `unstack_params`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from moejax.models.decoder import Decoder, DecoderSpec
+from moejax.models.decoder import Decoder, DecoderSpec, stack_params, unstack_params
 
 
 def check_mixtral_spec(spec: DecoderSpec) -> None:
@@ -151,6 +153,7 @@ def from_hf_mixtral(state_dict: Mapping[str, np.ndarray], spec: DecoderSpec) -> 
         "final_norm": {"weight": np.asarray(state_dict["model.norm.weight"], np.float32)},
         "head": {"kernel": np.asarray(state_dict["lm_head.weight"], np.float32).T},
     }
+    pure = stack_params(spec, pure)  # the layout of spec.scan_layers
     abstract = nnx.eval_shape(lambda: Decoder(spec, rngs=nnx.Rngs(0)))
     state = nnx.split(abstract, nnx.Param)[1]
     expected = jax.tree.map(lambda a: (a.shape, a.dtype), nnx.to_pure_dict(state))
@@ -192,7 +195,7 @@ def to_hf_mixtral(model: Decoder) -> dict[str, np.ndarray]:
     spec = model.spec
     check_mixtral_spec(spec)
     pure = jax.tree.map(lambda a: np.asarray(a, np.float32),
-                        nnx.to_pure_dict(nnx.split(model, nnx.Param)[1]))
+                        unstack_params(spec, nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])))
     out = {"model.embed_tokens.weight": pure["embed"]["embedding"]}
     for i in range(spec.num_layers):
         out.update(_layer_to_hf(pure["layers"][i], i, spec))

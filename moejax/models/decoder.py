@@ -4,6 +4,15 @@ Layer i is an MoE layer when `i >= first_dense_layers` and
 `(i - first_dense_layers) % moe_every == 0`; other layers use a dense SwiGLU FFN. The
 decoder returns the logits and the routing records of all MoE layers concatenated along the
 router axis in depth order (a block with two routers contributes two, in its own order).
+
+Two parameter layouts compute the same function (`model.scan_layers`):
+- unrolled: `layers[i]`, one `DecoderLayer` per layer, run by a Python loop (compile time
+  grows with depth);
+- scanned (default): `stacks[s].layers[j]`, parameters stacked over depth and run by
+  `nnx.scan` (one traced unit per stack, so compile time barely grows). `layer_stacks(spec)`
+  cuts the depth into at most three stacks of a repeating unit: the leading dense layers,
+  the periodic MoE unit (`moe_every` layers: one MoE, then dense), and the leftover layers.
+  `unstack_params` / `stack_params` move a parameter dict between the two layouts.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from moejax.layers.attention import ATTENTION_IMPLEMENTATIONS, Attention, positions_from_segments
@@ -64,6 +74,8 @@ class DecoderSpec:
       attention: `jax.nn.dot_product_attention`'s implementation: "xla" or "cudnn" (GPU).
       remat: rematerialisation per layer, one of REMAT_POLICIES: "none", "full" or
         "save_dots_except_experts".
+      scan_layers: stack the layers' parameters over depth and run them with `nnx.scan`
+        (see the module docstring); False: one module per layer in a Python loop.
       moe: the MoE layers' options.
     """
 
@@ -82,6 +94,7 @@ class DecoderSpec:
     dtype: str = "float32"
     attention: str = "xla"
     remat: str = "none"
+    scan_layers: bool = True
     moe: MoESpec = dataclasses.field(default_factory=MoESpec)
 
     def __post_init__(self):
@@ -119,6 +132,24 @@ class DecoderSpec:
     def is_moe_layer(self, layer: int) -> bool:
         offset = layer - self.first_dense_layers
         return offset >= 0 and offset % self.moe_every == 0
+
+    @property
+    def num_routers(self) -> int:
+        """R, the routing record's router axis: one per MoE layer, two per CartesianMoE layer."""
+        per_layer = 2 if self.block == "cartesian" else 1
+        return per_layer * sum(self.is_moe_layer(i) for i in range(self.num_layers))
+
+
+def layer_stacks(spec: DecoderSpec) -> tuple[tuple[int, int, int], ...]:
+    """The scanned layout's stacks, in depth order: (first layer, unit size, repeats).
+
+    Stack s holds layers `first + r * unit + j` for r < repeats, j < unit; all repeats of a
+    unit have the same layer kinds, so one traced unit serves them all.
+    """
+    dense, period = spec.first_dense_layers, spec.moe_every
+    repeats, leftover = divmod(spec.num_layers - dense, period)
+    stacks = ((0, 1, dense), (dense, period, repeats), (dense + repeats * period, leftover, 1))
+    return tuple(stack for stack in stacks if stack[1] and stack[2])
 
 
 def decoder_spec_from_config(model_config) -> DecoderSpec:
@@ -192,6 +223,37 @@ class DecoderLayer(nnx.Module):
         return h.reshape(batch, seq, d_model), record
 
 
+class LayerStack(nnx.Module):
+    """`repeats` copies of a unit of `unit` consecutive layers, parameters stacked on axis 0."""
+
+    def __init__(self, spec: DecoderSpec, first: int, unit: int, repeats: int, *,
+                 rngs: nnx.Rngs, engine=None):
+        @nnx.split_rngs(splits=repeats)
+        @nnx.vmap(in_axes=0, out_axes=0)
+        def make_unit(rngs):
+            return nnx.List([DecoderLayer(spec, first + j, rngs=rngs, engine=engine)
+                             for j in range(unit)])
+
+        self.layers = make_unit(rngs)
+
+    def __call__(self, x, run_layer):
+        """x: [B, S, D] -> ([B, S, D], record over the stack's routers in depth order or None)."""
+
+        def run_unit(x, layers):
+            records = []
+            for layer in layers:
+                x, record = run_layer(layer, x)
+                if record is not None:
+                    records.append(record)
+            return x, (concat_records(records) if records else None)
+
+        x, records = nnx.scan(run_unit, in_axes=(nnx.Carry, 0),
+                              out_axes=(nnx.Carry, 0))(x, self.layers)
+        if records is not None:  # [repeats, R_unit, ...] -> [repeats * R_unit, ...]
+            records = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), records)
+        return x, records
+
+
 class Decoder(nnx.Module):
     """tokens [B, S] -> (logits [B, S, V] float32, RoutingRecord over T = B*S tokens or None).
 
@@ -201,8 +263,12 @@ class Decoder(nnx.Module):
     def __init__(self, spec: DecoderSpec, *, rngs: nnx.Rngs, engine=None):
         self.spec = spec
         self.embed = Embed(spec.vocab_size, spec.d_model, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(spec, i, rngs=rngs, engine=engine)
-                                for i in range(spec.num_layers)])
+        if spec.scan_layers:
+            self.stacks = nnx.List([LayerStack(spec, *stack, rngs=rngs, engine=engine)
+                                    for stack in layer_stacks(spec)])
+        else:
+            self.layers = nnx.List([DecoderLayer(spec, i, rngs=rngs, engine=engine)
+                                    for i in range(spec.num_layers)])
         self.final_norm = RMSNorm(spec.d_model, eps=spec.norm_eps)
         self.head = LMHead(spec.d_model, spec.vocab_size, rngs=rngs)
 
@@ -228,14 +294,85 @@ class Decoder(nnx.Module):
         if self.spec.remat != "none":
             run_layer = nnx.remat(run_layer, policy=REMAT_POLICIES[self.spec.remat])
         records = []
-        for layer in self.layers:
-            x, record = run_layer(layer, x)
-            if record is not None:
-                records.append(record)
+        if self.spec.scan_layers:
+            for stack in self.stacks:
+                x, record = stack(x, run_layer)
+                if record is not None:
+                    records.append(record)
+        else:
+            for layer in self.layers:
+                x, record = run_layer(layer, x)
+                if record is not None:
+                    records.append(record)
         logits = self.head(self.final_norm(x))
         return logits, (concat_records(records) if records else None)
 
-    def routers(self) -> list:
-        """All routers in depth order: the order of the routing record's router axis."""
-        return [router for layer in self.layers if not isinstance(layer.ffn, DenseFeedForward)
-                for router in layer.ffn.block.routers()]
+    def _router_groups(self) -> list[tuple[list, bool]]:
+        """(routers, stacked) in depth order; a stacked router holds one router per repeat."""
+        if not self.spec.scan_layers:
+            return [([r for layer in self.layers if not isinstance(layer.ffn, DenseFeedForward)
+                      for r in layer.ffn.block.routers()], False)]
+        return [([r for layer in stack.layers if not isinstance(layer.ffn, DenseFeedForward)
+                  for r in layer.ffn.block.routers()], True) for stack in self.stacks]
+
+    def router_biases(self) -> jax.Array:
+        """[R, E] every router's load-balancing bias in depth order (padded with 0 to the
+        widest router)."""
+        width = max(r.bias.shape[-1] for routers, _ in self._router_groups() for r in routers)
+        rows = []
+        for routers, stacked in self._router_groups():
+            if routers:
+                pad = [jnp.pad(r.bias[...], [(0, 0)] * (r.bias.ndim - 1)
+                               + [(0, width - r.bias.shape[-1])]) for r in routers]
+                rows.append(jnp.stack(pad, axis=1 if stacked else 0).reshape(-1, width))
+        return jnp.concatenate(rows)
+
+    def set_router_biases(self, biases: jax.Array) -> None:
+        """biases: [R, E] in the order of `router_biases` (padding ignored)."""
+        start = 0
+        for routers, stacked in self._router_groups():
+            if not routers:
+                continue
+            repeats = routers[0].bias.shape[0] if stacked else 1
+            block = biases[start:start + repeats * len(routers)]
+            block = block.reshape(repeats, len(routers), -1) if stacked else block[None]
+            for u, router in enumerate(routers):
+                value = block[:, u, : router.bias.shape[-1]]
+                router.bias[...] = value if stacked else value[0]
+            start += repeats * len(routers)
+
+
+def _stack(*arrays):
+    """Stacks on the host for NumPy arrays (a checkpoint being converted), else on device."""
+    return (np.stack if isinstance(arrays[0], np.ndarray) else jnp.stack)(arrays)
+
+
+def unstack_params(spec: DecoderSpec, params: dict) -> dict:
+    """A Decoder parameter dict (`nnx.to_pure_dict`) in either layout -> the unrolled one
+    (`{"layers": {i: layer}, ...}`); arrays are sliced, not copied to the host."""
+    if "stacks" not in params:
+        return params
+    out = {k: v for k, v in params.items() if k != "stacks"}
+    out["layers"] = {}
+    for s, (first, unit, repeats) in enumerate(layer_stacks(spec)):
+        stack = params["stacks"][s]["layers"]
+        for r in range(repeats):
+            for j in range(unit):
+                out["layers"][first + r * unit + j] = jax.tree.map(lambda a, r=r: a[r],
+                                                                   stack[j])
+    return out
+
+
+def stack_params(spec: DecoderSpec, params: dict) -> dict:
+    """A Decoder parameter dict in either layout -> the layout of `spec.scan_layers`."""
+    params = unstack_params(spec, params)
+    if not spec.scan_layers:
+        return params
+    out = {k: v for k, v in params.items() if k != "layers"}
+    layers = params["layers"]
+    out["stacks"] = {
+        s: {"layers": {j: jax.tree.map(_stack,
+                                       *[layers[first + r * unit + j] for r in range(repeats)])
+                       for j in range(unit)}}
+        for s, (first, unit, repeats) in enumerate(layer_stacks(spec))}
+    return out

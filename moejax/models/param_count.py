@@ -33,7 +33,7 @@ def count_parameters(spec: DecoderSpec) -> ParameterCount:
     for _, node in nnx.iter_graph(model):
         if isinstance(node, TopKMoE):
             experts = _size(nnx.state(node.experts, nnx.Param))
-            num_experts = node.experts.w_gate.shape[0]
+            num_experts = node.experts.w_gate.shape[-3]  # [(L,) E, D, F]
             inactive += experts * (1 - node.router.top_k / num_experts)
     return ParameterCount(total=total, active=round(total - inactive))
 

@@ -216,7 +216,8 @@ class Router(nnx.Module):
         init = nnx.initializers.normal(stddev=d_model**-0.5)
         self.kernel = nnx.Param(init(rngs.params(), (d_model, num_experts), jnp.float32))
         self.bias = RouterBias(jnp.zeros((num_experts,), jnp.float32)) if spec.use_bias else None
-        self.rngs = rngs if spec.jitter > 0 else None
+        # its own stream (key and count): under a scanned stack each layer's key is its own
+        self.rngs = nnx.Rngs(jitter=rngs.jitter()) if spec.jitter > 0 else None
         self.deterministic = False
 
     def __call__(self, x: jax.Array, *, disable_top1: bool = False,

@@ -23,6 +23,7 @@ MLP = "mlp"
 EXPERT = "expert"
 EXPERT_MLP = "expert_mlp"
 ROUTER_EXPERTS = "router_experts"
+LAYERS = "layers"  # the depth axis of scanned layer stacks
 
 # the config options that set each logical axis's size (for errors a user can act on)
 CONFIG_KEYS = MappingProxyType({
@@ -46,4 +47,5 @@ DEFAULT_RULES = MappingProxyType({
     EXPERT: "expert",
     EXPERT_MLP: "tensor",
     ROUTER_EXPERTS: None,
+    LAYERS: None,
 })

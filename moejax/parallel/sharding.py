@@ -4,7 +4,8 @@ Each parameter gets logical axes from its name (and its parent's, for the two `k
 rules map those to mesh axes, and every sharded dimension must divide evenly: a mismatch is a
 ValueError naming the parameter, the dimension and the mesh axis (e.g. an expert axis that
 does not divide E). Optimizer moments follow their parameters because their paths end with
-the parameter's path; scalars and unknown leaves are replicated.
+the parameter's path; scalars and unknown leaves are replicated. Stacked layers (the scanned
+layout) add a leading "layers" axis that stays unsharded.
 """
 
 from __future__ import annotations
@@ -46,8 +47,18 @@ def _path_string(path) -> str:
 
 
 def logical_axes(path: tuple, ndim: int) -> tuple:
-    """Logical axes of the array at `path` (a state path of names and indices)."""
+    """Logical axes of the array at `path` (a state path of names and indices).
+
+    Under a scanned stack (a path through `stacks`) the leading axis is the depth ("layers":
+    never sharded) and the rest is named as in one layer.
+    """
     names = [n for n in map(_key_name, path) if n != "value"]
+    if "stacks" in names and ndim > 0:
+        return (axes.LAYERS,) + _layer_axes(names, ndim - 1)
+    return _layer_axes(names, ndim)
+
+
+def _layer_axes(names: list, ndim: int) -> tuple:
     if names and names[-1] == "kernel" and ndim == 2 and len(names) > 1:
         return _KERNELS.get(names[-2], (None, None))
     if names:

@@ -47,7 +47,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from moejax.models.decoder import Decoder, DecoderSpec, decoder_spec_from_config
+from moejax.models.decoder import Decoder, DecoderSpec, decoder_spec_from_config, stack_params
 from moejax.train.checksums import CHECKSUMS, verify_checksums, write_checksums
 
 FORMAT_VERSION = 1
@@ -376,19 +376,27 @@ def export(source, out_dir, *, step: int | None = None, overwrite: bool = False)
         restore_one = functools.partial(_restore_exportable, manager)
         step, (config, params), _ = _first_good(
             [step] if step is not None else steps, restore_one, root)
-    out.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(out / "params", params, force=overwrite)
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_export(out, config, params, overwrite=overwrite)
     logging.getLogger(__name__).info("exported step %d of %s to %s", step, root, out)
     return out
 
 
-def load_exported(out_dir) -> tuple[DecoderSpec, dict]:
+def write_export(out: pathlib.Path, config: dict, params: dict, *, overwrite: bool) -> None:
+    """Writes an export directory: `params` (a Decoder's variables as a pure dict, plain
+    Orbax) and `config.json` (a config dict with at least its "model" section)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(out / "params", params, force=overwrite)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_exported(out_dir, *, scan_layers: bool | None = None) -> tuple[DecoderSpec, dict]:
     """Reads an `export` directory -> (DecoderSpec, variables as a nested dict).
 
-    The dict has integer layer keys, so `nnx.update(Decoder(spec, rngs=nnx.Rngs(0)), params)`
-    loads it. Arrays land on the default device.
+    `nnx.update(Decoder(spec, rngs=nnx.Rngs(0)), params)` loads the dict (integer layer
+    keys). The params are in the layout of `spec.scan_layers`: the export's config, or
+    `scan_layers` when given; a stored layout that differs (read from the checkpoint's tree)
+    is converted with `stack_params`. Arrays land on the default device.
 
     Raises:
       FileNotFoundError: `out_dir` or its config.json / params is missing.
@@ -398,7 +406,11 @@ def load_exported(out_dir) -> tuple[DecoderSpec, dict]:
         if not needed.exists():
             raise FileNotFoundError(f"{needed} does not exist (not a moejax export)")
     spec = decoder_spec_from_config(json.loads((out / "config.json").read_text())["model"])
-    abstract_model, keep = _inference_state(spec)
-    target = nnx.to_pure_dict(nnx.state(abstract_model, keep))
+    if scan_layers is not None:
+        spec = dataclasses.replace(spec, scan_layers=scan_layers)
     with ocp.StandardCheckpointer() as checkpointer:
-        return spec, checkpointer.restore(out / "params", target)
+        stored = checkpointer.metadata(out / "params").item_metadata
+        stored_spec = dataclasses.replace(spec, scan_layers="stacks" in stored)
+        abstract_model, keep = _inference_state(stored_spec)
+        target = nnx.to_pure_dict(nnx.state(abstract_model, keep))
+        return spec, stack_params(spec, checkpointer.restore(out / "params", target))

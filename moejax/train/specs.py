@@ -107,12 +107,6 @@ def loss_spec_from_config(loss_config) -> LossSpec:
     return spec_from_mapping(LossSpec, loss_config, "loss")
 
 
-def num_routers(spec: DecoderSpec) -> int:
-    """Routers in depth order: one per MoE layer, two per CartesianMoE layer."""
-    per_layer = 2 if spec.block == "cartesian" else 1
-    return per_layer * sum(spec.is_moe_layer(i) for i in range(spec.num_layers))
-
-
 def specs_from_config(config) -> tuple[DecoderSpec, LossSpec]:
     """Builds (DecoderSpec, LossSpec) and checks that the losses fit the model.
 
@@ -124,9 +118,9 @@ def specs_from_config(config) -> tuple[DecoderSpec, LossSpec]:
     if (loss.sp > 0 or loss.orth > 0) and k < 2:
         raise ValueError(f"loss.sp={loss.sp} / loss.orth={loss.orth} compare pairs of "
                          f"co-activated experts and need top_k >= 2, but the model picks k={k}")
-    if loss.cp > 0 and num_routers(model) < 2:
+    if loss.cp > 0 and model.num_routers < 2:
         raise ValueError(f"loss.cp={loss.cp} couples adjacent routers and needs >= 2 routers, "
-                         f"but the model has {num_routers(model)}")
+                         f"but the model has {model.num_routers}")
     if loss.bias_rate > 0 and not model.moe.router.use_bias:
         raise ValueError(f"loss.bias_rate={loss.bias_rate} needs model.moe.router.use_bias=True")
     source = loss.needs_cosine

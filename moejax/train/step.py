@@ -56,12 +56,11 @@ def _routing_summary(record) -> dict:
 
 
 def _update_router_biases(model, tokens_per_expert, num_experts, rate: float) -> None:
-    routers = model.routers()
+    biases = model.router_biases()
     width = tokens_per_expert.shape[-1]
-    biases = jnp.stack([jnp.pad(r.bias[...], (0, width - r.bias.shape[0])) for r in routers])
-    new = updated_bias(biases, tokens_per_expert, rate, num_experts=num_experts)
-    for i, router in enumerate(routers):
-        router.bias[...] = new[i, : router.bias.shape[0]]
+    biases = jnp.pad(biases, ((0, 0), (0, width - biases.shape[-1])))
+    model.set_router_biases(updated_bias(biases, tokens_per_expert, rate,
+                                         num_experts=num_experts))
 
 
 def _step_tokens_per_expert(model, micro_batches, micro_segments) -> jax.Array:
@@ -102,7 +101,7 @@ def train_step(model, optimizer, tokens: jax.Array, loss_spec: LossSpec, micro_b
     batches = [tokens[m::micro_batches] for m in range(micro_batches)]
     micro_segments = [None if segments is None else segments[m::micro_batches]
                       for m in range(micro_batches)]
-    has_routers = bool(model.routers())
+    has_routers = model.spec.num_routers > 0
     step_counts = None
     if (micro_batches > 1 and has_routers and loss_spec.lb > 0
             and loss_spec.lb_variant == "global"):

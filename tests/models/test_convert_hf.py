@@ -20,7 +20,7 @@ from moejax.moe.spec import MoESpec
 
 B, S = 2, 7
 SPEC = DecoderSpec(vocab_size=13, d_model=12, num_layers=2, num_heads=6, num_kv_heads=2,
-                   head_dim=4, rope_theta=500.0, norm_eps=1e-5,
+                   head_dim=4, rope_theta=500.0, norm_eps=1e-5, scan_layers=False,
                    moe=MoESpec(num_experts=5, top_k=2, d_hidden=8))
 N, K, H, D, E, F = 6, 2, 4, 12, 5, 8
 
@@ -120,9 +120,11 @@ def _loaded_model(sd, spec=SPEC):
     return model
 
 
-def test_from_hf_logits_match_a_forward_in_hf_layout():
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_from_hf_logits_match_a_forward_in_hf_layout(scan_layers):
     sd = _hf_state_dict()
-    model = _loaded_model(sd)
+    spec = dataclasses.replace(SPEC, scan_layers=scan_layers)
+    model = _loaded_model(sd, spec)
     tokens = np.random.default_rng(1).integers(0, SPEC.vocab_size, size=(B, S))
     logits, record = nnx.jit(lambda m, t: m(t))(model, jnp.asarray(tokens))
     np.testing.assert_allclose(np.asarray(logits, np.float64), _hf_forward(tokens, sd, SPEC),
@@ -153,9 +155,10 @@ def test_q_proj_rows_are_head_major():
         np.testing.assert_array_equal(w_q[:, n, h], q_proj[n * H + h])
 
 
-def test_round_trip_is_exact():
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_round_trip_is_exact(scan_layers):
     sd = _hf_state_dict(seed=2)
-    out = to_hf_mixtral(_loaded_model(sd))
+    out = to_hf_mixtral(_loaded_model(sd, dataclasses.replace(SPEC, scan_layers=scan_layers)))
     assert sorted(out) == sorted(sd)
     for name, value in sd.items():
         assert out[name].dtype == np.float32 and out[name].flags.c_contiguous, name

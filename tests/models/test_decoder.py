@@ -1,5 +1,8 @@
 """The whole decoder against the NumPy reference; records in depth order; gradients; configs."""
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +14,9 @@ from moejax.models.decoder import (
     Decoder,
     DenseFeedForward,
     decoder_spec_from_config,
+    layer_stacks,
+    stack_params,
+    unstack_params,
 )
 from moejax.moe.deepseek import DeepSeekMoE
 from tests.gradcheck import assert_directional_derivative
@@ -22,13 +28,25 @@ BASE = {"vocab_size": 19, "d_model": 12, "num_layers": 4, "num_heads": 6, "num_k
         "d_ff": 20, "first_dense_layers": 1, "moe_every": 2}
 
 
-def _spec(block):
+def _spec(block, **overrides):
     moe = {"num_experts": 6, "top_k": 3, "d_hidden": 8}
     if block == "deepseek":
         moe.update(num_experts=3, top_k=1, granularity=2, d_hidden=16, num_shared_experts=1)
     if block == "cartesian":
         moe.update(top_k=2, d_hidden=16, num_shared_experts=1, shared_mix="softmax")
-    return decoder_spec_from_config({**BASE, "block": block, "moe": moe})
+    return decoder_spec_from_config({**BASE, "scan_layers": False, "block": block, "moe": moe,
+                                     **overrides})
+
+
+def _in_layout(model, scan_layers: bool):
+    """A copy of `model` (any layout) with the same parameters in the other layout."""
+    spec = dataclasses.replace(model.spec, scan_layers=scan_layers)
+    other = Decoder(spec, rngs=nnx.Rngs(0))
+    state = nnx.state(other, nnx.Param)
+    nnx.replace_by_pure_dict(state, stack_params(spec, nnx.to_pure_dict(nnx.state(model,
+                                                                                   nnx.Param))))
+    nnx.update(other, state)
+    return other
 
 
 def _cartesian_sub_layer_np(sub, rng):
@@ -81,14 +99,47 @@ def test_decoder_matches_reference(block, disable_top1):
     model = Decoder(spec, rngs=nnx.Rngs(0))
     params = _params_np(model)
     tokens = np.random.default_rng(1).integers(0, spec.vocab_size, (B, S))
-    logits, record = model(jnp.asarray(tokens), disable_top1=disable_top1)
     logits_ref, infos = decoder_ref(tokens, params, spec, disable_top1=disable_top1)
-    np.testing.assert_allclose(np.asarray(logits, np.float64), logits_ref, rtol=2e-4, atol=2e-4)
     assert [spec.is_moe_layer(i) for i in range(4)] == [False, True, False, True]
     routers = 4 if block == "cartesian" else 2
-    assert record.expert_idx.shape[0] == routers == len(infos) == len(model.routers())
-    for r, info in enumerate(infos):  # depth order
-        assert_record_matches(record, r, info, rtol=1e-4)
+    for layout in (model, _in_layout(model, scan_layers=True)):
+        logits, record = layout(jnp.asarray(tokens), disable_top1=disable_top1)
+        np.testing.assert_allclose(np.asarray(logits, np.float64), logits_ref, rtol=2e-4,
+                                   atol=2e-4)
+        assert record.expert_idx.shape[0] == routers == len(infos) == spec.num_routers
+        for r, info in enumerate(infos):  # depth order
+            assert_record_matches(record, r, info, rtol=1e-4)
+
+
+def test_scanned_layers_equal_unrolled(block="cartesian"):
+    """Six layers = one dense, two repeats of (MoE, dense), one MoE: the scanned stacks give
+    the unrolled model's logits, records in depth order (two routers per Cartesian layer)
+    and gradients; the parameter dict converts both ways exactly."""
+    spec = _spec(block, num_layers=6)
+    assert layer_stacks(dataclasses.replace(spec, scan_layers=True)) == (
+        (0, 1, 1), (1, 2, 2), (5, 1, 1))
+    unrolled = Decoder(spec, rngs=nnx.Rngs(0))
+    scanned = _in_layout(unrolled, scan_layers=True)
+    assert scanned.stacks[1].layers[0].attn.w_q.shape == (2, 12, 6, 2)
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, spec.vocab_size, (B, S)))
+
+    def loss(model):
+        logits, record = model(tokens)
+        return jnp.mean(jnp.sin(logits)) + jnp.mean(record.probs**2), (logits, record)
+
+    grad_fn = nnx.jit(nnx.grad(loss, has_aux=True))
+    (grads_u, (logits_u, record_u)), (grads_s, (logits_s, record_s)) = (
+        grad_fn(unrolled), grad_fn(scanned))
+    np.testing.assert_allclose(logits_s, logits_u, rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(record_s), jax.tree.leaves(record_u), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    grads_s = unstack_params(spec, nnx.to_pure_dict(grads_s))
+    for path, want in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(grads_u)):
+        got = functools.reduce(lambda tree, key: tree[key.key], path, grads_s)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=str(path))
+    back = unstack_params(spec, nnx.to_pure_dict(nnx.state(scanned, nnx.Param)))
+    jax.tree.map(np.testing.assert_array_equal, back,
+                 nnx.to_pure_dict(nnx.state(unrolled, nnx.Param)))
 
 
 def test_decoder_gradient_finite_difference():
@@ -112,7 +163,7 @@ def test_bfloat16_close_to_float32():
     model = Decoder(spec, rngs=nnx.Rngs(6))
     tokens = jnp.asarray(np.random.default_rng(7).integers(0, 19, (B, S)))
     logits32, _ = model(tokens)
-    model16 = Decoder(decoder_spec_from_config({**BASE, "dtype": "bfloat16",
+    model16 = Decoder(decoder_spec_from_config({**BASE, "dtype": "bfloat16", "scan_layers": False,
                                                 "moe": {"num_experts": 6, "top_k": 3,
                                                         "d_hidden": 8}}), rngs=nnx.Rngs(6))
     logits16, _ = model16(tokens)

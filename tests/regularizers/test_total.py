@@ -210,5 +210,6 @@ def test_end_to_end_gradient_matches_finite_differences(decoder):
     finite_difference = (values[0] - values[1]) / (2 * STEP)
     analytic = sum(float((g * d).sum()) for g, d in zip(grad_leaves, direction))
     np.testing.assert_allclose(analytic, finite_difference, rtol=1e-4)
-    router_grads = [g for g, leaf in zip(grad_leaves, leaves) if leaf.shape == (32, 6)]
+    router_grads = [layer for g, leaf in zip(grad_leaves, leaves) if leaf.shape[-2:] == (32, 6)
+                    for layer in g.reshape(-1, 32, 6)]  # [(L,) D, E]: one per layer
     assert len(router_grads) == 3 and all(np.abs(g).max() > 0 for g in router_grads)

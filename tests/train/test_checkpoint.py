@@ -17,7 +17,6 @@ from flax import nnx
 
 from moejax.cli import export as export_cli
 from moejax.models.decoder import Decoder, decoder_spec_from_config
-from moejax.moe.router import RouterBias
 from moejax.train import checkpoint, checksums
 
 MODEL = {"vocab_size": 19, "d_model": 16, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1,
@@ -54,8 +53,8 @@ def _logits(model, tokens):
 def _trained(config, seed=0, updates=2):
     """Model with non-zero router biases after `updates` optimizer steps."""
     model, optimizer = _build(config, seed)
-    for i, router in enumerate(model.routers()):
-        router.bias[...] = jnp.array([4.0, -3.0, 0.5, -1.5]) * (i + 1) + seed
+    rows = jnp.arange(1, model.spec.num_routers + 1, dtype=jnp.float32)[:, None]
+    model.set_router_biases(jnp.array([4.0, -3.0, 0.5, -1.5]) * rows + seed)
     for i in range(updates):
         _update(optimizer, model, float(i + 1))
     return model, optimizer
@@ -95,8 +94,8 @@ def test_round_trip_is_bitwise_exact(tmp_path):
     _assert_same_state(fresh_model, model)
     _assert_same_state(fresh_optimizer, optimizer)
     assert int(fresh_optimizer.step[...]) == 2
-    biases = nnx.to_flat_state(nnx.state(fresh_model, RouterBias))
-    assert len(biases) == 2 and all(np.any(v.get_value() != 0) for _, v in biases)
+    biases = fresh_model.router_biases()
+    assert biases.shape == (2, 4) and np.all(np.any(biases != 0, axis=1))
     assert info.step == 7 and info.directory == tmp_path / "checkpoints" / "7"
     assert jax.random.key_impl(info.rng_key) == jax.random.key_impl(key)
     assert np.array_equal(jax.random.key_data(info.rng_key), jax.random.key_data(key))
@@ -106,19 +105,19 @@ def test_round_trip_is_bitwise_exact(tmp_path):
 
 
 def test_round_trip_of_rng_streams_raw_keys_and_bytes(tmp_path):
-    config = _config(jitter=0.1)  # the router then owns an RNG stream (key and count)
+    config = _config(jitter=0.1)  # each router then owns an RNG stream (key and count)
     model, optimizer = _trained(config, updates=1)
-    rngs = model.layers[0].ffn.block.router.rngs
-    rngs.jitter(), rngs.jitter()
+    rngs = model.stacks[0].layers[0].ffn.block.router.rngs  # stacked: one per layer
+    _logits(model, TOKENS), _logits(model, TOKENS)  # jitter in training advances the counts
     raw_key, data_state = jax.random.PRNGKey(3), b"\x00grain\xffstate"
     with checkpoint.Checkpointer(tmp_path, async_save=False) as checkpointer:
         _save(checkpointer, 1, model, optimizer, config, rng_key=raw_key, data_state=data_state)
         fresh_model, fresh_optimizer = _build(config, seed=5)
-        fresh_rngs = fresh_model.layers[0].ffn.block.router.rngs
-        assert int(fresh_rngs.default.count[...]) == int(rngs.default.count[...]) - 2
+        fresh_rngs = fresh_model.stacks[0].layers[0].ffn.block.router.rngs
+        assert np.array_equal(fresh_rngs.jitter.count[...] + 2, rngs.jitter.count[...])
         info = checkpointer.restore_latest(fresh_model, fresh_optimizer)
     _assert_same_state(fresh_model, model)
-    assert int(fresh_rngs.default.count[...]) == int(rngs.default.count[...])
+    assert np.array_equal(fresh_rngs.jitter.count[...], rngs.jitter.count[...])
     assert info.rng_key.dtype == jnp.uint32 and np.array_equal(info.rng_key, raw_key)
     assert info.data_state == data_state
 
@@ -277,7 +276,8 @@ def test_export_reads_back_with_plain_orbax(tmp_path):
     assert json.loads((out / "config.json").read_text()) == json.loads(
         config.to_json_best_effort())
     plain = ocp.StandardCheckpointer().restore(out / "params")  # no target, no moejax
-    assert set(plain["layers"]["0"]["ffn"]["block"]["router"]) == {"kernel", "bias"}
+    assert set(plain["stacks"]["0"]["layers"]["0"]["ffn"]["block"]["router"]) == {"kernel",
+                                                                                "bias"}
     fresh, _ = _build(config, seed=9)
     expected = _logits(model, TOKENS)
     assert not np.array_equal(_logits(fresh, TOKENS), expected)
@@ -290,6 +290,11 @@ def test_export_reads_back_with_plain_orbax(tmp_path):
     loaded = Decoder(spec, rngs=nnx.Rngs(4))
     nnx.update(loaded, params)
     assert np.array_equal(_logits(loaded, TOKENS), expected)
+    spec, params = checkpoint.load_exported(out, scan_layers=False)  # the other layout
+    assert not spec.scan_layers and "layers" in params and "stacks" not in params
+    loaded = Decoder(spec, rngs=nnx.Rngs(4))
+    nnx.update(loaded, params)
+    np.testing.assert_allclose(_logits(loaded, TOKENS), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_export_without_router_biases_would_change_the_logits(tmp_path):
