@@ -19,10 +19,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moejax.models.param_count import model_flops_per_token
-from moejax.parallel import batch_sharding, state_shardings
+from moejax.parallel import batch_sharding
 from moejax.train import step
 from moejax.train.specs import specs_from_config, train_spec_from_config
-from moejax.train.state import mesh_and_engine, model_and_optimizer
+from moejax.train.state import abstract_state, mesh_and_engine
 
 
 def compile_plan(config) -> dict:
@@ -36,11 +36,7 @@ def compile_plan(config) -> dict:
     model_spec, loss_spec = specs_from_config(config)
     train = train_spec_from_config(config)
     mesh, engine = mesh_and_engine(config, model_spec, train)
-    graphdef, state = nnx.split(nnx.eval_shape(
-        lambda: model_and_optimizer(model_spec, train, config.seed, engine)))
-    shardings = state_shardings(state, mesh)
-    abstract = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(
-        leaf.shape, leaf.dtype, sharding=sharding), state, shardings)
+    graphdef, abstract = abstract_state(model_spec, train, config.seed, mesh, engine)
     tokens = jax.ShapeDtypeStruct((train.batch_size, train.seq_len + 1), jnp.int32,
                                   sharding=batch_sharding(mesh))
 

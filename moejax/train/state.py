@@ -3,11 +3,12 @@ compile plan (`plan.py`, under `nnx.eval_shape`) and the step timing (`step_time
 
 from __future__ import annotations
 
+import jax
 from flax import nnx
 
 from moejax.models.decoder import Decoder, DecoderSpec
 from moejax.options import spec_from_mapping
-from moejax.parallel import MeshSpec, make_expert_parallel, make_mesh
+from moejax.parallel import MeshSpec, make_expert_parallel, make_mesh, state_shardings
 from moejax.train.optim import make_optimizer
 from moejax.train.specs import TrainSpec
 
@@ -25,9 +26,31 @@ def mesh_and_engine(config, model_spec: DecoderSpec, train: TrainSpec):
 
 
 def model_and_optimizer(model_spec: DecoderSpec, train: TrainSpec, seed: int, engine=None):
-    """(Decoder, its nnx.Optimizer over the parameters)."""
+    """(Decoder, its nnx.Optimizer over the parameters), built eagerly on the default device."""
     model = Decoder(model_spec, rngs=nnx.Rngs(seed), engine=engine)
     return model, nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
+
+
+def abstract_state(model_spec: DecoderSpec, train: TrainSpec, seed: int, mesh, engine=None):
+    """(graphdef, state) of `model_and_optimizer` from shapes only (`nnx.eval_shape`: nothing
+    allocated); the state's leaves are ShapeDtypeStructs carrying their NamedShardings."""
+    graphdef, state = nnx.split(nnx.eval_shape(
+        lambda: model_and_optimizer(model_spec, train, seed, engine)))
+    return graphdef, jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        state, state_shardings(state, mesh))
+
+
+def sharded_model_and_optimizer(model_spec: DecoderSpec, train: TrainSpec, seed: int, mesh,
+                                engine=None):
+    """`model_and_optimizer` initialised straight into its shardings: one jit whose
+    out_shardings are `abstract_state`'s computes the initial values, each device only its
+    shards (a model larger than one device initialises); the values equal the eager build's."""
+    graphdef, abstract = abstract_state(model_spec, train, seed, mesh, engine)
+    shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract)
+    state = jax.jit(lambda: nnx.split(model_and_optimizer(model_spec, train, seed, engine))[1],
+                    out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
 
 
 def _check_batch_fits_mesh(train: TrainSpec, mesh) -> None:

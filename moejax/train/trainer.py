@@ -21,10 +21,7 @@ import tqdm
 from moejax.data import pipeline
 from moejax.models.param_count import model_flops_per_token
 from moejax.options import flat_config
-from moejax.parallel import (
-    batch_sharding,
-    shard_model_and_optimizer,
-)
+from moejax.parallel import batch_sharding
 from moejax.regularizers import nmi_from_counts
 from moejax.reporting.metrics import MetricsWriter
 from moejax.reporting.report import write_report
@@ -33,7 +30,7 @@ from moejax.train.accounting import peak_tflops, utilisation
 from moejax.train.checkpoint import Checkpointer, config_json
 from moejax.train.optim import learning_rate_schedule
 from moejax.train.specs import TrainSpec, specs_from_config, train_spec_from_config
-from moejax.train.state import mesh_and_engine, model_and_optimizer
+from moejax.train.state import mesh_and_engine, sharded_model_and_optimizer
 from moejax.train.workdir_lock import workdir_lock
 
 
@@ -245,11 +242,11 @@ def _train(config, workdir: pathlib.Path) -> dict:
         process_count=jax.process_count()))
     domain_names = pipeline.domain_names(data_spec)
 
-    # Mesh, model and optimizer: the state is placed on its shardings before any restore, so a
-    # checkpoint written on another mesh restores onto this one.
+    # Mesh, model and optimizer: the state is initialised in its shardings before any restore,
+    # so a checkpoint written on another mesh restores onto this one.
     mesh, engine = mesh_and_engine(config, model_spec, train_cfg)
-    model, optimizer = model_and_optimizer(model_spec, train_cfg, config.seed, engine)
-    shard_model_and_optimizer(model, optimizer, mesh)
+    model, optimizer = sharded_model_and_optimizer(model_spec, train_cfg, config.seed, mesh,
+                                                   engine)
     tokens_sharding = batch_sharding(mesh)
 
     # Restore: the latest good checkpoint, including the data iterator position.
@@ -278,6 +275,7 @@ def _train(config, workdir: pathlib.Path) -> dict:
     bar = tqdm.tqdm(total=train_cfg.steps, initial=start, unit="step", dynamic_ncols=True,
                     disable=not train_cfg.progress or jax.process_index() != 0)
     row, started, step_seconds, stopped = {}, time.perf_counter(), [], None
+    unchecked = None  # (metrics, step) whose finiteness is read after the next step is queued
     with (_StopRequest().installed() as stop, contextlib.closing(writer),
           contextlib.closing(checkpointer), bar):  # closing: async saves finish, even on errors
         for step_number in range(start + 1, train_cfg.steps + 1):
@@ -293,11 +291,18 @@ def _train(config, workdir: pathlib.Path) -> dict:
             metrics = step.train_step(model, optimizer, tokens, loss_spec,
                                       train_cfg.grad_accumulation, np.bool_(logged),
                                       segments=segments)
-            _check_finite(metrics, step_number, checkpointer)  # waits for the step
+            if unchecked is not None:  # the previous step's flags, read while this one runs
+                _check_finite(*unchecked, checkpointer)
+            stopping = stop.signal  # read once: a signal arriving later waits for the next step
+            saving = (step_number % train_cfg.checkpoint_every == 0 or last
+                      or stopping is not None)
+            unchecked = (metrics, step_number)
+            if logged or saving:  # these read the state anyway: check before the save
+                _check_finite(*unchecked, checkpointer)  # waits for the step
+                unchecked = None
             profile.after(step_number)
             if step_number > start + 1:  # the first step of a run includes compilation
                 step_seconds.append(time.perf_counter() - step_started)
-            stopping = stop.signal  # read once: a signal arriving later waits for the next step
             elapsed = time.perf_counter() - started
             bar.update(1)
             if logged:  # reading the loss waits for the device: on logged steps only
@@ -319,7 +324,7 @@ def _train(config, workdir: pathlib.Path) -> dict:
                 if "val_loss" in metrics:
                     bar.write(f"step {step_number}: loss {row['loss']:.3f}  val_loss "
                               f"{row['val_loss']:.3f} ({row['val_bits_per_byte']:.2f} bits/byte)")
-            if step_number % train_cfg.checkpoint_every == 0 or last or stopping is not None:
+            if saving:
                 save(step_number, force=stopping is not None)  # a signal: save, no evaluation
             if stopping is not None:
                 stopped = StoppedBySignal(stopping, step_number)

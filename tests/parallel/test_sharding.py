@@ -61,9 +61,9 @@ def test_three_sharded_steps_equal_single_device(mesh_spec):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
     experts = nnx.state(Decoder(decoder_spec_from_config(SPEC), rngs=nnx.Rngs(0)))
     shardings = state_shardings(experts, mesh)
-    w_gate = shardings["layers"][0]["ffn"]["block"]["experts"]["w_gate"]
+    w_gate = shardings["stacks"][0]["layers"][0]["ffn"]["block"]["experts"]["w_gate"]
     w_gate = w_gate.get_value() if isinstance(w_gate, nnx.Variable) else w_gate
-    assert w_gate.spec[0] == "expert"
+    assert tuple(w_gate.spec)[:2] == (None, "expert")  # [L, E, D, F]: depth unsharded
 
 
 @pytest.mark.parametrize("mesh_spec, mode", [
@@ -75,7 +75,7 @@ def test_three_expert_parallel_steps_equal_single_device(mesh_spec, mode):
     want_losses, want = _train(None, spec=BIASED, losses=BIAS_LOSSES)
     got_losses, got = _train(make_mesh(mesh_spec), expert_parallel=mode, spec=BIASED,
                              losses=BIAS_LOSSES)
-    biases = [b for b in jax.tree.leaves(nnx.state(want)) if b.ndim == 1 and b.shape[0] == 8]
+    biases = [b for b in jax.tree.leaves(nnx.state(want)) if b.shape[-1:] == (8,)]  # [(L,) E]
     assert biases and any(np.abs(np.asarray(b)).max() > 0 for b in biases)
     np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -142,8 +142,10 @@ def test_parameters_and_moments_are_placed_by_the_rules():
     want = {}
     for path, leaf in params:
         names = tuple(n for n in _names(path) if n != "value")
-        want[names] = EXPECTED_SPECS[names[-2:]]
+        depth = (None,) if "stacks" in names else ()  # a scanned stack's leading [L] axis
+        want[names] = depth + EXPECTED_SPECS[names[-2:]]
         assert _placed_spec(leaf) == want[names], names
+    assert any("stacks" in names for names in want)
     moments = 0
     for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(optimizer)):
         names = tuple(n for n in _names(path) if n != "value")
@@ -155,3 +157,24 @@ def test_parameters_and_moments_are_placed_by_the_rules():
     assert moments == 2 * len(params)
     tokens = jax.device_put(jnp.zeros((8, 9), jnp.int32), batch_sharding(mesh))
     assert tuple(tokens.sharding.spec)[0] == ("data", "fsdp", "expert")
+
+
+def test_state_initialised_in_its_shardings_equals_the_eager_build():
+    """The trainer's init (one jit with out_shardings, `train/state.py`) gives the eager
+    build's values, every leaf already on its rule's sharding, the optimizer's too."""
+    from moejax.train.specs import TrainSpec
+    from moejax.train.state import model_and_optimizer, sharded_model_and_optimizer
+
+    mesh = make_mesh(MeshSpec(data=1, fsdp=2, expert=2, tensor=2))
+    model_spec = decoder_spec_from_config(SPEC)
+    got = nnx.state(sharded_model_and_optimizer(model_spec, TrainSpec(), 3, mesh))
+    want = nnx.state(model_and_optimizer(model_spec, TrainSpec(), 3))
+    shardings = state_shardings(want, mesh)
+    leaves = jax.tree.leaves(got)
+    assert len(leaves) == len(jax.tree.leaves(want)) > 20
+    for g, w, s in zip(leaves, jax.tree.leaves(want), jax.tree.leaves(shardings), strict=True):
+        assert g.sharding == s
+        if jnp.issubdtype(g.dtype, jax.dtypes.prng_key):
+            g, w = jax.random.key_data(g), jax.random.key_data(w)
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-7)
+    assert any(s.spec[:2] == (None, "expert") for s in jax.tree.leaves(shardings))

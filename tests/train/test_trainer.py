@@ -214,11 +214,15 @@ def test_resume_is_bitwise_identical(tmp_path, capsys):
     assert _losses(halves2) == _losses(straight)
 
 
-@pytest.mark.parametrize("poisoned, value, named", [
-    ("grad_norm", np.float32("inf"), "grad_norm (inf)"),  # NaN weights while the loss is fine
+@pytest.mark.parametrize("poisoned, value, named, every, saved, logged", [
+    # NaN weights while the loss is fine; every step logged and saved: checked at once
+    ("grad_norm", np.float32("inf"), "grad_norm (inf)", 1, [1, 2], [1, 2, 3, 4]),
+    # steps 1 and 3 neither logged nor saved: their flags are read after the next step is
+    # queued, and step 3's still stops the run before anything after it is saved
+    ("finite_state", np.bool_(False), "updated parameters", 2, [2], [2, 4]),
 ])
 def test_non_finite_step_stops_unsaved_and_resumes(tmp_path, monkeypatch, poisoned, value,
-                                                    named):
+                                                    named, every, saved, logged):
     """A step whose loss, gradient norm or updated parameters are not finite is not saved;
     the error names the newest saved step, which is what a rerun resumes from."""
     from moejax.train.trainer import NonFiniteError
@@ -236,12 +240,13 @@ def test_non_finite_step_stops_unsaved_and_resumes(tmp_path, monkeypatch, poison
     monkeypatch.setattr(step_module, "train_step", poison_third_step)
     with pytest.raises(NonFiniteError, match=rf"non-finite {re.escape(named)} at step 3; "
                                              r"stopped without saving it\. .* step 2 \("):
-        train_and_evaluate(_tiny(), tmp_path)
-    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [1, 2]
+        train_and_evaluate(_tiny(log_every=every, checkpoint_every=every), tmp_path)
+    assert len(calls) == (3 if every == 1 else 4)  # deferred: step 4 was queued first
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == saved
     monkeypatch.setattr(step_module, "train_step", original)
-    last = train_and_evaluate(_tiny(), tmp_path)  # resumes from step 2
+    last = train_and_evaluate(_tiny(log_every=every, checkpoint_every=every), tmp_path)
     assert last["step"] == 4
-    assert _logged_steps(tmp_path) == [1, 2, 3, 4]  # the resumed run went on from step 2
+    assert _logged_steps(tmp_path) == logged  # the resumed run went on from step 2
 
 
 def test_sigterm_saves_and_resumes(tmp_path):
