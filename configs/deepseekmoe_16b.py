@@ -14,7 +14,7 @@ def get_config(arg=None):
     config = sibling_config(__file__, "default")
     config.model.update(vocab_size=102400, d_model=2048, num_layers=28, num_heads=16,
                         num_kv_heads=16, head_dim=128, d_ff=10944, first_dense_layers=1,
-                        block="deepseek", dtype="bfloat16")
+                        block="deepseek", dtype="bfloat16", remat="full")
     config.model.moe.update(num_experts=64, top_k=6, d_hidden=1408, num_shared_experts=2,
                             shared_d_hidden=1408)
     config.train.update(batch_size=8, seq_len=4096, learning_rate=4.2e-4,

@@ -14,7 +14,7 @@ def get_config(arg=None):
     config = sibling_config(__file__, "default")
     config.model.update(vocab_size=32000, d_model=4096, num_layers=32, num_heads=32,
                         num_kv_heads=8, head_dim=128, d_ff=14336, rope_theta=1e6,
-                        dtype="bfloat16")
+                        dtype="bfloat16", remat="full")
     config.model.moe.update(num_experts=8, top_k=2, d_hidden=14336)
     config.train.update(batch_size=8, seq_len=4096, learning_rate=3e-4,
                         warmup_steps=2000, steps=100000)
