@@ -10,6 +10,8 @@ Usage:
   python benchmarks/mutation_check.py                 # every mutant
   python benchmarks/mutation_check.py --only no_restore nan_guard_off
   python benchmarks/mutation_check.py --json benchmarks/results/mutation_check.json
+
+The JSON keeps one row per mutant with the date it last ran: an `--only` run updates its rows.
 """
 
 from __future__ import annotations
@@ -58,6 +60,19 @@ MUTANTS = (
            "moejax/models/decoder.py", "lambda a: a.reshape(-1, *a.shape[2:])",
            "lambda a: jnp.swapaxes(a, 0, 1).reshape(-1, *a.shape[2:])",
            ("tests/models/test_decoder.py::test_scanned_layers_equal_unrolled",)),
+    Mutant("init_from_ignored", "a fresh run with train.init_from starts from random weights",
+           "moejax/train/trainer.py", "    elif train_cfg.init_from:", "    elif False:",
+           ("tests/train/test_init_from.py::test_a_fresh_run_starts_from_the_export",)),
+    Mutant("generate_ignores_cache", "decoding attends to the new token only, not the cache",
+           "moejax/layers/attention.py",
+           "visible = jnp.arange(cache_k.shape[1])[None, :] <= query_slot[:, None]",
+           "visible = jnp.arange(cache_k.shape[1])[None, :] == query_slot[:, None]",
+           ("tests/models/test_generate.py::test_greedy_equals_argmax_of_the_cache_free_forward",)),
+    Mutant("last_async_save_unsealed", "a run's last async checkpoint gets no checksums",
+           "moejax/train/checkpoint.py",
+           "        self._manager.wait_until_finished()\n        self._seal()\n",
+           "        self._manager.wait_until_finished()\n",
+           ("tests/train/test_checkpoint.py::test_export_reads_back_with_plain_orbax",)),
     Mutant("dense_ignores_drops", "the dense engine computes dropped slots",
            "moejax/moe/engines/dense.py",
            "kept = plan.kept[..., None]", "kept = jnp.ones_like(plan.kept)[..., None]",
@@ -221,16 +236,25 @@ def main() -> int:
             caught = rc == 1 and bool(failed)
             rows.append(dict(mutant=mutant.name, what=mutant.what, file=mutant.path,
                              caught=caught, failed_tests=failed, returncode=rc,
-                             seconds=round(seconds, 1)))
+                             seconds=round(seconds, 1), date=time.strftime("%Y-%m-%d")))
             print(f"{mutant.name:30s} {'caught' if caught else 'SURVIVED':9s} "
                   f"{seconds:6.0f} s  {failed[0] if failed else ''}", flush=True)
             shutil.rmtree(tree)
     caught = sum(row["caught"] for row in rows)
     print(f"\n{caught} of {len(rows)} mutants caught")
-    pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.json).write_text(json.dumps(
-        {"date": time.strftime("%Y-%m-%d"), "caught": caught, "mutants": rows}, indent=2) + "\n")
+    _merge_into(pathlib.Path(args.json), rows)
     return 0 if caught == len(rows) else 1
+
+
+def _merge_into(path: pathlib.Path, rows: list[dict]) -> None:
+    """Updates the JSON's rows of the mutants run now and keeps the others (each row has
+    its date), in MUTANTS order; mutants no longer defined are dropped."""
+    old = json.loads(path.read_text())["mutants"] if path.exists() else []
+    by_name = {row["mutant"]: row for row in old} | {row["mutant"]: row for row in rows}
+    merged = [by_name[m.name] for m in MUTANTS if m.name in by_name]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"caught": sum(r["caught"] for r in merged),
+                                "of": len(merged), "mutants": merged}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

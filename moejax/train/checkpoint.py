@@ -13,8 +13,9 @@ Training stage (outside the data path). One step is one Orbax Composite under
 | `config`     | JsonSave     | `config.to_json_best_effort()`                                  |
 
 Every finished step also gets `<step>/checksums.json` (train/checksums.py), written by process
-0 once the step is on disk (async saves: from Orbax's post-finalization callback) and verified
-before a restore or export; a step whose files do not match is unreadable.
+0 once the step is on disk (an async save: at the next save, `wait` or `close`, the last one
+of a run included) and verified before a restore or export; a step whose files do not match
+is unreadable.
 
 `Checkpointer.restore_latest` tries the newest step first; a step that does not restore
 (missing, truncated or altered files, a wrong step number) is logged as a warning and the next
@@ -38,6 +39,7 @@ import json
 import logging
 import pathlib
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 
@@ -48,7 +50,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from moejax.models.decoder import Decoder, DecoderSpec, decoder_spec_from_config, stack_params
-from moejax.train.checksums import CHECKSUMS, verify_checksums, write_checksums
+from moejax.train.checksums import verify_checksums, write_checksums
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
@@ -180,19 +182,21 @@ class Checkpointer:
         self.workdir = pathlib.Path(workdir).expanduser().resolve()
         self.directory = self.workdir / CHECKPOINTS
         self._async_save = async_save
-        sealing = ocp.AsyncOptions(post_finalization_callback=self._write_missing_checksums)
+        self._unsealed: set[int] = set()  # steps saved here whose checksums are not written
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True, async_options=sealing if async_save else None)
+            cleanup_tmp_directories=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
-    def _write_missing_checksums(self) -> None:
-        """checksums.json for every finished step that has none (process 0 only)."""
-        if jax.process_index() != 0 or not self.directory.is_dir():
-            return
-        for step_dir in self.directory.iterdir():
-            if step_dir.name.isdigit() and not (step_dir / CHECKSUMS).exists():
-                write_checksums(step_dir)
+    def _seal(self) -> None:
+        """checksums.json for the steps this Checkpointer saved (call with no save in
+        flight; process 0 only). Steps found on disk without checksums are left so: they
+        restore with a warning, never sealed after the fact."""
+        if jax.process_index() == 0:
+            for step in sorted(self._unsealed):
+                if (self.directory / str(step)).is_dir():  # max_to_keep may have pruned it
+                    write_checksums(self.directory / str(step))
+        self._unsealed.clear()
 
     def all_steps(self) -> list[int]:
         """Finished steps on disk, ascending (an async save in flight may be missing)."""
@@ -227,17 +231,17 @@ class Checkpointer:
                                     "rng_key": _encode_rng(rng_key)}),
             data_state=ocp.args.JsonSave(_encode_data_state(data_state)),
             config=ocp.args.JsonSave(config_json(config)))
+        self.wait()  # Orbax waits for the previous save anyway; this also seals it
         if force:
-            self.wait()
             if step in self._manager.all_steps():
                 logging.getLogger(__name__).info("step %d is already saved in %s", step,
                                                  self.directory)
                 return False
         saved = self._manager.save(step, args=items, force=force)
-        if force:
-            self.wait()
-        if not self._async_save:
-            self._write_missing_checksums()  # async saves: Orbax's callback does it
+        if saved:
+            self._unsealed.add(step)
+        if force or not self._async_save:
+            self.wait()  # seals it now; an async save is sealed by the next save, wait or close
         return bool(saved)
 
     def saved_config(self) -> dict | None:
@@ -300,11 +304,14 @@ class Checkpointer:
         self._manager.reload()
 
     def wait(self) -> None:
-        """Blocks until an asynchronous save has finished (re-raises its error)."""
+        """Blocks until an asynchronous save has finished (re-raises its error), then writes
+        the checksums of the steps saved since the last wait."""
         self._manager.wait_until_finished()
+        self._seal()
 
     def close(self) -> None:
-        """Waits for pending saves and releases Orbax's threads."""
+        """Waits for pending saves (and seals them) and releases Orbax's threads."""
+        self.wait()
         self._manager.close()
 
     def __enter__(self) -> Checkpointer:
@@ -414,3 +421,22 @@ def load_exported(out_dir, *, scan_layers: bool | None = None) -> tuple[DecoderS
         abstract_model, keep = _inference_state(stored_spec)
         target = nnx.to_pure_dict(nnx.state(abstract_model, keep))
         return spec, stack_params(spec, checkpointer.restore(out / "params", target))
+
+
+def load_decoder(source, *, scan_layers: bool | None = None) -> Decoder:
+    """A Decoder with the weights of an export directory, or of a training workdir's newest
+    readable checkpoint (exported to a scratch directory first).
+
+    Raises:
+      FileNotFoundError / RuntimeError: as `load_exported` and `export`.
+    """
+    path = pathlib.Path(source).expanduser()
+    if (path / "config.json").is_file() and (path / "params").exists():
+        spec, params = load_exported(path, scan_layers=scan_layers)
+    else:
+        with tempfile.TemporaryDirectory() as scratch:
+            spec, params = load_exported(export(path, scratch, overwrite=True),
+                                         scan_layers=scan_layers)
+    model = Decoder(spec, rngs=nnx.Rngs(0))
+    nnx.update(model, params)
+    return model

@@ -272,6 +272,8 @@ def test_export_reads_back_with_plain_orbax(tmp_path):
     model, optimizer = _trained(config)
     with checkpoint.Checkpointer(tmp_path / "work") as checkpointer:
         _save(checkpointer, 4, model, optimizer, config)
+    # the last async save of a run is sealed too (it was not before 2026-12-03)
+    assert (tmp_path / "work" / "checkpoints" / "4" / checksums.CHECKSUMS).is_file()
     out = checkpoint.export(tmp_path / "work", tmp_path / "export")
     assert json.loads((out / "config.json").read_text()) == json.loads(
         config.to_json_best_effort())
