@@ -126,4 +126,6 @@ def get_config(arg=None):
     # peak TFLOP/s per device for mfu (None: from the device kind; CPUs log no mfu)
     config.train.peak_tflops = ml_collections.config_dict.placeholder(float)
     config.train.profile_steps = ()  # (first, last): jax.profiler trace into workdir/profile
+    # a moejax export or Hugging Face directory to start from (fine-tuning); None: random
+    config.train.init_from = ml_collections.config_dict.placeholder(str)
     return config

@@ -32,7 +32,9 @@ from moejax.train.specs import specs_from_config, train_spec_from_config
 from moejax.train.trainer import NonFiniteError, StoppedBySignal, train_and_evaluate
 from moejax.train.workdir_lock import WorkdirBusyError
 
-USAGE = "moejax-train --config configs/NAME.py[:arg] --workdir DIR [--config.a.b=value] [--dry-run]"
+USAGE = (
+    "moejax-train --config configs/NAME.py[:arg] --workdir DIR [--config.a.b=value] [--dry-run] "
+    "[--init_from DIR]")
 FLAGS = flags.FlagValues()
 config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).",
                                 flag_values=FLAGS)
@@ -49,6 +51,9 @@ flags.DEFINE_integer("process_id", None, "Multi-host: this process's index (or J
 flags.DEFINE_bool("distributed_cluster", False,
                   "Multi-host: let JAX detect SLURM, MPI, Kubernetes or TPU.", flag_values=FLAGS)
 flags.DEFINE_bool("debug", False, "On an error, also print the traceback.", flag_values=FLAGS)
+flags.DEFINE_string("init_from", None, "Start a fresh run from the weights of a moejax export "
+                    "or a Hugging Face directory (sets config.train.init_from).",
+                    flag_values=FLAGS)
 flags.mark_flags_as_required(["config", "workdir"], flag_values=FLAGS)
 
 
@@ -63,6 +68,8 @@ def dry_run(config, compile_step: bool = True) -> str:
 
 
 def main(options: flags.FlagValues) -> int:
+    if options.init_from is not None:
+        options.config.train.init_from = options.init_from
     try:  # the options are checked before any work is done
         specs_from_config(options.config)
         train_spec_from_config(options.config)
@@ -77,7 +84,8 @@ def main(options: flags.FlagValues) -> int:
                            cluster=options.distributed_cluster)
     try:
         train_and_evaluate(options.config, options.workdir)
-    except (ValueError, WorkdirBusyError, NonFiniteError, StoppedBySignal) as error:
+    except (ValueError, FileNotFoundError, WorkdirBusyError, NonFiniteError,
+            StoppedBySignal) as error:
         if options.debug:
             traceback.print_exc()
         print(f"moejax-train: {error}", file=sys.stderr)

@@ -76,7 +76,26 @@ def _attend(q, k, v, segments=None, implementation="xla"):
     return out.reshape(batch, seq, num_heads, head_dim)
 
 
-def attention(x, w_q, w_k, w_v, w_o, positions, theta, segments=None, implementation="xla"):
+def _attend_cached(q, k, v, cache, implementation="xla"):
+    """Decoding: writes k/v [B, S, K, H] into the cache at slots index..index+S-1 and attends
+    q [B, S, N, H] to every filled slot up to its own -> (out [B, S, N, H], new cache).
+
+    cache: (cache_k, cache_v [B, M, K, H], index [] int32 the first free slot).
+    """
+    cache_k, cache_v, index = cache
+    cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
+    cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
+    query_slot = index + jnp.arange(q.shape[1])
+    visible = jnp.arange(cache_k.shape[1])[None, :] <= query_slot[:, None]  # [S, M]
+    with jax.numpy_dtype_promotion("standard"):
+        out = jax.nn.dot_product_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype),
+                                           mask=visible[None, None],
+                                           implementation=implementation)
+    return out, (cache_k, cache_v, index + q.shape[1])
+
+
+def attention(x, w_q, w_k, w_v, w_o, positions, theta, segments=None, implementation="xla",
+              cache=None):
     """Causal GQA self-attention.
 
     Args:
@@ -86,15 +105,20 @@ def attention(x, w_q, w_k, w_v, w_o, positions, theta, segments=None, implementa
       theta: RoPE base.
       segments: [B, S] int segment (packed document) ids, or None: one segment per row.
       implementation: `jax.nn.dot_product_attention`'s, one of ATTENTION_IMPLEMENTATIONS.
+      cache: None, or a KV cache (see `_attend_cached`; segments must be None): the
+        queries attend to the cached keys too.
 
     Returns:
-      [B, S, D].
+      [B, S, D], or ([B, S, D], the updated cache) when a cache is given.
     """
     q = checkpoint_name(jnp.einsum("BSD,DNH->BSNH", x, w_q), "attention_qkv")
     k = checkpoint_name(jnp.einsum("BSD,DKH->BSKH", x, w_k), "attention_qkv")
     v = checkpoint_name(jnp.einsum("BSD,DKH->BSKH", x, w_v), "attention_qkv")
     cos, sin = rope_tables(positions, q.shape[-1], theta, at_least_float32(x.dtype))
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if cache is not None:
+        out, cache = _attend_cached(q, k, v, cache, implementation)
+        return jnp.einsum("BSNH,NHD->BSD", out, w_o), cache
     out = _attend(q, k, v, segments, implementation)
     return checkpoint_name(jnp.einsum("BSNH,NHD->BSD", out, w_o), "attention_out")
 
@@ -123,8 +147,18 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, positions: jax.Array,
                  segments: jax.Array | None = None) -> jax.Array:
-        """x: [B, S, D] compute dtype, positions: [B, S], segments: [B, S] or None."""
+        """x: [B, S, D] compute dtype, positions: [B, S], segments: [B, S] or None.
+
+        With a KV cache (`moejax.models.generate.init_cache` adds cache_k, cache_v,
+        cache_index) the call decodes: it appends this call's keys and values to the cache.
+        """
         dtype = x.dtype
         weights = [w[...].astype(dtype) for w in (self.w_q, self.w_k, self.w_v, self.w_o)]
-        return attention(x, *weights, positions, self.rope_theta, segments,
-                         self.implementation)
+        if getattr(self, "cache_k", None) is None:
+            return attention(x, *weights, positions, self.rope_theta, segments,
+                             self.implementation)
+        cache = (self.cache_k[...], self.cache_v[...], self.cache_index[...])
+        out, cache = attention(x, *weights, positions, self.rope_theta, None,
+                               self.implementation, cache)
+        self.cache_k[...], self.cache_v[...], self.cache_index[...] = cache
+        return out

@@ -43,6 +43,9 @@ class TrainSpec:
         `moejax/train/accounting.py`; a device not in its table logs no mfu).
       profile_steps: (first, last) steps to trace with `jax.profiler` into
         DIR/profile (TensorBoard / Perfetto format); () for none.
+      init_from: a moejax export or a Hugging Face model directory whose weights start a
+        fresh run (fine-tuning; `moejax/train/init_from.py`); None: random init. A run that
+        resumes from its own checkpoint ignores it.
     """
 
     steps: int = 300
@@ -68,6 +71,7 @@ class TrainSpec:
     report: bool = False
     peak_tflops: float | None = None
     profile_steps: tuple = ()
+    init_from: str | None = None
 
     def __post_init__(self):
         at_least_one = ("steps", "batch_size", "seq_len", "grad_accumulation", "log_every",

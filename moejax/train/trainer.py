@@ -28,6 +28,7 @@ from moejax.reporting.report import write_report
 from moejax.train import step
 from moejax.train.accounting import peak_tflops, utilisation
 from moejax.train.checkpoint import Checkpointer, config_json
+from moejax.train.init_from import init_from
 from moejax.train.optim import learning_rate_schedule
 from moejax.train.specs import TrainSpec, specs_from_config, train_spec_from_config
 from moejax.train.state import mesh_and_engine, sharded_model_and_optimizer
@@ -101,12 +102,18 @@ def _host_batch(batch: int) -> int:
     return batch // hosts
 
 
-def _check_data(data_spec, train: TrainSpec) -> None:
-    """Both splits hold data, and the training split at least one batch of distinct windows.
+def _check_data(data_spec, train: TrainSpec, vocab_size: int) -> None:
+    """Both splits hold data, the training split at least one batch of distinct windows, and
+    the model's vocabulary holds the byte-level corpora's ids.
 
     Raises:
       ValueError: naming the split, its size and the options that decide it.
     """
+    if data_spec.corpus != "arrayrecord" and vocab_size < pipeline.VOCAB_SIZE:
+        raise ValueError(f"model.vocab_size={vocab_size} cannot embed the byte-level corpus "
+                         f"(data.corpus={data_spec.corpus!r}: ids 0..{pipeline.VOCAB_SIZE - 1});"
+                         " use a model with >= 259 ids or pre-tokenized data "
+                         "(data.corpus='arrayrecord')")
     for split, needed, what in (("train", train.batch_size, "train.batch_size"),
                                 ("validation", 1, "one")):
         windows = pipeline.num_sequences(data_spec, split, seq_len=train.seq_len)
@@ -234,7 +241,7 @@ def _train(config, workdir: pathlib.Path) -> dict:
     data_spec = pipeline.data_spec_from_config(config.get("data"))
 
     # Data: checked, then the per-host shard of the training stream, and the domain names.
-    _check_data(data_spec, train_cfg)
+    _check_data(data_spec, train_cfg, model_spec.vocab_size)
     train_batches = iter(pipeline.make_dataset(
         data_spec, "train", seq_len=train_cfg.seq_len,
         batch_size=_host_batch(train_cfg.batch_size),
@@ -261,6 +268,9 @@ def _train(config, workdir: pathlib.Path) -> dict:
         start = restored.step
         train_batches.set_state(restored.data_state)
         print(f"resumed from step {start} ({restored.directory})", flush=True)
+    elif train_cfg.init_from:  # fine-tuning: a fresh run starts from these weights
+        init_from(model, train_cfg.init_from)
+        print(f"initialised from {train_cfg.init_from}", flush=True)
 
     def save(step_number, force=False):
         checkpointer.save(step_number, model=model, optimizer=optimizer, config=config,

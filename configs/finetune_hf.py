@@ -1,0 +1,34 @@
+"""Fine-tune a pretrained MoE (a Hugging Face Mixtral directory or a moejax export) with the
+specialization losses (paper A's fine-tuning setting).
+
+Launch:
+  moejax-train --config configs/finetune_hf.py:/path/to/model --workdir /tmp/ft
+The model options come from the source's config.json, `train.init_from` is the source, and
+the losses are the default config's (lb 1e-2, sp 2e-3, cp 1e-3). The data is the default
+byte-level corpus: point `config.data` at text tokenized for the model for real use.
+"""
+
+import dataclasses
+import json
+import pathlib
+
+import ml_collections
+
+from moejax.models.decoder import decoder_spec_from_config
+from moejax.models.hf_dir import spec_from_hf_config
+from moejax.train.config_files import sibling_config
+
+
+def get_config(arg=None):
+    if not arg:
+        raise ValueError("configs/finetune_hf.py needs the model directory: "
+                         "--config configs/finetune_hf.py:/path/to/model")
+    source = pathlib.Path(arg).expanduser().resolve()
+    saved = json.loads((source / "config.json").read_text())
+    spec = (spec_from_hf_config(saved) if "model_type" in saved
+            else decoder_spec_from_config(saved["model"]))
+    config = sibling_config(__file__, "default")
+    config.model = ml_collections.ConfigDict(dataclasses.asdict(spec))
+    config.train.init_from = str(source)
+    config.train.update(learning_rate=1e-4, warmup_steps=10, steps=100)
+    return config

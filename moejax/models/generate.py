@@ -1,0 +1,132 @@
+"""Autoregressive generation with a KV cache: `generate(model, prompt, ...)`.
+
+The prompt [B, S] runs once (prefill), writing every layer's keys and values into a cache of
+S + max_new_tokens slots; then a jitted one-token step (a `lax.scan` over the new tokens)
+attends to the cache. The cache lives in `nnx.Cache` variables that `init_cache` adds to each
+`Attention` (stacked over depth in the scanned layout, so `nnx.scan` carries them), on a copy
+of the model inside the jit: the caller's model is not changed. Routing is deterministic
+(router jitter off) and each new token's expert choices come back per router.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from moejax.layers.attention import Attention
+
+
+class Generation(NamedTuple):
+    """tokens: [B, S + N] the prompt then the N new tokens; expert_idx: [B, N, R, k] each
+    new token's experts per router (depth order, as the routing record), None without MoE."""
+
+    tokens: jax.Array
+    expert_idx: jax.Array | None
+
+
+def init_cache(model, batch: int, length: int, dtype) -> None:
+    """Adds empty KV caches of `length` slots to every Attention of `model`, in place:
+    cache_k, cache_v [(L,) B, length, K, H] and the next free slot cache_index [(L,)]."""
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, Attention):
+            lead = node.w_k.shape[:-3]  # (repeats,) under a scanned stack, else ()
+            kv_heads, head_dim = node.w_k.shape[-2:]
+            shape = (*lead, batch, length, kv_heads, head_dim)
+            node.cache_k = nnx.Cache(jnp.zeros(shape, dtype))
+            node.cache_v = nnx.Cache(jnp.zeros(shape, dtype))
+            node.cache_index = nnx.Cache(jnp.zeros(lead, jnp.int32))
+
+
+def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
+    """logits [..., V] -> the same with every token outside the nucleus set to -inf: the
+    fewest most probable tokens whose probability reaches `top_p` (ties by index)."""
+    order = jnp.argsort(-logits, axis=-1, stable=True)
+    sorted_probs = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), order, axis=-1)
+    before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs  # mass ahead of each token
+    keep_sorted = before < top_p
+    keep = jnp.zeros_like(keep_sorted).at[
+        tuple(jnp.indices(order.shape)[:-1]) + (order,)].set(keep_sorted)
+    return jnp.where(keep, logits, -jnp.inf)
+
+
+def sample(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) -> jax.Array:
+    """logits [B, V] -> tokens [B]: argmax at temperature 0, else nucleus sampling."""
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32) / temperature
+    if top_p < 1.0:
+        logits = top_p_filter(logits, top_p)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def _check(prompt, max_new_tokens: int, temperature: float, top_p: float, vocab: int):
+    if prompt.ndim != 2 or prompt.shape[1] < 1:
+        raise ValueError(f"prompt has shape {prompt.shape}; allowed: [B, S] with S >= 1")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens}; allowed: >= 1")
+    if not temperature >= 0.0:
+        raise ValueError(f"temperature={temperature}; allowed: >= 0 (0: greedy)")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p={top_p}; allowed: in (0, 1]")
+    if prompt.size and (int(prompt.min()) < 0 or int(prompt.max()) >= vocab):
+        raise ValueError(f"prompt ids must lie in [0, {vocab}) (model.vocab_size), got "
+                         f"[{int(prompt.min())}, {int(prompt.max())}]")
+
+
+def generate(model, prompt, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+             seed: int = 0) -> Generation:
+    """Continues `prompt` [B, S] int by `max_new_tokens` tokens with a KV cache.
+
+    Args:
+      model: a Decoder (either layout); not modified.
+      prompt: [B, S] int token ids, every row the same length.
+      max_new_tokens: N, tokens to add.
+      temperature: 0 picks the most probable token (greedy); > 0 samples from
+        softmax(logits / temperature).
+      top_p: nucleus sampling: sample only among the fewest most probable tokens whose
+        probability reaches top_p (1: all).
+      seed: the sampling PRNG seed.
+
+    Returns:
+      Generation(tokens [B, S + N], expert_idx [B, N, R, k] or None).
+    """
+    prompt = jnp.asarray(prompt, jnp.int32)
+    _check(prompt, max_new_tokens, temperature, top_p, model.spec.vocab_size)
+    graphdef, state = nnx.split(model)
+    return _generate(graphdef, state, prompt, jax.random.key(seed), max_new_tokens,
+                     float(temperature), float(top_p))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+def _generate(graphdef, state, prompt, key, max_new_tokens, temperature, top_p):
+    """Prefill, then N one-token steps: step n feeds new token n (recording its experts) and
+    samples token n + 1; the last sample is not needed."""
+    model = nnx.merge(graphdef, state)
+    model.eval()  # no router jitter
+    batch, length = prompt.shape
+    init_cache(model, batch, length + max_new_tokens, model.embed.embedding.dtype)
+    positions = jnp.broadcast_to(jnp.arange(length), prompt.shape)
+    logits, _ = model(prompt, positions)  # fills cache slots 0..S-1
+    keys = jax.random.split(key, max_new_tokens + 1)
+    first = sample(logits[:, -1], keys[0], temperature, top_p)
+    step_graphdef, cache, rest = nnx.split(model, nnx.Cache, ...)
+
+    def one_token(carry, step_key):
+        # the weights ride in the carry unchanged: the model's own nnx.scan must see them
+        # at this trace level
+        cache, weights, token, position = carry
+        step_model = nnx.merge(step_graphdef, cache, weights)
+        logits, record = step_model(token[:, None], jnp.full((batch, 1), position))
+        following = sample(logits[:, -1], step_key, temperature, top_p)
+        chosen = None if record is None else record.expert_idx  # [R, B, k]
+        carry = (nnx.state(step_model, nnx.Cache), weights, following, position + 1)
+        return carry, (token, chosen)
+
+    _, (new, chosen) = jax.lax.scan(
+        one_token, (cache, rest, first, jnp.int32(length)), keys[1:])
+    tokens = jnp.concatenate([prompt, new.T], axis=1)  # new: [N, B]
+    return Generation(tokens, None if chosen is None else jnp.transpose(chosen, (2, 0, 1, 3)))

@@ -1,0 +1,72 @@
+"""`train.init_from`: start a run from pretrained weights (a moejax export or an HF directory).
+
+The source's model must be the configured one: every option that changes the function
+(widths, heads, experts, top-k, router kind, RoPE theta, norms, ...) must be equal, or the
+run stops before training with one line naming each difference. Options of how the model
+is computed or trained may differ (FUNCTION_FREE below: layout, remat, dtype, engine, jitter,
+the selection bias). Router biases an HF checkpoint does not have start at zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import jax
+from flax import nnx
+
+from moejax.models.convert_hf import from_hf_mixtral
+from moejax.models.decoder import DecoderSpec
+from moejax.models.hf_dir import read_hf_dir
+from moejax.options import flat_config
+from moejax.train.checkpoint import load_exported
+
+FUNCTION_FREE = ("scan_layers", "remat", "attention", "dtype", "moe.engine",
+                 "moe.grouped_matmul", "moe.implementation", "moe.capacity_factor",
+                 "moe.record_cosine", "moe.cosine_source", "moe.router.jitter",
+                 "moe.router.use_bias")
+
+
+def _source_params(source: pathlib.Path, spec: DecoderSpec) -> tuple[DecoderSpec, dict]:
+    """(the source's spec, its variables as a pure dict in `spec`'s layout)."""
+    if (source / "params").exists():
+        return load_exported(source, scan_layers=spec.scan_layers)
+    if (source / "config.json").is_file():
+        hf_spec, tensors = read_hf_dir(source, scan_layers=spec.scan_layers)
+        return hf_spec, nnx.to_pure_dict(from_hf_mixtral(tensors, hf_spec))
+    raise FileNotFoundError(f"train.init_from={source}: neither a moejax export (params/, "
+                            "config.json) nor a Hugging Face directory (config.json)")
+
+
+def _check_same_function(source_spec: DecoderSpec, spec: DecoderSpec, source) -> None:
+    there, here = (flat_config(dataclasses.asdict(s)) for s in (source_spec, spec))
+    differ = [f"model.{k}={there.get(k)!r} there, {here.get(k)!r} here"
+              for k in sorted(there.keys() | here.keys())
+              if not k.startswith(FUNCTION_FREE) and there.get(k) != here.get(k)]
+    if differ:
+        raise ValueError(f"train.init_from={source} holds another model: {'; '.join(differ)}")
+
+
+def init_from(model, source) -> None:
+    """Loads the weights of `source` into `model` (a Decoder, possibly sharded), in place:
+    each array lands on the sharding the model's array has.
+
+    Raises:
+      FileNotFoundError: `source` is neither an export nor an HF directory.
+      ValueError: its model differs from `model.spec` (each difference named).
+    """
+    source = pathlib.Path(source).expanduser().resolve()
+    source_spec, params = _source_params(source, model.spec)
+    _check_same_function(source_spec, model.spec, source)
+    state = nnx.state(model, nnx.Not(nnx.RngState))
+    current = nnx.to_pure_dict(state)
+    merged = jax.tree.map(lambda old, new: jax.device_put(new.astype(old.dtype), old.sharding),
+                          _subtree(current, params), params)
+    nnx.replace_by_pure_dict(state, merged)
+    nnx.update(model, state)
+
+
+def _subtree(current: dict, params: dict) -> dict:
+    """The part of `current` with `params`'s keys (an HF source has no router biases)."""
+    return {k: _subtree(current[k], v) if isinstance(v, dict) else current[k]
+            for k, v in params.items()}

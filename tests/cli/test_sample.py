@@ -1,0 +1,48 @@
+"""moejax-sample: loads an export, prints the continuation and the ids; errors named."""
+
+import dataclasses
+
+import numpy as np
+from flax import nnx
+
+from moejax.cli import sample
+from moejax.models.decoder import Decoder, decoder_spec_from_config
+from moejax.models.generate import generate
+from moejax.train import checkpoint
+
+SPEC = {"vocab_size": 259, "d_model": 16, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1,
+        "d_ff": 24, "moe": {"num_experts": 4, "top_k": 2, "d_hidden": 8}}
+
+
+def _export(path, spec):
+    model = Decoder(spec, rngs=nnx.Rngs(3))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    checkpoint.write_export(path, {"model": dataclasses.asdict(spec)}, params, overwrite=False)
+    return model
+
+
+def test_prints_the_greedy_continuation_of_text_and_of_ids(tmp_path, capsys):
+    spec = decoder_spec_from_config(SPEC)
+    model = _export(tmp_path / "ex", spec)
+    want = np.asarray(generate(model, np.frombuffer(b"def ", np.uint8)[None].astype(np.int32),
+                               5).tokens[0])
+    assert want[:4].tolist() == [100, 101, 102, 32]
+    assert sample.main(["moejax-sample", "--export", str(tmp_path / "ex"), "--prompt", "def ",
+                        "--max_new_tokens", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "ids: " + ",".join(map(str, want))
+    assert sample.main(["moejax-sample", "--export", str(tmp_path / "ex"), "--prompt_ids",
+                        "100,101,102,32", "--max_new_tokens", "5"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == lines[-1]
+
+
+def test_errors_name_the_option(tmp_path, capsys):
+    spec = decoder_spec_from_config(dict(SPEC, vocab_size=32))
+    _export(tmp_path / "ex", spec)
+    assert sample.main(["moejax-sample", "--export", str(tmp_path / "ex"), "--prompt", "x"]) == 1
+    assert "--prompt needs a byte-level model" in capsys.readouterr().err
+    assert sample.main(["moejax-sample", "--export", "a", "--workdir", "b", "--prompt",
+                        "x"]) == 2
+    assert sample.main(["moejax-sample", "--export", str(tmp_path / "ex"), "--prompt_ids", "3",
+                        "--top_p", "0"]) == 1
+    assert "top_p=0.0" in capsys.readouterr().err

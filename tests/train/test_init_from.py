@@ -1,0 +1,66 @@
+"""train.init_from: a fresh run starts from an export's or an HF directory's weights."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from moejax.models.convert_hf import from_hf_mixtral
+from moejax.models.decoder import Decoder, decoder_spec_from_config, stack_params
+from moejax.models.hf_dir import write_hf_dir
+from moejax.train import checkpoint
+from moejax.train.init_from import init_from
+from moejax.train.trainer import train_and_evaluate
+from tests.models.test_convert_hf import SPEC, _hf_state_dict
+from tests.train.test_trainer import _tiny
+
+
+def test_hf_weights_load_into_a_scanned_model_and_other_models_are_named(tmp_path):
+    spec = dataclasses.replace(SPEC, d_ff=SPEC.moe.d_hidden, scan_layers=True)
+    tensors = _hf_state_dict(6)
+    write_hf_dir(tensors, spec, tmp_path / "hf")
+    model = Decoder(dataclasses.replace(spec, remat="full"), rngs=nnx.Rngs(0))  # may differ
+    init_from(model, tmp_path / "hf")
+    want = stack_params(spec, nnx.to_pure_dict(from_hf_mixtral(tensors, spec)))
+    got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(g, w)
+    other = Decoder(dataclasses.replace(spec, moe=dataclasses.replace(spec.moe, top_k=1),
+                                        rope_theta=10.0), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"holds another model: model\.moe\.top_k=2 there, 1 "
+                                         r"here; model\.rope_theta=500\.0 there, 10\.0 here"):
+        init_from(other, tmp_path / "hf")
+    with pytest.raises(FileNotFoundError, match="neither a moejax export"):
+        init_from(other, tmp_path)
+
+
+def test_a_fresh_run_starts_from_the_export(tmp_path, capsys):
+    """With a learning rate of 1e-9 the fine-tuned weights stay the source's (a random init
+    would be far off); a run that resumes ignores init_from."""
+    config = _tiny(steps=1, learning_rate=1e-9)
+    spec = decoder_spec_from_config(config.model)
+    source = tmp_path / "a_export"  # seed 1: far from the run's own (seed 0) init
+    params = nnx.to_pure_dict(nnx.state(Decoder(spec, rngs=nnx.Rngs(1)), nnx.Param))
+    checkpoint.write_export(source, {"model": dataclasses.asdict(spec)}, params,
+                            overwrite=False)
+    config.train.init_from = str(source)
+    train_and_evaluate(config, tmp_path / "b")
+    assert f"initialised from {source}" in capsys.readouterr().out
+    _, want = checkpoint.load_exported(source)
+    _, got = checkpoint.load_exported(checkpoint.export(tmp_path / "b", tmp_path / "b_export"))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(jnp.asarray(g), jnp.asarray(w), atol=1e-6)
+    train_and_evaluate(config, tmp_path / "b")  # resumes: its own checkpoint wins
+    assert "initialised from" not in capsys.readouterr().out
+
+
+def test_a_vocabulary_smaller_than_the_byte_corpus_is_refused(tmp_path):
+    config = _tiny(steps=1)
+    config.model.vocab_size = 64  # e.g. an imported model trained on another tokenizer
+    with pytest.raises(ValueError, match=r"model\.vocab_size=64 cannot embed the byte-level "
+                                         r"corpus \(data\.corpus='stdlib': ids 0\.\.258\)"):
+        train_and_evaluate(config, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
