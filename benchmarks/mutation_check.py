@@ -68,6 +68,25 @@ MUTANTS = (
            "visible = jnp.arange(cache_k.shape[1])[None, :] <= query_slot[:, None]",
            "visible = jnp.arange(cache_k.shape[1])[None, :] == query_slot[:, None]",
            ("tests/models/test_generate.py::test_greedy_equals_argmax_of_the_cache_free_forward",)),
+    Mutant("qk_norm_skipped", "model.qk_norm builds the q/k norms but attention skips them",
+           "moejax/layers/attention.py",
+           "        q, k = rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps)\n",
+           "        pass\n",
+           ("tests/models/test_hf_dir.py::"
+            "test_transformers_fixture_logits_routing_and_greedy_output[qwen3_moe]",
+            "tests/models/test_decoder.py::test_decoder_matches_reference[topk-True-True]")),
+    Mutant("qwen3_dense_layers_ignored", "a Qwen3 config's mlp_only_layers are read as MoE layers",
+           "moejax/models/hf_dir.py", "set(hf.get(\"mlp_only_layers\") or ())", "set()",
+           ("tests/models/test_hf_dir.py::"
+            "test_qwen3_config_both_ways_dense_layers_and_what_is_refused",
+            "tests/models/test_hf_dir.py::"
+            "test_transformers_fixture_logits_routing_and_greedy_output[qwen3_moe]")),
+    Mutant("norm_topk_prob_ignored", "Qwen3's unnormalised top-k gates are renormalised",
+           "moejax/models/hf_dir.py",
+           "{\"normalize_gates\": bool(hf.get(\"norm_topk_prob\", False))}",
+           "{\"normalize_gates\": True}",
+           ("tests/models/test_hf_dir.py::"
+            "test_transformers_fixture_logits_routing_and_greedy_output[qwen3_moe]",)),
     Mutant("last_async_save_unsealed", "a run's last async checkpoint gets no checksums",
            "moejax/train/checkpoint.py",
            "        self._manager.wait_until_finished()\n        self._seal()\n",

@@ -21,11 +21,13 @@ def rope_ref(x, positions, theta):
     return out
 
 
-def attention_ref(x, w_q, w_k, w_v, w_o, theta, segments=None):
+def attention_ref(x, w_q, w_k, w_v, w_o, theta, segments=None, qk_norm=None):
     """One sequence x [S, D]; w_q [D, N, H], w_k/w_v [D, K, H], w_o [N, H, D] -> [S, D].
 
     segments: [S] document ids (runs of equal ids), or None: one document. A query sees the
     earlier keys of its own document, and positions count from the document's first token.
+    qk_norm: None, or (q weight [H], k weight [H]): each query and key head vector is
+    RMS-normalised (eps 1e-5) and scaled by its weight before the rotation (Qwen3).
     """
     x = np.asarray(x, np.float64)
     seq, num_heads, num_kv = x.shape[0], w_q.shape[1], w_k.shape[1]
@@ -33,8 +35,12 @@ def attention_ref(x, w_q, w_k, w_v, w_o, theta, segments=None):
     positions = np.zeros(seq, int)
     for s in range(1, seq):
         positions[s] = positions[s - 1] + 1 if segments[s] == segments[s - 1] else 0
-    q = rope_ref(np.einsum("sd,dnh->snh", x, w_q), positions, theta)
-    k = rope_ref(np.einsum("sd,dkh->skh", x, w_k), positions, theta)
+    q, k = np.einsum("sd,dnh->snh", x, w_q), np.einsum("sd,dkh->skh", x, w_k)
+    if qk_norm is not None:
+        for s in range(seq):
+            q[s] = [rms_norm_ref(q[s, n], qk_norm[0]) for n in range(num_heads)]
+            k[s] = [rms_norm_ref(k[s, j], qk_norm[1]) for j in range(num_kv)]
+    q, k = rope_ref(q, positions, theta), rope_ref(k, positions, theta)
     v = np.einsum("sd,dkh->skh", x, w_v)
     out = np.zeros((seq, num_heads, w_q.shape[2]))
     for n in range(num_heads):
@@ -76,7 +82,8 @@ def decoder_ref(tokens, params, spec, disable_top1=False):
     """tokens [B, S] -> (logits [B, S, V], list of per-router oracle infos in depth order).
 
     params: dict with "embed" [V, D], "final_norm" [D], "head" [D, V], and "layers": a list
-    of dicts with "attn_norm", "attn" (w_q, w_k, w_v, w_o), "kind" ("dense", "topk",
+    of dicts with "attn_norm", "attn" (w_q, w_k, w_v, w_o), "qk_norm" (q and k weights
+    [H], only with `spec.qk_norm`), "kind" ("dense", "topk",
     "deepseek" or "cartesian"), "ffn_norm" (not cartesian), "ffn" (dense weights) or
     "routed" (w_router, w_gate, w_up, w_down) and "shared" (deepseek), or "sub_a" and
     "sub_b" (cartesian: each "norm", "routed", "shared" or None, "mix_kernel", "mix_bias").
@@ -87,7 +94,8 @@ def decoder_ref(tokens, params, spec, disable_top1=False):
     infos = []
     for layer in params["layers"]:
         attn = np.stack([attention_ref(rms_norm_ref(x[b], layer["attn_norm"]), *layer["attn"],
-                                       spec.rope_theta) for b in range(batch)])
+                                       spec.rope_theta, qk_norm=layer.get("qk_norm"))
+                         for b in range(batch)])
         x = x + attn
         flat, layer_infos = _ffn_ref(layer, x.reshape(batch * seq, -1), spec, disable_top1)
         x = flat.reshape(batch, seq, -1)

@@ -4,7 +4,9 @@ The product itself goes through `jax.nn.dot_product_attention` (implementation "
 "cudnn" for cuDNN's fused kernel on GPU). Packed documents: with segment ids a query attends
 only to keys of its own segment (and, causally, earlier ones), and `positions_from_segments`
 restarts RoPE positions at each document. RoPE is the "rotate half" (non-interleaved) form of
-HF Llama/Mixtral. The projections' outputs are named ("attention_qkv", "attention_out") for
+HF Llama/Mixtral. With `qk_norm` (Qwen3) each query and key head is RMS-normalised over its
+H coordinates, with one learned [H] weight for queries and one for keys, before RoPE. The
+projections' outputs are named ("attention_qkv", "attention_out") for
 the decoder's rematerialisation policies.
 """
 
@@ -16,6 +18,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from moejax.layers.dtypes import at_least_float32
+from moejax.layers.norms import RMSNorm, rms_norm
 
 
 def rope_tables(positions: jax.Array, head_dim: int, theta: float, dtype=jnp.float32):
@@ -95,7 +98,7 @@ def _attend_cached(q, k, v, cache, implementation="xla"):
 
 
 def attention(x, w_q, w_k, w_v, w_o, positions, theta, segments=None, implementation="xla",
-              cache=None):
+              cache=None, qk_norm=None):
     """Causal GQA self-attention.
 
     Args:
@@ -107,6 +110,8 @@ def attention(x, w_q, w_k, w_v, w_o, positions, theta, segments=None, implementa
       implementation: `jax.nn.dot_product_attention`'s, one of ATTENTION_IMPLEMENTATIONS.
       cache: None, or a KV cache (see `_attend_cached`; segments must be None): the
         queries attend to the cached keys too.
+      qk_norm: None, or (q weight [H], k weight [H], eps): per-head RMSNorm of the queries
+        and keys before RoPE (Qwen3).
 
     Returns:
       [B, S, D], or ([B, S, D], the updated cache) when a cache is given.
@@ -114,6 +119,9 @@ def attention(x, w_q, w_k, w_v, w_o, positions, theta, segments=None, implementa
     q = checkpoint_name(jnp.einsum("BSD,DNH->BSNH", x, w_q), "attention_qkv")
     k = checkpoint_name(jnp.einsum("BSD,DKH->BSKH", x, w_k), "attention_qkv")
     v = checkpoint_name(jnp.einsum("BSD,DKH->BSKH", x, w_v), "attention_qkv")
+    if qk_norm is not None:
+        q_weight, k_weight, eps = qk_norm
+        q, k = rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps)
     cos, sin = rope_tables(positions, q.shape[-1], theta, at_least_float32(x.dtype))
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     if cache is not None:
@@ -124,10 +132,12 @@ def attention(x, w_q, w_k, w_v, w_o, positions, theta, segments=None, implementa
 
 
 class Attention(nnx.Module):
-    """Owns q/k/v/o projections: [D, N, H], [D, K, H], [D, K, H], [N, H, D] (float32)."""
+    """Owns q/k/v/o projections: [D, N, H], [D, K, H], [D, K, H], [N, H, D] (float32), and
+    with `qk_norm` the per-head norms q_norm, k_norm (weights [H], eps `norm_eps`)."""
 
     def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
-                 rope_theta: float, rngs: nnx.Rngs, implementation: str = "xla"):
+                 rope_theta: float, rngs: nnx.Rngs, implementation: str = "xla",
+                 qk_norm: bool = False, norm_eps: float = 1e-5):
         if num_heads % num_kv_heads:
             raise ValueError(
                 f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}"
@@ -144,6 +154,8 @@ class Attention(nnx.Module):
         self.w_k = nnx.Param(init_in(rngs.params(), (d_model, num_kv_heads, head_dim), f32))
         self.w_v = nnx.Param(init_in(rngs.params(), (d_model, num_kv_heads, head_dim), f32))
         self.w_o = nnx.Param(init_out(rngs.params(), (num_heads, head_dim, d_model), f32))
+        self.q_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else None
 
     def __call__(self, x: jax.Array, positions: jax.Array,
                  segments: jax.Array | None = None) -> jax.Array:
@@ -154,11 +166,14 @@ class Attention(nnx.Module):
         """
         dtype = x.dtype
         weights = [w[...].astype(dtype) for w in (self.w_q, self.w_k, self.w_v, self.w_o)]
+        qk_norm = None
+        if self.q_norm is not None:
+            qk_norm = (self.q_norm.weight[...], self.k_norm.weight[...], self.q_norm.eps)
         if getattr(self, "cache_k", None) is None:
             return attention(x, *weights, positions, self.rope_theta, segments,
-                             self.implementation)
+                             self.implementation, qk_norm=qk_norm)
         cache = (self.cache_k[...], self.cache_v[...], self.cache_index[...])
         out, cache = attention(x, *weights, positions, self.rope_theta, None,
-                               self.implementation, cache)
+                               self.implementation, cache, qk_norm)
         self.cache_k[...], self.cache_v[...], self.cache_index[...] = cache
         return out

@@ -18,6 +18,7 @@ Two parameter layouts compute the same function (`model.scan_layers`):
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from types import MappingProxyType
 
 import jax
@@ -65,6 +66,8 @@ class DecoderSpec:
       d_ff: hidden width of the dense FFN layers.
       rope_theta: RoPE base.
       norm_eps: RMSNorm epsilon.
+      qk_norm: RMS-normalise each query and key head before RoPE, with learned [H] weights
+        (Qwen3-MoE).
       first_dense_layers: leading layers with a dense FFN.
       moe_every: 1 = every later layer is MoE, 2 = every other one, ...
       block: "topk" (Mixtral), "deepseek" (shared + fine-grained experts) or "cartesian"
@@ -88,6 +91,7 @@ class DecoderSpec:
     d_ff: int = 512
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    qk_norm: bool = False
     first_dense_layers: int = 0
     moe_every: int = 1
     block: str = "topk"
@@ -119,6 +123,9 @@ class DecoderSpec:
                 f"model.num_heads={self.num_heads} is not a multiple of model.num_kv_heads="
                 f"{self.num_kv_heads}"
             )
+        if self.resolved_head_dim % 2:
+            raise ValueError(f"model.head_dim={self.resolved_head_dim} must be even (RoPE "
+                             "rotates pairs of coordinates)")
         if not 0 <= self.first_dense_layers <= self.num_layers or self.moe_every < 1:
             raise ValueError(
                 f"model.first_dense_layers={self.first_dense_layers} must be in [0, num_layers="
@@ -211,7 +218,8 @@ class DecoderLayer(nnx.Module):
         self.attn_norm = RMSNorm(spec.d_model, eps=spec.norm_eps)
         self.attn = Attention(spec.d_model, spec.num_heads, spec.num_kv_heads,
                               spec.resolved_head_dim, rope_theta=spec.rope_theta, rngs=rngs,
-                              implementation=spec.attention)
+                              implementation=spec.attention, qk_norm=spec.qk_norm,
+                              norm_eps=spec.norm_eps)
         self.ffn = _feed_forward_cls(spec, layer)(spec, rngs=rngs, engine=engine)
 
     def __call__(self, x: jax.Array, positions: jax.Array, segments=None, *,
@@ -342,9 +350,19 @@ class Decoder(nnx.Module):
             start += repeats * len(routers)
 
 
-def _stack(*arrays):
-    """Stacks on the host for NumPy arrays (a checkpoint being converted), else on device."""
-    return (np.stack if isinstance(arrays[0], np.ndarray) else jnp.stack)(arrays)
+def _stack_trees(trees, count: int):
+    """Stacks `count` trees of equal structure leaf-wise on a new axis 0. NumPy leaves (a
+    checkpoint being converted) are copied into one preallocated array as each tree arrives,
+    so the layers never exist twice on the host; device arrays are stacked on device."""
+    trees = iter(trees)
+    first = next(trees)
+    if not isinstance(jax.tree.leaves(first)[0], np.ndarray):
+        return jax.tree.map(lambda *a: jnp.stack(a), first, *trees)
+    out = jax.tree.map(lambda a: np.empty((count, *a.shape), a.dtype), first)
+    for r, tree in enumerate(itertools.chain([first], trees)):
+        for stacked, leaf in zip(jax.tree.leaves(out), jax.tree.leaves(tree), strict=True):
+            stacked[r] = leaf
+    return out
 
 
 def unstack_params(spec: DecoderSpec, params: dict) -> dict:
@@ -364,15 +382,37 @@ def unstack_params(spec: DecoderSpec, params: dict) -> dict:
 
 
 def stack_params(spec: DecoderSpec, params: dict) -> dict:
-    """A Decoder parameter dict in either layout -> the layout of `spec.scan_layers`."""
+    """A Decoder parameter dict in either layout -> the layout of `spec.scan_layers`.
+
+    `params["layers"]` may be any mapping (e.g. layers converted on access): each layer is
+    read once, in depth order within each stack position."""
     params = unstack_params(spec, params)
     if not spec.scan_layers:
         return params
     out = {k: v for k, v in params.items() if k != "layers"}
     layers = params["layers"]
     out["stacks"] = {
-        s: {"layers": {j: jax.tree.map(_stack,
-                                       *[layers[first + r * unit + j] for r in range(repeats)])
+        s: {"layers": {j: _stack_trees((layers[first + r * unit + j] for r in range(repeats)),
+                                       repeats)
                        for j in range(unit)}}
         for s, (first, unit, repeats) in enumerate(layer_stacks(spec))}
     return out
+
+
+def load_params(model: Decoder, params: dict) -> None:
+    """Loads a parameter dict (`nnx.to_pure_dict` structure, either layout, a subset of the
+    model's variables allowed) into `model` in place: each array is cast to the dtype of the
+    model's array and put on its sharding."""
+    state = nnx.state(model, nnx.Not(nnx.RngState))
+    params = stack_params(model.spec, params)
+    current = nnx.to_pure_dict(state)
+    merged = jax.tree.map(lambda old, new: jax.device_put(new.astype(old.dtype), old.sharding),
+                          _subtree(current, params), params)
+    nnx.replace_by_pure_dict(state, merged)
+    nnx.update(model, state)
+
+
+def _subtree(current: dict, params: dict) -> dict:
+    """The part of `current` with `params`'s keys (an HF source has no router biases)."""
+    return {k: _subtree(current[k], v) if isinstance(v, dict) else current[k]
+            for k, v in params.items()}

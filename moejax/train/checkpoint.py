@@ -423,6 +423,17 @@ def load_exported(out_dir, *, scan_layers: bool | None = None) -> tuple[DecoderS
         return spec, stack_params(spec, checkpointer.restore(out / "params", target))
 
 
+def exported_dtypes(source) -> set[str]:
+    """The dtypes an export directory stores its parameters in (empty for anything else,
+    e.g. a training workdir)."""
+    params = pathlib.Path(source).expanduser() / "params"
+    if not params.exists():
+        return set()
+    with ocp.StandardCheckpointer() as checkpointer:
+        tree = checkpointer.metadata(params).item_metadata
+    return {str(leaf.dtype) for leaf in jax.tree.leaves(tree) if hasattr(leaf, "dtype")}
+
+
 def load_decoder(source, *, scan_layers: bool | None = None) -> Decoder:
     """A Decoder with the weights of an export directory, or of a training workdir's newest
     readable checkpoint (exported to a scratch directory first).

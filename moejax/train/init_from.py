@@ -12,11 +12,8 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-import jax
-from flax import nnx
-
-from moejax.models.convert_hf import from_hf_mixtral
-from moejax.models.decoder import DecoderSpec
+from moejax.models.convert_hf import from_hf
+from moejax.models.decoder import DecoderSpec, load_params
 from moejax.models.hf_dir import read_hf_dir
 from moejax.options import flat_config
 from moejax.train.checkpoint import load_exported
@@ -33,7 +30,7 @@ def _source_params(source: pathlib.Path, spec: DecoderSpec) -> tuple[DecoderSpec
         return load_exported(source, scan_layers=spec.scan_layers)
     if (source / "config.json").is_file():
         hf_spec, tensors = read_hf_dir(source, scan_layers=spec.scan_layers)
-        return hf_spec, nnx.to_pure_dict(from_hf_mixtral(tensors, hf_spec))
+        return hf_spec, from_hf(tensors, hf_spec, dtype=None)
     raise FileNotFoundError(f"train.init_from={source}: neither a moejax export (params/, "
                             "config.json) nor a Hugging Face directory (config.json)")
 
@@ -58,15 +55,4 @@ def init_from(model, source) -> None:
     source = pathlib.Path(source).expanduser().resolve()
     source_spec, params = _source_params(source, model.spec)
     _check_same_function(source_spec, model.spec, source)
-    state = nnx.state(model, nnx.Not(nnx.RngState))
-    current = nnx.to_pure_dict(state)
-    merged = jax.tree.map(lambda old, new: jax.device_put(new.astype(old.dtype), old.sharding),
-                          _subtree(current, params), params)
-    nnx.replace_by_pure_dict(state, merged)
-    nnx.update(model, state)
-
-
-def _subtree(current: dict, params: dict) -> dict:
-    """The part of `current` with `params`'s keys (an HF source has no router biases)."""
-    return {k: _subtree(current[k], v) if isinstance(v, dict) else current[k]
-            for k, v in params.items()}
+    load_params(model, params)

@@ -1,4 +1,5 @@
-"""moejax/train/convert_hf.py: HF Mixtral tensors <-> Decoder params.
+"""moejax/models/convert_hf.py: HF Mixtral tensors <-> Decoder params (Qwen3-MoE: the
+transformers fixtures of test_hf_dir.py).
 
 The model loaded from a random HF-layout state dict must compute what a NumPy forward written
 directly in HF's torch layout computes (`x @ W.T`, `view(S, N, H)`, `rotate_half`, `repeat_kv`,
@@ -8,13 +9,15 @@ directly in HF's torch layout computes (`x @ W.T`, `view(S, N, H)`, `rotate_half
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 from flax import nnx
 
-from moejax.models.convert_hf import from_hf_mixtral, to_hf_mixtral
-from moejax.models.decoder import Decoder, DecoderSpec
+from moejax.models.convert_hf import from_hf, to_hf
+from moejax.models.decoder import Decoder, DecoderSpec, load_params
 from moejax.moe.router import RouterSpec
 from moejax.moe.spec import MoESpec
 
@@ -116,7 +119,7 @@ def _hf_forward(tokens, sd, spec):
 
 def _loaded_model(sd, spec=SPEC):
     model = nnx.eval_shape(lambda: Decoder(spec, rngs=nnx.Rngs(0)))
-    nnx.update(model, from_hf_mixtral(sd, spec))
+    nnx.update(model, from_hf(sd, spec))
     return model
 
 
@@ -132,24 +135,30 @@ def test_from_hf_logits_match_a_forward_in_hf_layout(scan_layers):
     assert record.num_routers == SPEC.num_layers
 
 
-def test_from_hf_state_is_the_decoders_param_state():
-    state = from_hf_mixtral(_hf_state_dict(), SPEC)
-    assert isinstance(state, nnx.State)
+def test_from_hf_gives_the_decoders_params_in_float32_or_the_stored_dtype():
+    """The converted dict has the Decoder's parameter tree; float32 by default (what the
+    model holds), the tensors' own bfloat16 with dtype=None (import), loaded exactly."""
     model = nnx.eval_shape(lambda: Decoder(SPEC, rngs=nnx.Rngs(0)))
-    graphdef, abstract = nnx.split(model, nnx.Param)
-    shapes = nnx.to_pure_dict(abstract)
-    loaded = nnx.to_pure_dict(state)
-    assert set(loaded) == set(shapes) and set(loaded["layers"]) == {0, 1}
-    merged = nnx.merge(graphdef, state)  # usable without update as well
-    np.testing.assert_array_equal(np.asarray(merged.head.kernel[...]),
-                                  _hf_state_dict()["lm_head.weight"].T)
-    assert merged.layers[1].attn.w_q[...].dtype == jnp.float32
+    shapes = jax.tree.map(lambda a: (a.shape, a.dtype),
+                          nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    params = from_hf(_hf_state_dict(), SPEC)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), params) == shapes
+    halves = {k: v.astype(ml_dtypes.bfloat16) for k, v in _hf_state_dict().items()}
+    kept = from_hf(halves, dataclasses.replace(SPEC, scan_layers=True), dtype=None)
+    assert {a.dtype for a in jax.tree.leaves(kept)} == {np.dtype(ml_dtypes.bfloat16)}
+    model = Decoder(dataclasses.replace(SPEC, scan_layers=True), rngs=nnx.Rngs(0))
+    load_params(model, kept)  # upcast into the model's float32, either layout
+    w_o = model.stacks[0].layers[0].attn.w_o[...]
+    assert w_o.dtype == jnp.float32
+    np.testing.assert_array_equal(
+        w_o[1], halves["model.layers.1.self_attn.o_proj.weight"].astype(np.float32).T
+        .reshape(N, H, D))
 
 
 def test_q_proj_rows_are_head_major():
     """Row n*H + h of q_proj is head n, coordinate h of moejax's w_q [D, N, H]."""
     sd = _hf_state_dict()
-    w_q = np.asarray(nnx.to_pure_dict(from_hf_mixtral(sd, SPEC))["layers"][0]["attn"]["w_q"])
+    w_q = np.asarray(from_hf(sd, SPEC)["layers"][0]["attn"]["w_q"])
     q_proj = sd["model.layers.0.self_attn.q_proj.weight"]
     for n, h in ((0, 0), (1, 2), (5, 3)):
         np.testing.assert_array_equal(w_q[:, n, h], q_proj[n * H + h])
@@ -158,7 +167,7 @@ def test_q_proj_rows_are_head_major():
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_round_trip_is_exact(scan_layers):
     sd = _hf_state_dict(seed=2)
-    out = to_hf_mixtral(_loaded_model(sd, dataclasses.replace(SPEC, scan_layers=scan_layers)))
+    out = to_hf(_loaded_model(sd, dataclasses.replace(SPEC, scan_layers=scan_layers)))
     assert sorted(out) == sorted(sd)
     for name, value in sd.items():
         assert out[name].dtype == np.float32 and out[name].flags.c_contiguous, name
@@ -168,7 +177,7 @@ def test_round_trip_is_exact(scan_layers):
 def test_bfloat16_checkpoint_is_upcast_exactly():
     sd = {name: jnp.asarray(a, jnp.bfloat16) for name, a in _hf_state_dict(seed=3).items()}
     sd = {name: np.asarray(a) for name, a in sd.items()}  # ml_dtypes bfloat16 arrays
-    out = to_hf_mixtral(_loaded_model(sd))
+    out = to_hf(_loaded_model(sd))
     for name, value in sd.items():
         np.testing.assert_array_equal(out[name], value.astype(np.float32), err_msg=name)
 
@@ -176,7 +185,7 @@ def test_bfloat16_checkpoint_is_upcast_exactly():
 def test_extra_expert_raises():
     sd = _hf_state_dict(num_experts=E + 1)  # one expert more than the spec's E
     with pytest.raises(ValueError, match=r"unexpected \[.*experts\.5\.w1\.weight"):
-        from_hf_mixtral(sd, SPEC)
+        from_hf(sd, SPEC)
 
 
 def test_missing_expert_tensor_raises():
@@ -184,21 +193,21 @@ def test_missing_expert_tensor_raises():
     del sd["model.layers.1.block_sparse_moe.experts.3.w3.weight"]
     with pytest.raises(ValueError, match=r"missing \['model\.layers\.1\.block_sparse_moe\."
                                          r"experts\.3\.w3\.weight'\]"):
-        from_hf_mixtral(sd, SPEC)
+        from_hf(sd, SPEC)
 
 
 def test_extra_key_raises():
     sd = _hf_state_dict()
     sd["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(H // 2, np.float32)
     with pytest.raises(ValueError, match=r"rotary_emb\.inv_freq"):
-        from_hf_mixtral(sd, SPEC)
+        from_hf(sd, SPEC)
 
 
 def test_wrong_shape_raises():
     sd = _hf_state_dict()
     sd["model.layers.0.self_attn.k_proj.weight"] = np.zeros((N * H, D), np.float32)
     with pytest.raises(ValueError, match=r"k_proj\.weight: \(24, 12\) != \(8, 12\)"):
-        from_hf_mixtral(sd, SPEC)
+        from_hf(sd, SPEC)
 
 
 @pytest.mark.parametrize("change, match", [
@@ -215,8 +224,8 @@ def test_wrong_shape_raises():
 def test_non_mixtral_options_raise(change, match):
     spec = dataclasses.replace(SPEC, **change)
     with pytest.raises(ValueError, match=match):
-        from_hf_mixtral(_hf_state_dict(), spec)
+        from_hf(_hf_state_dict(), spec)
     model = nnx.eval_shape(lambda: Decoder(spec, rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match=match):
-        to_hf_mixtral(model)
+        to_hf(model)
 

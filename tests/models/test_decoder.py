@@ -68,6 +68,10 @@ def _params_np(model):
         attn = layer.attn
         entry = {"attn_norm": f64(layer.attn_norm.weight),
                  "attn": tuple(f64(w) for w in (attn.w_q, attn.w_k, attn.w_v, attn.w_o))}
+        if attn.q_norm is not None:  # made non-trivial first
+            for norm in (attn.q_norm, attn.k_norm):
+                norm.weight[...] = jnp.asarray(rng.uniform(0.5, 1.5, norm.weight.shape))
+            entry["qk_norm"] = (f64(attn.q_norm.weight), f64(attn.k_norm.weight))
         if isinstance(layer.ffn, CartesianFeedForward):
             entry.update(kind="cartesian",
                          sub_a=_cartesian_sub_layer_np(layer.ffn.block.sub_a, rng),
@@ -88,14 +92,15 @@ def _params_np(model):
             "head": f64(model.head.kernel), "layers": layers}
 
 
-@pytest.mark.parametrize("block, disable_top1", [
-    ("topk", False), ("deepseek", False), ("cartesian", False), ("topk", True),
-    ("cartesian", True),
+@pytest.mark.parametrize("block, disable_top1, qk_norm", [
+    ("topk", False, False), ("deepseek", False, False), ("cartesian", False, False),
+    ("topk", True, True), ("cartesian", True, False),
 ])
-def test_decoder_matches_reference(block, disable_top1):
+def test_decoder_matches_reference(block, disable_top1, qk_norm):
     """Logits and every router's record in depth order (two per Cartesian layer), also with
-    each router's top-1 expert disabled."""
-    spec = _spec(block)
+    each router's top-1 expert disabled, and with Qwen3's per-head q/k norms (head_dim 4,
+    not d_model / num_heads)."""
+    spec = _spec(block, **({"qk_norm": True, "head_dim": 4} if qk_norm else {}))
     model = Decoder(spec, rngs=nnx.Rngs(0))
     params = _params_np(model)
     tokens = np.random.default_rng(1).integers(0, spec.vocab_size, (B, S))
@@ -143,7 +148,7 @@ def test_scanned_layers_equal_unrolled(block="cartesian"):
 
 
 def test_decoder_gradient_finite_difference():
-    spec = decoder_spec_from_config({**BASE, "dtype": "float64",
+    spec = decoder_spec_from_config({**BASE, "dtype": "float64", "qk_norm": True,
                                      "moe": {"num_experts": 6, "top_k": 3, "d_hidden": 8}})
     model = Decoder(spec, rngs=nnx.Rngs(2))
     graphdef, params = nnx.split(model, nnx.Param)
@@ -181,6 +186,7 @@ def test_bfloat16_close_to_float32():
     ({"dtype": "float16"}, "model.dtype"),
     ({"num_heads": 4, "num_kv_heads": 3}, "num_kv_heads=3"),
     ({"d_model": 10, "num_heads": 4, "num_kv_heads": 1}, "d_model=10"),
+    ({"head_dim": 5}, r"model.head_dim=5 must be even \(RoPE"),
     ({"first_dense_layers": 5}, "first_dense_layers=5"),
     ({"moe": {"num_experts": 4, "top_k": 5}}, "moe.top_k=5"),
     ({"remat": "dots"}, "model.remat='dots'; allowed: none, full, save_dots_except_experts"),

@@ -18,8 +18,8 @@ from flax import nnx
 import moejax
 from moejax.cli import hf as hf_cli
 from moejax.models import hf_dir
-from moejax.models.convert_hf import from_hf_mixtral
-from moejax.models.decoder import Decoder, stack_params
+from moejax.models.convert_hf import from_hf
+from moejax.models.decoder import Decoder, load_params, stack_params
 from moejax.train import checkpoint
 from tests.models.test_convert_hf import SPEC, _hf_state_dict
 
@@ -37,7 +37,7 @@ def test_config_both_ways_and_what_is_refused():
     assert hf_dir.spec_from_hf_config(hf, scan_layers=False) == spec
     v5 = {k: v for k, v in hf.items() if k != "rope_theta"}  # transformers 5 keeps it here
     assert hf_dir.spec_from_hf_config(v5).rope_theta == 500.0
-    for change, named in [({"model_type": "qwen3_moe"}, "model_type='qwen3_moe'"),
+    for change, named in [({"model_type": "qwen2_moe"}, "model_type='qwen2_moe'"),
                           ({"sliding_window": 4096}, "sliding_window=4096"),
                           ({"tie_word_embeddings": True}, "tie_word_embeddings=True"),
                           ({"rope_parameters": {"rope_type": "yarn"}}, "rope type 'yarn'")]:
@@ -45,6 +45,35 @@ def test_config_both_ways_and_what_is_refused():
             hf_dir.spec_from_hf_config({**hf, **change})
     with pytest.raises(ValueError, match="model.block='deepseek' has no HF Mixtral"):
         hf_dir.hf_config_from_spec(dataclasses.replace(spec, block="deepseek"))
+
+
+def test_qwen3_config_both_ways_dense_layers_and_what_is_refused():
+    """Qwen3-MoE: q/k norms, head_dim apart from hidden / heads, norm_topk_prob as
+    normalize_gates, and its dense layers (decoder_sparse_step, mlp_only_layers) as
+    first_dense_layers / moe_every, both ways."""
+    moe = dataclasses.replace(SPEC.moe, router=dataclasses.replace(SPEC.moe.router,
+                                                                   normalize_gates=False))
+    spec = dataclasses.replace(SPEC, qk_norm=True, num_layers=4, first_dense_layers=1,
+                               moe_every=2, head_dim=8, moe=moe)
+    hf = hf_dir.hf_config_from_spec(spec)
+    assert (hf["model_type"], hf["decoder_sparse_step"], hf["mlp_only_layers"],
+            hf["norm_topk_prob"], hf["head_dim"]) == ("qwen3_moe", 2, [], False, 8)
+    assert hf_dir.spec_from_hf_config(hf, scan_layers=False) == spec
+    step1 = {**hf, "num_hidden_layers": 3, "decoder_sparse_step": 1, "mlp_only_layers": [0]}
+    got = hf_dir.spec_from_hf_config(step1)
+    assert (got.first_dense_layers, got.moe_every, got.num_layers) == (1, 1, 3)
+    assert hf_dir.spec_from_hf_config(hf_dir.hf_config_from_spec(got)) == got
+    odd = dataclasses.replace(spec, first_dense_layers=2, moe_every=1)  # MoE at 2, 3
+    assert hf_dir.hf_config_from_spec(odd)["mlp_only_layers"] == [0, 1]
+    for change, named in [
+            ({"decoder_sparse_step": 1, "mlp_only_layers": [2]}, r"MoE layers at \[0, 1, 3\]"),
+            ({"use_sliding_window": True}, "use_sliding_window=True"),
+            ({"attention_bias": True}, "attention_bias=True")]:
+        with pytest.raises(ValueError, match=named):
+            hf_dir.spec_from_hf_config({**hf, **change})
+    with pytest.raises(ValueError, match="model.moe.num_shared_experts=1 has no HF Qwen3-MoE"):
+        hf_dir.hf_config_from_spec(dataclasses.replace(
+            spec, moe=dataclasses.replace(moe, num_shared_experts=1)))
 
 
 def _fused(tensors, spec):
@@ -92,7 +121,7 @@ def test_cli_import_of_a_sharded_directory_gives_its_parameters(tmp_path, capsys
     assert "--out" in capsys.readouterr().err
     loaded_spec, params = checkpoint.load_exported(tmp_path / "ex")
     assert loaded_spec.scan_layers and loaded_spec.num_layers == spec.num_layers
-    want = stack_params(loaded_spec, nnx.to_pure_dict(from_hf_mixtral(tensors, spec)))
+    want = stack_params(loaded_spec, from_hf(tensors, spec))
     for got, wanted in zip(jax.tree.leaves(params), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(got, wanted)  # logits: the fixture tests below
     assert hf_cli.main(["moejax-hf", "convert"]) == 2
@@ -113,18 +142,35 @@ def test_transformers_loads_the_export(tmp_path):
     with torch.no_grad():
         hf_logits = hf_model(torch.tensor(tokens)).logits.numpy()
     model = Decoder(spec, rngs=nnx.Rngs(0))
-    nnx.update(model, from_hf_mixtral(tensors, spec))
+    nnx.update(model, from_hf(tensors, spec))
     np.testing.assert_allclose(model(jnp.asarray(tokens))[0], hf_logits, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("layout", ["mixtral", "mixtral_fused"])
+def test_transformers_loads_a_written_qwen3_directory(tmp_path):
+    """Live check: the Qwen3-MoE config.json moejax writes (dense layers as its own
+    decoder_sparse_step / mlp_only_layers, num_experts, norm_topk_prob) loads in transformers
+    and computes the fixture's logits."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    spec, tensors = hf_dir.read_hf_dir(FIXTURES / "qwen3_moe")
+    hf_dir.write_hf_dir({k: np.asarray(v) for k, v in tensors.items()}, spec, tmp_path / "hf")
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    want = np.load(FIXTURES / "qwen3_moe_outputs.npz")
+    with torch.no_grad():
+        logits = hf_model(torch.tensor(want["ids"])).logits.numpy()
+    np.testing.assert_allclose(logits, want["logits"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["mixtral", "mixtral_fused", "qwen3_moe", "qwen3_moe_fused"])
 def test_transformers_fixture_logits_routing_and_greedy_output(layout):
-    """A tiny MixtralForCausalLM saved by transformers 5.24 (per-expert files, and its fused
-    in-memory state dict): moejax reproduces its logits, router logits and greedy output."""
+    """Tiny MixtralForCausalLM and Qwen3MoeForCausalLM (a dense first layer, q/k norms,
+    unnormalised top-k gates) saved by transformers 5.24 (per-expert files, and the fused
+    in-memory state dict): moejax reproduces their logits, router logits and greedy output."""
     spec, tensors = hf_dir.read_hf_dir(FIXTURES / layout)
+    assert spec.qk_norm == layout.startswith("qwen3")
     model = Decoder(spec, rngs=nnx.Rngs(0))
-    nnx.update(model, from_hf_mixtral(tensors, spec))
-    want = np.load(FIXTURES / "mixtral_outputs.npz")
+    load_params(model, from_hf(tensors, spec))
+    want = np.load(FIXTURES / f"{layout.removesuffix('_fused')}_outputs.npz")
     logits, record = model(jnp.asarray(want["ids"]))
     np.testing.assert_allclose(logits, want["logits"], rtol=1e-5, atol=2e-5)
     np.testing.assert_allclose(record.logits, want["router_logits"], rtol=1e-5, atol=1e-5)
@@ -132,13 +178,18 @@ def test_transformers_fixture_logits_routing_and_greedy_output(layout):
     np.testing.assert_array_equal(greedy, want["greedy"])
 
 
-def test_fixture_import_export_round_trip_is_bit_exact(tmp_path):
-    _, v4 = hf_dir.read_hf_dir(FIXTURES / "mixtral")
-    _, fused = hf_dir.read_hf_dir(FIXTURES / "mixtral_fused")
-    assert fused.keys() == v4.keys() and all(np.array_equal(fused[k], v4[k]) for k in v4)
-    assert hf_cli.main(["moejax-hf", "import", "--hf", str(FIXTURES / "mixtral_fused"),
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe"])
+def test_fixture_import_export_round_trip_is_bit_exact(tmp_path, family):
+    _, per_expert = hf_dir.read_hf_dir(FIXTURES / family)
+    _, fused = hf_dir.read_hf_dir(FIXTURES / f"{family}_fused")
+    per_expert = {k: np.asarray(v) for k, v in per_expert.items()}
+    assert fused.keys() == per_expert.keys()
+    assert all(np.array_equal(fused[k], per_expert[k]) for k in per_expert)
+    assert hf_cli.main(["moejax-hf", "import", "--hf", str(FIXTURES / f"{family}_fused"),
                         "--out", str(tmp_path / "ex")]) == 0
     assert hf_cli.main(["moejax-hf", "export", "--from", str(tmp_path / "ex"), "--out",
                         str(tmp_path / "hf")]) == 0
-    _, back = hf_dir.read_hf_dir(tmp_path / "hf")
-    assert back.keys() == v4.keys() and all(np.array_equal(back[k], v4[k]) for k in v4)
+    spec, back = hf_dir.read_hf_dir(tmp_path / "hf")
+    assert spec == hf_dir.read_hf_dir(FIXTURES / family)[0]
+    assert back.keys() == per_expert.keys()
+    assert all(np.array_equal(back[k], per_expert[k]) for k in per_expert)

@@ -8,14 +8,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from moejax.models.convert_hf import from_hf_mixtral
+from moejax.models.convert_hf import from_hf
 from moejax.models.decoder import Decoder, decoder_spec_from_config, stack_params
-from moejax.models.hf_dir import write_hf_dir
+from moejax.models.hf_dir import read_hf_dir, write_hf_dir
 from moejax.train import checkpoint
+from moejax.train.config_files import load_config
 from moejax.train.init_from import init_from
 from moejax.train.trainer import train_and_evaluate
 from tests.models.test_convert_hf import SPEC, _hf_state_dict
+from tests.models.test_hf_dir import FIXTURES
 from tests.train.test_trainer import _tiny
+
+ROOT = FIXTURES.parents[1]
 
 
 def test_hf_weights_load_into_a_scanned_model_and_other_models_are_named(tmp_path):
@@ -24,7 +28,7 @@ def test_hf_weights_load_into_a_scanned_model_and_other_models_are_named(tmp_pat
     write_hf_dir(tensors, spec, tmp_path / "hf")
     model = Decoder(dataclasses.replace(spec, remat="full"), rngs=nnx.Rngs(0))  # may differ
     init_from(model, tmp_path / "hf")
-    want = stack_params(spec, nnx.to_pure_dict(from_hf_mixtral(tensors, spec)))
+    want = stack_params(spec, from_hf(tensors, spec))
     got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(g, w)
@@ -35,6 +39,23 @@ def test_hf_weights_load_into_a_scanned_model_and_other_models_are_named(tmp_pat
         init_from(other, tmp_path / "hf")
     with pytest.raises(FileNotFoundError, match="neither a moejax export"):
         init_from(other, tmp_path)
+
+
+def test_finetune_config_takes_a_qwen3_directorys_model_and_weights():
+    """configs/finetune_hf.py:DIR on transformers' Qwen3-MoE fixture: the run's model is the
+    directory's (q/k norms, a dense first layer) and init_from loads its weights exactly."""
+    source = FIXTURES / "qwen3_moe"
+    config = load_config(ROOT / "configs" / "finetune_hf.py", str(source))
+    spec, tensors = read_hf_dir(source)
+    assert decoder_spec_from_config(config.model) == spec and spec.qk_norm
+    assert config.train.init_from == str(source.resolve())
+    model = Decoder(spec, rngs=nnx.Rngs(0))
+    init_from(model, config.train.init_from)
+    dense_up = model.stacks[0].layers[0].ffn.ffn.w_up[...]  # [1, D, F]: the dense layer 0
+    np.testing.assert_array_equal(dense_up[0], np.asarray(
+        tensors["model.layers.0.mlp.up_proj.weight"]).T)
+    k_norm = model.stacks[1].layers[0].attn.k_norm.weight[...]  # layers 1, 2
+    np.testing.assert_array_equal(k_norm[1], tensors["model.layers.2.self_attn.k_norm.weight"])
 
 
 def test_a_fresh_run_starts_from_the_export(tmp_path, capsys):
