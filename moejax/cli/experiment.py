@@ -9,9 +9,12 @@ The suites are in `moejax/experiments/suites.py`, the runner and reports in `run
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import sys
+import tempfile
 
+import jax
 from absl import flags
 
 from moejax.cli._command import run_command
@@ -55,10 +58,36 @@ def parse_overrides(items) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _compile_once_per_program():
+    """Toy runs compile programs that other runs of the command compile again (every seed,
+    the eval step of every variant): a compilation cache that lives as long as the command,
+    however small the program, makes each a cache hit (`--suite baselines --quick`: 47.7 ->
+    30.9 s)."""
+    options = {"jax_compilation_cache_dir": None,
+               "jax_persistent_cache_min_compile_time_secs": 0.0,
+               "jax_persistent_cache_min_entry_size_bytes": -1}
+    before = {name: getattr(jax.config, name) for name in options}
+    with tempfile.TemporaryDirectory(prefix="moejax-jit-") as cache:
+        for name, value in {**options, "jax_compilation_cache_dir": cache}.items():
+            jax.config.update(name, value)
+        try:
+            yield
+        finally:
+            for name, value in before.items():
+                jax.config.update(name, value)
+
+
 def main(options: flags.FlagValues) -> int:
-    if options.quick:  # toy runs are all compilation: compile fast, run slower
+    if options.quick:  # toy runs are all compilation: compile fast, once, run slower
         os.environ["XLA_FLAGS"] = " ".join(
             [os.environ.get("XLA_FLAGS", ""), *QUICK_XLA_FLAGS]).strip()
+        with _compile_once_per_program():
+            return _run(options)
+    return _run(options)
+
+
+def _run(options: flags.FlagValues) -> int:
     seeds = options.seeds or (2 if options.quick else 4)
     try:
         if seeds < 1:
