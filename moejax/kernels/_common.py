@@ -1,19 +1,26 @@
 """Shared plumbing of the kernels: implementation choice, interpret mode, block padding.
 
 Not a data-path stage. The Pallas kernels of this package are written once, in a subset of
-Pallas that both interpret mode and the Triton lowering accept: every load and store moves a
-power-of-two number of elements, inputs are padded in the wrapper so that no block reads past
-an array, and no kernel slices or concatenates register values. On CPU the kernels run in
-interpret mode (tested). On GPU they are lowered through Pallas's Triton backend
-(`compiler_params=pltriton.CompilerParams`, deprecated in jax 0.11 in favour of Mosaic GPU):
-lowering to Triton IR is tested on CPU, compiling and running on a GPU is NOT tested. TPU has
-no lowering: "auto" picks the jnp reference there, "pallas" raises NotImplementedError.
+Pallas that interpret mode, the Triton lowering and the Mosaic (TPU) lowering accept: every
+load and store moves a power-of-two number of elements, inputs are padded in the wrapper so
+that no block reads past an array, no kernel slices or concatenates register values, and the
+last two dimensions of every block are whole array dimensions or multiples of (8, 128).
+- CPU: interpret mode (tested), or Pallas's TPU interpret mode (`interpret=
+  pltpu.InterpretParams()`, tested with the TPU code paths).
+- GPU: Pallas's Triton backend (`compiler_params=pltriton.CompilerParams`, deprecated in jax
+  0.11 in favour of Mosaic GPU): lowering to Triton IR is tested on CPU; compiling and running
+  on a GPU is NOT tested.
+- TPU: Mosaic, with its default compiler parameters; the expert-sorted cosine gathers its rows
+  in jnp first there (Mosaic has no vector gather from a ref). Lowering to Mosaic is tested on
+  CPU; compiling and running on a TPU is NOT tested.
+"auto" picks the jnp references everywhere until a platform's checks have run on it.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas import tpu as pltpu
 
 try:  # Pallas's Triton backend; absent from some jax builds, removed in a future jax
     from jax.experimental.pallas import triton as _pltriton
@@ -22,8 +29,15 @@ except ImportError:  # pragma: no cover - depends on the installed jax
 
 KERNEL_IMPLEMENTATIONS = ("auto", "pallas", "jnp")
 # Where implementation="auto" picks the Pallas kernel: nowhere until the GPU tests
-# (`pytest -m gpu tests/kernels`) have passed on a GPU; then ("gpu",).
+# (`pytest -m gpu tests/kernels`) have passed on a GPU, or the kernel tests on a TPU; then
+# ("gpu",) or ("tpu",).
 _AUTO_PALLAS_BACKENDS = ()
+
+
+def backend() -> str:
+    """The platform the kernels are traced for (`jax.default_backend()`; the TPU lowering
+    tests set it to "tpu" on CPU)."""
+    return jax.default_backend()
 _TRITON_NUM_WARPS = 4  # untuned: no GPU was available when the kernels were written
 
 
@@ -39,27 +53,22 @@ def use_pallas(implementation: str) -> bool:
     """True when the Pallas kernel runs: "pallas", or "auto" on a GPU backend."""
     check_implementation(implementation)
     if implementation == "auto":
-        return jax.default_backend() in _AUTO_PALLAS_BACKENDS
+        return backend() in _AUTO_PALLAS_BACKENDS
     return implementation == "pallas"
 
 
-def resolve_interpret(interpret: bool | None) -> bool:
-    """interpret=None: interpret mode on CPU, compiled (Triton) on GPU; TPU is not supported."""
-    if interpret is not None:
-        return bool(interpret)
-    backend = jax.default_backend()
-    if backend == "cpu":
-        return True
-    if backend == "gpu":
-        return False
-    raise NotImplementedError(
-        f"the Pallas kernels have no {backend} lowering; use implementation='jnp' or interpret=True"
-    )
+def resolve_interpret(interpret):
+    """pallas_call's `interpret`: None -> interpret mode on CPU, compiled elsewhere (Triton on
+    GPU, Mosaic on TPU); a bool or a `pltpu.InterpretParams` (TPU interpret mode) as given."""
+    if interpret is None:
+        return backend() == "cpu"
+    return interpret if isinstance(interpret, pltpu.InterpretParams) else bool(interpret)
 
 
-def compiler_params(interpret: bool):
-    """None in interpret mode, else the Triton backend's parameters (GPU)."""
-    if interpret:
+def compiler_params(interpret):
+    """None in interpret mode and on TPU (Mosaic's defaults), else the Triton backend's
+    parameters (GPU)."""
+    if interpret or backend() == "tpu":
         return None
     if _pltriton is None:
         raise NotImplementedError(

@@ -33,7 +33,7 @@ class CosineConfig:
 
     block_tokens: int
     block_features: int
-    interpret: bool
+    interpret: object  # pallas_call's: a bool or pltpu.InterpretParams
 
 
 def _pairs(num_slots: int) -> list[tuple[int, int]]:

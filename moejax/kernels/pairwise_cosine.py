@@ -44,8 +44,10 @@ def pairwise_cosine(
 
     Args:
       z: [T, K, F] activations of each token's K chosen experts (any float dtype).
-      implementation: "auto" (Pallas on GPU, jnp elsewhere), "pallas" or "jnp".
-      interpret: run the Pallas kernel in interpret mode; None: on CPU only.
+      implementation: "auto" (jnp until the kernels have run on this platform:
+        `_common._AUTO_PALLAS_BACKENDS`), "pallas" or "jnp".
+      interpret: run the Pallas kernel in interpret mode (True, or `pltpu.InterpretParams()`
+        for TPU's); None: on CPU only.
       block_tokens: tokens per Pallas block, a power of two >= 16.
       block_features: features per inner step of the Pallas kernel, a power of two.
 
@@ -105,6 +107,8 @@ def pairwise_cosine_sorted(
     if not _common.use_pallas(implementation):
         return _pairwise_cosine_sorted_jnp(z_sorted, expert_sorted_index)
     config = CosineConfig(block_tokens, block_features, _common.resolve_interpret(interpret))
+    if _common.backend() == "tpu":  # Mosaic cannot gather rows from a ref: gather in jnp
+        return pairwise_cosine_pallas(_gather_slots(z_sorted, expert_sorted_index), config)
     return pairwise_cosine_sorted_pallas(z_sorted, expert_sorted_index, config)
 
 
@@ -124,8 +128,13 @@ def _pairwise_cosine_jnp(z: jax.Array) -> jax.Array:
     return jnp.einsum("TKF,TJF->TKJ", unit, unit)
 
 
+def _gather_slots(z_sorted: jax.Array, index: jax.Array) -> jax.Array:
+    """z_sorted [M, F], index [T, K] -> z [T, K, F] (zero rows for indices outside [0, M))."""
+    valid = (index >= 0) & (index < z_sorted.shape[0])
+    rows = z_sorted[jnp.where(valid, index, 0)]
+    return jnp.where(valid[..., None], rows, 0)
+
+
 def _pairwise_cosine_sorted_jnp(z_sorted: jax.Array, index: jax.Array) -> jax.Array:
     """The jnp reference: gather rows (zeros out of range), then `_pairwise_cosine_jnp`."""
-    valid = (index >= 0) & (index < z_sorted.shape[0])
-    rows = z_sorted[jnp.where(valid, index, 0)]  # [T, K, F]
-    return _pairwise_cosine_jnp(jnp.where(valid[..., None], rows, 0))
+    return _pairwise_cosine_jnp(_gather_slots(z_sorted, index))

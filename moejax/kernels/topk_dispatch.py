@@ -66,7 +66,7 @@ class _Config:
     normalize: bool
     return_probs: bool
     block_tokens: int
-    interpret: bool
+    interpret: object  # pallas_call's: a bool or pltpu.InterpretParams
 
 
 def topk_dispatch(
@@ -87,8 +87,10 @@ def topk_dispatch(
       k: experts chosen per token, 1 <= k <= E.
       normalize: renormalise the k gates to sum 1 (Mixtral's `norm_topk_prob`).
       return_probs: also return the [T, E] softmax (what the load-balance loss reads).
-      implementation: "auto" (Pallas on GPU, jnp elsewhere), "pallas" or "jnp".
-      interpret: run the Pallas kernel in interpret mode; None: on CPU only.
+      implementation: "auto" (jnp until the kernels have run on this platform:
+        `_common._AUTO_PALLAS_BACKENDS`), "pallas" or "jnp".
+      interpret: run the Pallas kernel in interpret mode (True, or `pltpu.InterpretParams()`
+        for TPU's); None: on CPU only.
       block_tokens: tokens per Pallas block, a power of two >= 16.
 
     Returns:
@@ -231,7 +233,7 @@ def _topk_blocks(logits: jax.Array, config: _Config):
 
     Returns:
       Padded kernel outputs: gates [Tp, Kp], expert_idx [Tp, Kp], in-block rank [Tp, Kp],
-      per-block counts [T/BT, W] and probs [Tp, W] (or None), with Tp = T rounded up to
+      per-block counts [T/BT, 1, W] and probs [Tp, W] (or None), with Tp = T rounded up to
       the block, Kp = k rounded up to a power of two, W = E rounded up to a power of two.
     """
     num_tokens, num_experts = logits.shape
@@ -246,9 +248,9 @@ def _topk_blocks(logits: jax.Array, config: _Config):
     row_block = lambda b: (b, 0)  # noqa: E731
     out_shape = [jax.ShapeDtypeStruct((padded_tokens, padded_k), dtype)]
     out_shape += [jax.ShapeDtypeStruct((padded_tokens, padded_k), jnp.int32)] * 2
-    out_shape += [jax.ShapeDtypeStruct((num_blocks, width), jnp.int32)]
+    out_shape += [jax.ShapeDtypeStruct((num_blocks, 1, width), jnp.int32)]  # Mosaic: (1, W)
     out_specs = [pl.BlockSpec((block, padded_k), row_block)] * 3
-    out_specs += [pl.BlockSpec((1, width), row_block)]
+    out_specs += [pl.BlockSpec((None, 1, width), lambda b: (b, 0, 0))]
     if config.return_probs:
         out_shape.append(jax.ShapeDtypeStruct((padded_tokens, width), dtype))
         out_specs.append(pl.BlockSpec((block, width), row_block))
@@ -268,7 +270,7 @@ def _topk_forward(logits: jax.Array, config: _Config) -> TopKDispatch:
     k = config.top_k
     gates, expert_idx, rank, block_counts, probs = _topk_blocks(logits, config)
     gates, expert_idx, rank = (a[:num_tokens, :k] for a in (gates, expert_idx, rank))
-    block_counts = block_counts[:, :num_experts]
+    block_counts = block_counts[:, 0, :num_experts]
     tokens_per_expert = block_counts.sum(0, dtype=jnp.int32)
     block_offset = jnp.cumsum(block_counts, axis=0, dtype=jnp.int32) - block_counts  # [blocks, E]
     block_id = jnp.arange(num_tokens, dtype=jnp.int32)[:, None] // config.block_tokens

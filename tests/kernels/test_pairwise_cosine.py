@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental.pallas import tpu as pltpu
 from jax.test_util import check_grads
 
 from moejax.kernels import pairwise_cosine, pairwise_cosine_sorted
@@ -157,6 +158,34 @@ def test_lowers_to_triton_for_gpu():
         grad = jax.grad(lambda x, fn=fn: fn(x).sum())
         text = jax.jit(grad).trace(arg).lower(lowering_platforms=("cuda",)).as_text()
         assert text.count("__gpu$xla.gpu.triton") == 2  # forward and backward kernels
+
+
+def test_tpu_lowers_to_mosaic_and_its_interpret_mode_matches_loop(tpu_target):
+    """TPU: both layouts and their gradients lower to Mosaic custom calls (forward and
+    backward kernels; the sorted layout gathers its rows in jnp there); Pallas's TPU interpret
+    mode gives the loop's cosines and jnp's gradients, dropped slots included."""
+    options = dict(implementation="pallas", interpret=False)
+    z, z_sorted = jnp.zeros((37, 6, 1408), jnp.bfloat16), jnp.zeros((300, 1400), jnp.bfloat16)
+    index = jnp.zeros((37, 6), jnp.int32)
+    for fn, arg in [(functools.partial(pairwise_cosine, **options), z),
+                    (functools.partial(pairwise_cosine_sorted, expert_sorted_index=index,
+                                       **options), z_sorted)]:
+        grad = jax.grad(lambda x, fn=fn: fn(x).sum())
+        text = jax.jit(grad).trace(arg).lower(lowering_platforms=("tpu",)).as_text()
+        assert text.count("tpu_custom_call") == 2  # forward and backward kernels
+    on_tpu = dict(PALLAS, interpret=pltpu.InterpretParams())
+    z_sorted, index, z_tokens = _sorted_layout(37, 4, 24, seed=1, dtype=jnp.float32)
+    want = _loop_reference(z_tokens)
+    for fn, arg in [(pairwise_cosine, jnp.asarray(z_tokens, jnp.float32)),
+                    (functools.partial(pairwise_cosine_sorted, expert_sorted_index=index),
+                     z_sorted)]:
+        np.testing.assert_allclose(np.asarray(fn(arg, **on_tpu)), want, rtol=1e-5, atol=1e-6)
+        cotangent = jnp.asarray(np.random.default_rng(8).normal(size=(37, 4, 4)), jnp.float32)
+        loss = functools.partial(_loss, fn=fn, cotangent=cotangent)
+        got = jax.grad(functools.partial(loss, **on_tpu))(arg)
+        expected = jax.grad(functools.partial(loss, implementation="jnp"))(arg)
+        scale = float(jnp.abs(expected).max())  # a zero slot's gradient: ~1e12 (norm clamp)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-6 * scale)
 
 
 def test_rejects_bad_arguments():

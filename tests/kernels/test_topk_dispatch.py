@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
 from jax.test_util import check_grads
 
 from moejax.kernels import KERNEL_IMPLEMENTATIONS, TopKDispatch, topk_dispatch
@@ -106,7 +107,7 @@ def test_kernel_writes_every_output_element():
     config = _Config(top_k=3, normalize=True, return_probs=True, block_tokens=16,
                      interpret=True)
     gates, idx, rank, counts, probs = _topk_blocks(logits, config)
-    assert gates.shape == (48, 4) and counts.shape == (3, 16) and probs.shape == (48, 16)
+    assert gates.shape == (48, 4) and counts.shape == (3, 1, 16) and probs.shape == (48, 16)
     assert not np.isnan(np.asarray(gates)).any() and not np.isnan(np.asarray(probs)).any()
     for ints in (idx, rank, counts):
         assert (np.asarray(ints) != INT_MIN).all()
@@ -154,6 +155,27 @@ def test_lowers_to_triton_for_gpu():
     for fn in (loss, jax.grad(loss)):
         text = jax.jit(fn).trace(logits).lower(lowering_platforms=("cuda",)).as_text()
         assert "__gpu$xla.gpu.triton" in text
+
+
+def test_tpu_lowers_to_mosaic_and_its_interpret_mode_matches_loop(tpu_target):
+    """TPU: the kernel and its gradient lower to a Mosaic custom call (compiling and running
+    them needs a TPU); Pallas's TPU interpret mode gives the loop's outputs (bf16 ties, no
+    renormalisation) and jnp's gradient."""
+    loss = functools.partial(_weighted_loss, k=3, normalize=True, implementation="pallas",
+                             interpret=False)
+    for fn in (loss, jax.grad(loss)):
+        text = jax.jit(fn).trace(jnp.zeros((100, 160))).lower(lowering_platforms=("tpu",))
+        assert "tpu_custom_call" in text.as_text()
+    on_tpu = dict(implementation="pallas", interpret=pltpu.InterpretParams(), block_tokens=16)
+    logits = _tied_logits(37, 64, seed=109, dtype=jnp.bfloat16)
+    want = _loop_reference(np.asarray(logits.astype(jnp.float32)), 8, False)
+    _assert_matches(topk_dispatch(logits, 8, normalize=False, return_probs=True, **on_tpu),
+                    want, 8)
+    logits = jnp.asarray(np.random.default_rng(5).normal(size=(37, 64)), jnp.float32)
+    loss = functools.partial(_weighted_loss, k=4, normalize=True)
+    got = jax.grad(functools.partial(loss, **on_tpu))(logits)
+    want = jax.grad(functools.partial(loss, implementation="jnp"))(logits)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
 
 
 def test_rejects_bad_arguments():
