@@ -87,6 +87,15 @@ MUTANTS = (
            "{\"normalize_gates\": True}",
            ("tests/models/test_hf_dir.py::"
             "test_transformers_fixture_logits_routing_and_greedy_output[qwen3_moe]",)),
+    Mutant("tpu_sorted_kernel_gathers", "on TPU the sorted cosine keeps its in-kernel row gather",
+           "moejax/kernels/pairwise_cosine.py", 'if _common.backend() == "tpu":', "if False:",
+           ("tests/kernels/test_pairwise_cosine.py::"
+            "test_tpu_lowers_to_mosaic_and_its_interpret_mode_matches_loop",)),
+    Mutant("offload_lru_is_fifo", "the offload cache forgets that a hit was used (FIFO, not LRU)",
+           "moejax/experiments/offload.py",
+           "                    hits += 1\n                    cache.move_to_end(expert)\n",
+           "                    hits += 1\n",
+           ("tests/experiments/test_offload.py::test_lru_on_one_router",)),
     Mutant("last_async_save_unsealed", "a run's last async checkpoint gets no checksums",
            "moejax/train/checkpoint.py",
            "        self._manager.wait_until_finished()\n        self._seal()\n",

@@ -16,8 +16,10 @@ import json
 import math
 import pathlib
 
-from moejax.experiments import stats
-from moejax.experiments.suites import CLAIMS, SUITES, variant_config
+import numpy as np
+
+from moejax.experiments import inference, stats
+from moejax.experiments.suites import CLAIMS, OFFLOAD_SUITES, SUITES, variant_config
 from moejax.options import flat_config
 from moejax.reporting import plots
 from moejax.reporting.metrics import METRICS_FILE, read_metrics
@@ -118,6 +120,8 @@ def run_suite(suite: str, workdir, *, seeds: int, quick: bool = False, config_di
             if not _finished(directory, config.train.steps):
                 print(f"[{suite}] {variant.name} seed {seed} -> {directory}", flush=True)
                 train_and_evaluate(config, directory)
+            if suite in OFFLOAD_SUITES:
+                inference.measure_run(directory, config)
             runs[variant.name].append(read_metrics(directory / METRICS_FILE))
     measure_step_times(suite, workdir, quick=quick, config_dir=config_dir, extra=extra)
     return runs
@@ -163,17 +167,66 @@ def write_summary(workdir, suites) -> pathlib.Path:
              "One row per claim; the numbers are the improvement of A over B paired by seed ± "
              "its standard error (`moejax/experiments/stats.py`). Details: each suite's "
              "report.", "", "| suite | claim | improvement ± se | verdict |", "|---|---|---|---|"]
+    power = ["", "## Power", "",
+             f"Seeds per arm the paired test needs to detect paper A's effect on validation loss "
+             f"({stats.PAPER_A_LOSS_EFFECT:.4f} nats: perplexity 12.50 -> 12.27) with 80% "
+             "power, from each claim's measured spread of seed-paired differences "
+             "(`stats.seeds_needed`).", "",
+             "| suite | claim | paired sd (nats) | seeds needed |", "|---|---|---|---|"]
     for suite in suites:
         path = workdir / suite / "finals.json"
         if not path.exists():
             continue
         finals = json.loads(path.read_text())
-        for claim, _, _, shown, label in claim_results(suite, finals):
+        for claim, a, b, shown, label in claim_results(suite, finals):
             lines.append(f"| [{suite}]({suite}/report.md) | {claim.text} | {shown} | "
                          f"**{label}** |")
+            if claim.metric == "val_loss" and len(a) == len(b) > 1:
+                sd = float(np.std(np.subtract(b, a), ddof=1))
+                power.append(f"| {suite} | {claim.text} | {sd:.2g} | "
+                             f"{stats.seeds_needed(stats.PAPER_A_LOSS_EFFECT, sd)} |")
+    lines += power
     path = workdir / "summary.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _offload_finals(suite, workdir, runs, quick, config_dir, extra) -> dict:
+    """variant -> offload metric -> per-seed values, from each run's offload.json."""
+    if suite not in OFFLOAD_SUITES:
+        return {}
+    out = {}
+    for variant in SUITES[suite]:
+        per_seed = []
+        for seed in range(len(runs[variant.name])):
+            config = variant_config(variant, seed=seed, quick=quick, config_dir=config_dir,
+                                    extra=extra)
+            per_seed.append(inference.measure_run(run_dir(workdir, config), config))
+        out[variant.name] = {key: [m[key] for m in per_seed] for key in per_seed[0]}
+    return out
+
+
+def _offload_rows(offloaded: dict) -> list[str]:
+    """The offloading table: per variant, cache size and policy, mean ± std over seeds."""
+    from moejax.experiments import offload
+
+    links = list(offload.LINKS)
+    lines = ["", "## Offloaded decoding", "",
+             "Validation-split routing replayed with each router keeping M of its E experts in "
+             "fast memory (`moejax/experiments/offload.py`; transitions learned on training-split "
+             "traces). tokens/s: link-bound (every fetched expert crosses the link, bf16).", "",
+             "| variant | M/E | policy | hit rate | experts fetched / token | prefetch precision | "
+             + " | ".join(f"tokens/s {link}" for link in links) + " |",
+             "|---" * (6 + len(links)) + "|"]
+    for name, metrics in offloaded.items():
+        for fraction in inference.CACHE_FRACTIONS:
+            for policy in offload.POLICIES:
+                tag = f"{policy}@{fraction:g}"
+                cells = [_cell(metrics[f"hit_rate {tag}"]), _cell(metrics[f"fetched/token {tag}"]),
+                         _cell(metrics.get(f"prefetch_precision {tag}", [math.nan]))]
+                cells += [_cell(metrics[f"tokens/s {link} {tag}"]) for link in links]
+                lines.append(f"| {name} | {fraction:g} | {policy} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
@@ -189,6 +242,9 @@ def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
         if variant.overrides.get("loss.orth", 0) > 0:
             finals[variant.name]["specialization"] = [math.nan] * len(per_seed)
             output_cosine.append(variant.name)
+    offloaded = _offload_finals(suite, suite_dir.parent, runs, quick, config_dir, extra)
+    for name, metrics in offloaded.items():
+        finals[name].update(metrics)
     step_times = suite_dir / STEP_TIME_FILE
     if step_times.exists():  # per-round times of the step-time claims' variants
         for name, ms in json.loads(step_times.read_text())["ms"].items():
@@ -213,6 +269,8 @@ def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
               "initial weights and data order); verdict rule: `moejax/experiments/stats.py`.",
               ""]
     lines += _claim_rows(suite, finals)
+    if offloaded:
+        lines += _offload_rows(offloaded)
     lines += ["", "## What differs between the variants", ""]
     differences = config_differences(suite, quick=quick, config_dir=config_dir, extra=extra)
     for name, diff in differences.items():

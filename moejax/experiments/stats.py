@@ -13,6 +13,12 @@ se = sqrt(s_A^2 / n_A + s_B^2 / n_B) with the Welch-Satterthwaite degrees of fre
 The step-time overhead claim ("< 2% extra") is paired by interleaved round (both variants'
 steps timed one after the other, `moejax/train/step_time.py`): r_i = t_A,i / t_B,i - 1, and it
 is reproduced when mean r + t se(r) < 0.02, not reproduced when mean r - t se(r) > 0.02.
+
+Power (`seeds_needed`): how many seeds the paired test above needs to call a true improvement
+delta "reproduced" with probability 1 - beta, given the standard deviation s of one seed's
+difference d_i: the smallest n with sqrt(n) delta / s >= t_0.975(n - 1) + z_(1 - beta) (the
+usual normal approximation of the noncentral t). Paper A's headline effect, perplexity 12.50 ->
+12.27, is delta = ln(12.50 / 12.27) = 0.0186 nats of validation loss (PAPER_A_LOSS_EFFECT).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import numpy as np
 from moejax.reporting import plots
 
 OVERHEAD_LIMIT = 0.02
+PAPER_A_LOSS_EFFECT = math.log(12.50 / 12.27)  # nats: paper A's perplexity gain, -1.8%
+_Z_POWER = {0.8: 0.8416, 0.9: 1.2816}  # z_(1 - beta) for power 1 - beta
 
 # run metric -> (metrics.jsonl key, how a per-router list is reduced)
 _FINAL_KEYS = {
@@ -112,3 +120,17 @@ def _label(improvement: float, se: float, t: float) -> str:
     if improvement < -t * se:
         return "not reproduced"
     return "inconclusive at this scale"
+
+
+def seeds_needed(effect: float, sd: float, *, power: float = 0.8) -> int:
+    """Seeds per arm for the paired test to detect a true mean improvement `effect` with
+    probability `power` (0.8 or 0.9), given the standard deviation `sd` of one seed's paired
+    difference (see module doc); at least 2."""
+    if power not in _Z_POWER:
+        raise ValueError(f"power={power}; allowed: {sorted(_Z_POWER)}")
+    if sd == 0:
+        return 2
+    n = 2
+    while math.sqrt(n) * abs(effect) / sd < t_critical(n - 1) + _Z_POWER[power]:
+        n += 1
+    return n

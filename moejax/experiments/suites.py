@@ -76,8 +76,15 @@ BASELINES = (
     _variant("lb+sp+cp", "default", **_COMMON, **_LOSSES["lb+sp+cp"]),
 )
 
+# Paper A's inference claim: the top-k arms of SPECIALIZATION (the same configs, so the same
+# runs), each then measured offloaded (`moejax/experiments/inference.py`).
+INFERENCE = tuple(_variant(f"topk/{losses}", "default", **_COMMON, **_LOSSES[losses])
+                  for losses in ("lb", "lb+sp+cp", f"lb+{DOSE}x(sp+cp)"))
+
 SUITES = MappingProxyType({"specialization": SPECIALIZATION, "cartesian": CARTESIAN,
-                           "baselines": BASELINES})
+                           "baselines": BASELINES, "inference": INFERENCE})
+# Suites whose runs are measured after training (`inference.measure_run`).
+OFFLOAD_SUITES = frozenset({"inference"})
 
 
 def _claims_specialization():
@@ -108,6 +115,16 @@ CLAIMS = MappingProxyType({
             Claim(f"cartesian lowers validation loss vs {other}", "val_loss", "cartesian", other),
             Claim(f"cartesian degrades less than {other} with the top-1 expert disabled",
                   "top1_disabled_increase", "cartesian", other))),
+    "inference": tuple(
+        claim for treated in ("topk/lb+sp+cp", f"topk/lb+{DOSE}x(sp+cp)") for claim in (
+            Claim(f"{treated} raises the offloaded experts' hit rate (LRU, M/E = 1/4)",
+                  "hit_rate lru@0.25", treated, "topk/lb", lower_is_better=False),
+            Claim(f"{treated} raises prefetch precision (M/E = 1/4)",
+                  "prefetch_precision prefetch@0.25", treated, "topk/lb",
+                  lower_is_better=False),
+            Claim(f"{treated} decodes faster offloaded (LRU + prefetch, M/E = 1/4, PCIe 4)",
+                  "tokens/s pcie4_x16 prefetch@0.25", treated, "topk/lb",
+                  lower_is_better=False))),
     "baselines": (
         Claim("lb+sp+cp lowers validation loss vs the orthogonality + variance baselines",
               "val_loss", "lb+sp+cp", "lb+orth+var"),

@@ -65,6 +65,16 @@ def test_unpaired_verdict_uses_welch_degrees_of_freedom():
     assert improvement / se > 2 and label.startswith("inconclusive")
 
 
+def test_seeds_needed_is_the_paired_tests_power():
+    # effect = sd: n = 9 gives sqrt(9) = 3.000 < t(8) + z = 2.306 + 0.842; n = 10 gives 3.162 >=
+    # t(9) + z = 2.262 + 0.842. Half the effect: n = 33 gives 2.872 < t(30) + z = 2.884, n = 34
+    # gives 2.915.
+    assert stats.seeds_needed(1.0, 1.0) == stats.seeds_needed(-1.0, 1.0) == 10
+    assert stats.seeds_needed(0.5, 1.0) == 34
+    assert stats.seeds_needed(1.0, 0.0) == 2
+    assert abs(stats.PAPER_A_LOSS_EFFECT - 0.01857) < 1e-5
+
+
 def test_overhead_verdict_is_paired_by_seed():
     baseline = np.array([100.0, 200.0, 300.0])
     assert stats.overhead_verdict(baseline * 1.005, baseline)[0] == "reproduced"
@@ -154,6 +164,9 @@ def test_summary_lists_every_claim_of_the_finished_suites(tmp_path):
     assert "specialization" not in text.split("| suite")[1]  # unfinished suites are left out
     # lb+sp+cp (index 2) has the higher loss than lb+orth+var (index 1): paired d = -1 exactly
     assert "| -1 ± 0 | **not reproduced** |" in rows[0]
+    # power: a paired spread of 0 needs the minimum of 2 seeds
+    assert ("| baselines | lb+sp+cp lowers validation loss vs the orthogonality + variance "
+            "baselines | 0 | 2 |") in text
 
 
 def test_step_time_claim_reads_the_interleaved_rounds(tmp_path):
