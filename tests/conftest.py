@@ -5,14 +5,22 @@ which run optax updates: optax's own code mixes Python floats with int32 step co
 
 The tests' programs are tiny, so compiling dominates their time: XLA compiles them without
 its expensive optimisation passes (the flags `moejax-experiment --quick` uses), which saves
-about 30% of the suite. Results are the same functions; subprocesses inherit the flags.
+about 30% of the suite, and a compilation cache shared by the session's processes (xdist
+workers and the tests' subprocesses, through the environment) compiles each program once
+however small (many tests train the same tiny config). Results are the same functions.
 """
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
                                     "--xla_backend_optimization_level=0",
                                     "--xla_llvm_disable_expensive_passes=true"]).strip()
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # set once: xdist workers inherit it
+    os.environ.update({
+        "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="moejax-tests-jit-"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"})
 
 import jax  # noqa: E402 - after XLA_FLAGS
 import pytest  # noqa: E402
