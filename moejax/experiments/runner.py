@@ -271,6 +271,14 @@ def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
     lines += _claim_rows(suite, finals)
     if offloaded:
         lines += _offload_rows(offloaded)
+        plots.plot_points(
+            {f"{name} ({policy})": (inference.CACHE_FRACTIONS,
+                                    [metrics[f"hit_rate {policy}@{f:g}"]
+                                     for f in inference.CACHE_FRACTIONS])
+             for name, metrics in offloaded.items() for policy in ("lru", "prefetch")},
+            suite_dir / "hit_rate.png", title="offloaded experts: hit rate (± std over seeds)",
+            xlabel="experts kept in fast memory, M / E", ylabel="hit rate")
+        lines += ["", "![hit rate vs cache size](hit_rate.png)"]
     lines += ["", "## What differs between the variants", ""]
     differences = config_differences(suite, quick=quick, config_dir=config_dir, extra=extra)
     for name, diff in differences.items():

@@ -261,12 +261,22 @@ _COMPARED = (("loss", "train loss (nats / token)"), ("routing/entropy", "routing
              ("routing/specialization", "specialization (mean squared cosine)"))
 
 
+def seed_band(curves: list) -> tuple:
+    """(steps [N], mean [N], std [N]) of several seeds' curves [(steps, values)] on the steps
+    they all logged; std is the sample std over seeds (0 for one seed)."""
+    steps = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
+    values = np.asarray([[dict(zip(s.tolist(), v))[t] for t in steps] for s, v in curves])
+    std = values.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(steps))
+    return np.asarray(steps), values.mean(0), std
+
+
 def plot_variants(runs: dict, path: pathlib.Path) -> str | None:
-    """Side by side: train loss, routing entropy and specialization vs step, one line per variant.
+    """Side by side: train loss, routing entropy and specialization vs step, one line per
+    variant (the mean over seeds) with a band of ± one std over seeds.
 
     Args:
       runs: variant name -> list of logged rows of each seed; a seed's per-router values are
-        averaged over routers, then the seeds' curves (on their common steps) are averaged.
+        averaged over routers, then the seeds' curves are combined on their common steps.
       path: the PNG to write.
     """
     fig, axes = _figure(len(_COMPARED), width=5.2, height=3.8)
@@ -277,9 +287,10 @@ def plot_variants(runs: dict, path: pathlib.Path) -> str | None:
             curves = [(s, v.reshape(len(s), -1).mean(-1)) for s, v in curves if s is not None]
             if not curves:
                 continue
-            steps = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
-            mean = np.mean([[dict(zip(s.tolist(), v))[t] for t in steps] for s, v in curves], 0)
-            ax.plot(steps, mean, label=name)
+            steps, mean, std = seed_band(curves)
+            (line,) = ax.plot(steps, mean, label=name)
+            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2,
+                            linewidth=0)
             drawn = True
         ax.set(title=label, xlabel="step")
         ax.grid(alpha=0.3)
@@ -288,3 +299,21 @@ def plot_variants(runs: dict, path: pathlib.Path) -> str | None:
     axes[0].legend(fontsize="small")
     _save(fig, path)
     return None
+
+
+def plot_points(lines: dict, path: pathlib.Path, *, title: str, xlabel: str,
+                ylabel: str) -> None:
+    """One line per label through (x, mean over seeds), with ± one std error bars.
+
+    lines: label -> (xs [N], per-x lists of the seeds' values).
+    """
+    fig, (ax,) = _figure(1, width=6.4, height=4.4)
+    for label, (xs, values) in lines.items():
+        values = [np.asarray(v, np.float64) for v in values]
+        std = [float(v.std(ddof=1)) if v.size > 1 else 0.0 for v in values]
+        ax.errorbar(xs, [float(v.mean()) for v in values], yerr=std, label=label, marker="o",
+                    capsize=3)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    _save(fig, path)

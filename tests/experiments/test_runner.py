@@ -12,7 +12,7 @@ import pytest
 from moejax.cli import experiment as experiment_cli
 from moejax.experiments import runner as experiment
 from moejax.experiments import stats
-from moejax.experiments.suites import CLAIMS, SUITES
+from moejax.experiments.suites import CLAIMS, OFFLOAD_SUITES, SUITES
 
 
 def test_mean_std_and_verdicts_against_numpy():
@@ -121,6 +121,9 @@ def test_quick_runs_every_suite_end_to_end(tmp_path):
         assert f"{len(SUITES[suite])} variants x 2 seeds" in text
         assert text.count("**") == 2 * len(CLAIMS[suite])  # one verdict per claim
         assert (tmp_path / suite / "variants.png").exists()
+        if suite in OFFLOAD_SUITES:  # the offloading table, one row per variant, size, policy
+            assert text.count("| lru |") == text.count("| prefetch |") == 2 * len(SUITES[suite])
+            assert (tmp_path / suite / "hit_rate.png").exists()
     summary = (tmp_path / "summary.md").read_text()
     assert summary.count("| **") == sum(len(claims) for claims in CLAIMS.values())
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from moejax.reporting import report
+from moejax.reporting import plots, report
 
 ROUTERS = 3
 EXPERTS = 6
@@ -170,3 +170,14 @@ def test_cli(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(tmp_path / "report.md")
+
+
+def test_seed_band_is_mean_and_sample_std_on_the_common_steps():
+    # seeds log steps 1-3 and 2-4: steps 2, 3 are common; values (2, 4) and (3, 6)
+    curves = [(np.array([1, 2, 3]), np.array([1.0, 2.0, 3.0])),
+              (np.array([2, 3, 4]), np.array([4.0, 6.0, 8.0]))]
+    steps, mean, std = plots.seed_band(curves)
+    np.testing.assert_array_equal(steps, [2, 3])
+    np.testing.assert_allclose(mean, [3.0, 4.5])
+    np.testing.assert_allclose(std, [2 / np.sqrt(2), 3 / np.sqrt(2)])
+    np.testing.assert_array_equal(plots.seed_band(curves[:1])[2], [0.0, 0.0, 0.0])
