@@ -10,15 +10,19 @@ workers and the tests' subprocesses, through the environment) compiles each prog
 however small (many tests train the same tiny config). Results are the same functions.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
                                     "--xla_backend_optimization_level=0",
                                     "--xla_llvm_disable_expensive_passes=true"]).strip()
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # set once: xdist workers inherit it
+    _cache = tempfile.mkdtemp(prefix="moejax-tests-jit-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)  # by the process that made it
     os.environ.update({
-        "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="moejax-tests-jit-"),
+        "JAX_COMPILATION_CACHE_DIR": _cache,
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"})
 

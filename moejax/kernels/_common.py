@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas import tpu as pltpu
+
+try:  # Pallas's TPU (Mosaic) module, for its interpret mode's parameters
+    from jax.experimental.pallas import tpu as _pltpu
+except ImportError:  # pragma: no cover - depends on the installed jax
+    _pltpu = None
 
 try:  # Pallas's Triton backend; absent from some jax builds, removed in a future jax
     from jax.experimental.pallas import triton as _pltriton
@@ -62,7 +66,9 @@ def resolve_interpret(interpret):
     GPU, Mosaic on TPU); a bool or a `pltpu.InterpretParams` (TPU interpret mode) as given."""
     if interpret is None:
         return backend() == "cpu"
-    return interpret if isinstance(interpret, pltpu.InterpretParams) else bool(interpret)
+    if _pltpu is not None and isinstance(interpret, _pltpu.InterpretParams):
+        return interpret
+    return bool(interpret)
 
 
 def compiler_params(interpret):
