@@ -18,7 +18,7 @@ import pathlib
 
 import numpy as np
 
-from moejax.experiments import inference, stats
+from moejax.experiments import inference, offload, stats
 from moejax.experiments.suites import CLAIMS, OFFLOAD_SUITES, SUITES, variant_config
 from moejax.options import flat_config
 from moejax.reporting import plots
@@ -208,8 +208,6 @@ def _offload_finals(suite, workdir, runs, quick, config_dir, extra) -> dict:
 
 def _offload_rows(offloaded: dict) -> list[str]:
     """The offloading table: per variant, cache size and policy, mean ± std over seeds."""
-    from moejax.experiments import offload
-
     links = list(offload.LINKS)
     lines = ["", "## Offloaded decoding", "",
              "Validation-split routing replayed with each router keeping M of its E experts in "

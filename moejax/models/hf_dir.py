@@ -35,7 +35,6 @@ from moejax.models.decoder import DecoderSpec, decoder_spec_from_config
 INDEX = "model.safetensors.index.json"
 _FUSED = re.compile(r"^model\.layers\.(\d+)\.mlp\.(gate\.weight|experts\.gate_up_proj|"
                     r"experts\.down_proj)$")
-_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
 
 
 def _rope_theta(hf: Mapping) -> float:
@@ -151,9 +150,8 @@ def hf_config_from_spec(spec: DecoderSpec, torch_dtype: str = "float32") -> dict
 class StoredTensor:
     """A tensor (or an [index] of it) in a safetensors file, read when `np.asarray` asks."""
 
-    def __init__(self, path: pathlib.Path, name: str, shape: tuple, dtype, index=()):
-        self.path, self.name, self.shape, self.dtype, self.index = (
-            path, name, tuple(shape), np.dtype(dtype), index)
+    def __init__(self, path: pathlib.Path, name: str, shape: tuple, index=()):
+        self.path, self.name, self.shape, self.index = path, name, tuple(shape), index
 
     def __getitem__(self, index) -> StoredTensor:
         """An int or (int, slice) index of the first axes, still unread."""
@@ -161,7 +159,7 @@ class StoredTensor:
         shape = [len(range(*i.indices(n))) if isinstance(i, slice) else None
                  for i, n in zip(index, self.shape, strict=False)]
         shape = [n for n in shape if n is not None] + list(self.shape[len(index):])
-        return StoredTensor(self.path, self.name, shape, self.dtype, index)
+        return StoredTensor(self.path, self.name, shape, index)
 
     def __array__(self, dtype=None, copy=None):
         from safetensors import safe_open  # interop only: not needed to import moejax
@@ -231,9 +229,7 @@ def read_hf_dir(directory, **overrides) -> tuple[DecoderSpec, dict[str, StoredTe
     for path in _shard_files(directory):
         with safe_open(path, framework="numpy") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a Mapping
-                header = f.get_slice(name)
-                tensors[name] = StoredTensor(path, name, header.get_shape(),
-                                             _DTYPES.get(header.get_dtype(), np.float32))
+                tensors[name] = StoredTensor(path, name, f.get_slice(name).get_shape())
     return spec, per_expert_layout(tensors, FAMILIES[hf["model_type"]])
 
 
