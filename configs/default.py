@@ -68,6 +68,8 @@ def get_config(arg=None):
     config.data.text_field = "text"  # JSONL key of the document text
     # JSONL key of the domain name; None: the file's parent directory name
     config.data.domain_field = ml_collections.config_dict.placeholder(str)
+    config.data.domains = ()  # shell patterns of the domains to read (both splits); (): all
+    config.data.exclude_domains = ()  # shell patterns of domains to leave out
     config.data.validation_every = 20  # one document in this many (per domain) is validation
     config.data.chunk_bytes = 1 << 20  # longer documents are cut into chunks before the split
     config.data.num_threads = 1  # grain reader threads preparing batches ahead (0: synchronous)

@@ -18,11 +18,17 @@ or more, never all of them. Corpora (`DataSpec.corpus`):
   `domain_field` when set, otherwise the file's parent directory name.
 - "arrayrecord": pre-tokenized shards written by `moejax.data.shards.prepare`; `paths` is the
   one directory holding them. The split is the one made when they were prepared.
+
+`data.domains` / `data.exclude_domains` (shell patterns) keep a text source's documents of some
+domains only, in both splits; a document's split does not depend on the selection (it is
+stratified within each domain), and domain ids stay those of the whole source, so runs on
+different domain mixes of one corpus (pretraining, then fine-tuning) share ids and splits.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import glob
 import hashlib
@@ -81,6 +87,8 @@ class DataSpec:
         must be empty for "stdlib". A single string is taken as a 1-tuple.
       text_field: JSONL key holding the document text.
       domain_field: JSONL key holding the domain name; None: the file's parent directory.
+      domains: shell patterns (fnmatch) of the domains to read; empty: every domain.
+      exclude_domains: shell patterns of domains not to read (applied after `domains`).
       validation_every: one document in `validation_every` (by name hash, per domain) goes to
         validation; see `validation_names`.
       chunk_bytes: documents longer than this are cut into chunks of this many bytes before
@@ -93,6 +101,8 @@ class DataSpec:
     paths: tuple[str, ...] = ()
     text_field: str = "text"
     domain_field: str | None = None
+    domains: tuple[str, ...] = ()
+    exclude_domains: tuple[str, ...] = ()
     validation_every: int = 20
     chunk_bytes: int = 1 << 20
     num_threads: int = 1
@@ -101,6 +111,9 @@ class DataSpec:
     def __post_init__(self):
         paths = (self.paths,) if isinstance(self.paths, str | os.PathLike) else self.paths
         object.__setattr__(self, "paths", tuple(os.fspath(p) for p in paths))
+        for name in ("domains", "exclude_domains"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         if self.corpus not in CORPORA:
             raise ValueError(f"data.corpus={self.corpus!r}; allowed: {', '.join(CORPORA)}")
         if self.corpus == "stdlib" and self.paths:
@@ -112,6 +125,10 @@ class DataSpec:
         if self.corpus == "arrayrecord" and len(self.paths) != 1:
             raise ValueError(f"data.paths={self.paths}; data.corpus='arrayrecord' takes exactly "
                              "one directory written by moejax-prepare")
+        if self.corpus == "arrayrecord" and (self.domains or self.exclude_domains):
+            raise ValueError("data.domains / data.exclude_domains select documents of a text "
+                             "corpus; for data.corpus='arrayrecord' set them when preparing "
+                             "the directory (moejax-prepare)")
         if self.domain_field is not None and self.corpus != "jsonl":
             raise ValueError(f"data.domain_field={self.domain_field!r} is only used by "
                              f"data.corpus='jsonl', not {self.corpus!r}")
@@ -160,6 +177,33 @@ def validation_names(docs: Iterable[Document], every: int) -> frozenset[str]:
             picked = ranked[:1] if not picked else ranked[:-1]
         chosen.update(picked)
     return frozenset(chosen)
+
+
+def selects_domain(spec: DataSpec, domain: str) -> bool:
+    """Whether `data.domains` / `data.exclude_domains` keep documents of `domain`."""
+    included = not spec.domains or any(fnmatch.fnmatchcase(domain, p) for p in spec.domains)
+    return included and not any(fnmatch.fnmatchcase(domain, p) for p in spec.exclude_domains)
+
+
+def check_domain_selection(spec: DataSpec) -> None:
+    """Every pattern of `data.domains` / `data.exclude_domains` matches a domain of the source,
+    and the selection keeps at least one.
+
+    Raises:
+      ValueError: naming the option and pattern, and the source's domains.
+    """
+    if not (spec.domains or spec.exclude_domains):
+        return
+    names = source_domain_names(spec)
+    shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+    for option in ("domains", "exclude_domains"):
+        for pattern in getattr(spec, option):
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                raise ValueError(f"data.{option}: {pattern!r} matches no domain of "
+                                 f"data.corpus={spec.corpus!r}; its domains: {shown}")
+    if not any(selects_domain(spec, name) for name in names):
+        raise ValueError(f"data.domains={spec.domains} with data.exclude_domains="
+                         f"{spec.exclude_domains} keeps no domain; the source's: {shown}")
 
 
 def domains_without_validation(spec: DataSpec) -> list[str]:
@@ -312,9 +356,12 @@ def iter_documents(spec: DataSpec, split: str | None = None) -> Iterator[Documen
                          "read it with moejax.data.pipeline.make_dataset")
     chosen = None if split is None else validation_names(iter_documents(spec),
                                                          spec.validation_every)
+    selected = spec.domains or spec.exclude_domains
     empty = True
     for whole in docs:
         empty = False
+        if selected and not selects_domain(spec, whole.domain):
+            continue
         for doc in _chunks(whole, spec.chunk_bytes):
             if chosen is None or (doc.name in chosen) == (split == "validation"):
                 yield doc
@@ -328,8 +375,10 @@ def documents(spec: DataSpec, split: str | None = None) -> list[Document]:
 
 
 def source_domain_names(spec: DataSpec) -> list[str]:
-    """Sorted domain names over both splits of a text source; index = domain id.
+    """Sorted domain names over both splits of a text source, whatever `data.domains` selects;
+    index = domain id.
 
     One streaming pass over the corpus (cached for "stdlib").
     """
-    return sorted({d.domain for d in iter_documents(spec)})
+    whole = dataclasses.replace(spec, domains=(), exclude_domains=())
+    return sorted({d.domain for d in iter_documents(whole)})

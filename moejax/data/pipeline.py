@@ -35,6 +35,7 @@ from moejax.data.corpus import (
     VOCAB_SIZE,
     DataSpec,
     Document,
+    check_domain_selection,
     check_split,
     data_spec_from_config,
     decode,
@@ -49,7 +50,7 @@ from moejax.data.shards import RecordDocuments, prepare, read_index
 
 __all__ = [
     "BOS_ID", "EOS_ID", "PAD_ID", "VOCAB_SIZE", "DataSpec", "MemoryDocuments",
-    "PackedSequences", "data_spec_from_config", "decode", "domain_names",
+    "PackedSequences", "check_domain_selection", "data_spec_from_config", "decode", "domain_names",
     "domains_without_validation", "encode",
     "is_validation", "load_documents", "make_dataset", "num_sequences", "prepare",
     "validation_names",
@@ -143,7 +144,9 @@ def load_documents(spec: DataSpec, split: str) -> MemoryDocuments | RecordDocume
         where = f"data.paths={spec.paths}"
     else:
         everything = documents(spec)
-        ids = {name: i for i, name in enumerate(sorted({d.domain for d in everything}))}
+        names = domain_names(spec) if spec.domains or spec.exclude_domains else sorted(
+            {d.domain for d in everything})
+        ids = {name: i for i, name in enumerate(names)}
         names = validation_names(everything, spec.validation_every)
         chosen = [d for d in everything if (d.name in names) == (split == "validation")]
         docs = MemoryDocuments(chosen, ids)

@@ -28,6 +28,7 @@ from moejax.data.corpus import (
     SPLITS,
     VOCAB_SIZE,
     DataSpec,
+    check_domain_selection,
     check_split,
     encode,
     iter_documents,
@@ -59,6 +60,7 @@ def prepare(spec: DataSpec, out_dir: str | pathlib.Path, *, overwrite: bool = Fa
     if spec.corpus == "arrayrecord":
         raise ValueError("data.corpus='arrayrecord' is already prepared; prepare reads a text "
                          "corpus: 'stdlib', 'files' or 'jsonl'")
+    check_domain_selection(spec)
     out = pathlib.Path(out_dir).expanduser().resolve()
     if (out / INDEX_FILE).exists() and not overwrite:
         raise FileExistsError(f"{out / INDEX_FILE} exists; pass overwrite=True (--overwrite)")

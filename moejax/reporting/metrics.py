@@ -2,7 +2,8 @@
 
 Names follow `train/...`-free flat keys in metrics.jsonl (`loss`, `val_loss`, `aux/lb`,
 `routing/entropy`, `eval/routing/domain_nmi`, ...); TensorBoard gets every scalar and the mean
-of every per-router list. Only process 0 writes.
+of every per-router or per-domain list (NaN entries, domains an evaluation did not see, left
+out). Only process 0 writes.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ class MetricsWriter:
         if self._tensorboard is not None:
             for name, value in row.items():
                 values = np.asarray(value)
+                if values.ndim and values.dtype.kind == "f":  # per-domain lists hold NaN gaps
+                    values = values[~np.isnan(values)]
                 if name != "step" and values.dtype.kind in "fiu" and values.size:
                     self._tensorboard.add_scalar(name, float(values.mean()), step)
             self._tensorboard.flush()

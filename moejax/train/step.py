@@ -18,9 +18,15 @@ from moejax.record import concat_tokens
 from moejax.regularizers import LossSpec, aux_total, routing_metrics, updated_bias
 
 
+def token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Next-token cross-entropy (nats) of each position [B, S].
+    logits: [B, S, V] float32, targets: [B, S] int."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+
+
 def lm_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Mean next-token cross-entropy (nats).  logits: [B, S, V] float32, targets: [B, S] int."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+    return token_losses(logits, targets).mean()
 
 
 def _loss_fn(model, tokens, loss_spec: LossSpec, step_tokens_per_expert=None, segments=None):
@@ -148,12 +154,18 @@ def eval_step(model, tokens: jax.Array, domains: jax.Array, num_domains: int,
       disable_top1: the robustness test (every router skips each token's first choice).
 
     Returns:
-      {"loss": mean next-token loss, "domain_counts": [R, E, num_domains] top-1 expert vs
-      domain counts, "dropped_fraction": [R] token-slots dropped by capacity (the last two
-      absent for a model without routers)}.
+      {"loss": mean next-token loss, "domain_loss_sum" / "domain_tokens": [num_domains] sum of
+      the losses and count of the predicted tokens of each domain, "domain_counts":
+      [R, E, num_domains] top-1 expert vs domain counts, "dropped_fraction": [R] token-slots
+      dropped by capacity (the last two absent for a model without routers)}.
     """
     logits, record = model(tokens[:, :-1], segments=_inputs(segments), disable_top1=disable_top1)
-    out = {"loss": lm_loss(logits, tokens[:, 1:])}
+    losses = token_losses(logits, tokens[:, 1:]).reshape(-1)
+    target_domains = domains[:, 1:].reshape(-1)
+    out = {"loss": losses.mean(),
+           "domain_loss_sum": jax.ops.segment_sum(losses, target_domains, num_domains),
+           "domain_tokens": jax.ops.segment_sum(jnp.ones_like(losses), target_domains,
+                                                num_domains)}
     if record is not None:
         flat_domains = domains[:, :-1].reshape(-1)
         metrics = routing_metrics(record, domains=flat_domains, num_domains=num_domains)

@@ -55,8 +55,10 @@ class _StopRequest:
 
 
 def evaluate(model, data_spec, train: TrainSpec, seed: int, num_domains: int, sharding) -> dict:
-    """Validation loss, bits per byte, expert-by-domain counts and NMI, and the token-slots
-    dropped by capacity per router, on fixed batches.
+    """Validation loss (overall, and `eval/domain_loss` [num_domains] per domain of the predicted
+    token, NaN for a domain the batches do not hold, over `eval/domain_tokens` tokens), bits
+    per byte, expert-by-domain counts
+    and NMI, and the token-slots dropped by capacity per router, on fixed batches.
 
     With `train.eval_top1_disabled`, also the loss with each token's top-1 expert disabled in
     every router (CartesianMoE's robustness test). Each process reads its part of every
@@ -70,7 +72,7 @@ def evaluate(model, data_spec, train: TrainSpec, seed: int, num_domains: int, sh
             batch_size=_host_batch(train.batch_size), seed=seed,
             process_index=jax.process_index(), process_count=jax.process_count(),
             shuffle=True))
-        losses, counts, dropped = [], 0.0, []
+        losses, counts, dropped, domain_sum, domain_tokens = [], 0.0, [], 0.0, 0.0
         for _ in range(train.eval_batches):
             batch = next(batches)
             tokens, domains, segments = (
@@ -79,6 +81,8 @@ def evaluate(model, data_spec, train: TrainSpec, seed: int, num_domains: int, sh
             out = step.eval_step(model, tokens, domains, num_domains, disable_top1,
                                  segments=segments)
             losses.append(float(out["loss"]))
+            domain_sum = domain_sum + np.asarray(out["domain_loss_sum"], np.float64)
+            domain_tokens = domain_tokens + np.asarray(out["domain_tokens"], np.float64)
             counts = counts + np.asarray(out.get("domain_counts", 0.0))
             if "dropped_fraction" in out:
                 dropped.append(np.asarray(out["dropped_fraction"]))
@@ -89,6 +93,10 @@ def evaluate(model, data_spec, train: TrainSpec, seed: int, num_domains: int, sh
         if not disable_top1:
             results["val_bits_per_byte"] = results["val_loss"] / math.log(2.0)
             results["val_perplexity"] = math.exp(results["val_loss"])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                results["eval/domain_loss"] = np.where(domain_tokens > 0,
+                                                       domain_sum / domain_tokens, np.nan)
+            results["eval/domain_tokens"] = domain_tokens.astype(np.int64)
             if np.ndim(counts):
                 results["eval/routing/domain_counts"] = counts
                 results["eval/routing/domain_nmi"] = nmi_from_counts(counts)
@@ -109,6 +117,7 @@ def _check_data(data_spec, train: TrainSpec, vocab_size: int) -> None:
     Raises:
       ValueError: naming the split, its size and the options that decide it.
     """
+    pipeline.check_domain_selection(data_spec)
     if data_spec.corpus != "arrayrecord" and vocab_size < pipeline.VOCAB_SIZE:
         raise ValueError(f"model.vocab_size={vocab_size} cannot embed the byte-level corpus "
                          f"(data.corpus={data_spec.corpus!r}: ids 0..{pipeline.VOCAB_SIZE - 1});"

@@ -251,6 +251,38 @@ def test_arrayrecord_round_trip_equals_in_memory(tmp_path):
         data.prepare(spec, out)
 
 
+def test_domain_selection_keeps_ids_and_splits(tmp_path):
+    """data.domains / data.exclude_domains keep whole domains in both splits: each kept
+    document falls in the split it has without the selection, domain ids are the whole
+    source's (in memory and prepared), and a pattern that matches nothing is an error."""
+    spec = _spec(tmp_path)
+    for changes, kept in ((dict(domains=("b*", "gamma")), {"beta", "gamma"}),
+                          (dict(exclude_domains="beta"), {"alpha", "gamma"}),
+                          (dict(domains=("?????",), exclude_domains=("alpha",)), {"gamma"})):
+        chosen = dataclasses.replace(spec, **changes)
+        assert data.domain_names(chosen) == list(DOMAINS)
+        for split in ("train", "validation"):
+            want = [d for d in corpus.documents(spec, split) if d.domain in kept]
+            assert corpus.documents(chosen, split) == want, (changes, split)
+            ids = {DOMAINS.index(d) for d in kept}
+            seen = {int(i) for b in _take(chosen, split, 6, batch_size=2) for i in
+                    b["domains"].ravel()}
+            assert seen <= ids and seen, (changes, split)
+    gamma = dataclasses.replace(spec, domains=("gamma",))
+    prepared = data.DataSpec(corpus="arrayrecord", paths=(str(tmp_path / "p"),), num_threads=0)
+    assert data.prepare(gamma, tmp_path / "p")["domain_names"] == list(DOMAINS)
+    assert {int(i) for b in _take(prepared, "train", 4) for i in b["domains"].ravel()} == {2}
+    for changes, message in (
+            (dict(domains=("gama",)), r"data.domains: 'gama' matches no domain of "
+                                      r"data.corpus='files'; its domains: alpha, beta, gamma"),
+            (dict(exclude_domains=("*",)), r"keeps no domain"),
+            (dict(domains=("alpha",), exclude_domains=("zeta",)), "data.exclude_domains: 'zeta'")):
+        with pytest.raises(ValueError, match=message):
+            data.check_domain_selection(dataclasses.replace(spec, **changes))
+    with pytest.raises(ValueError, match="set them when preparing"):
+        data.DataSpec(corpus="arrayrecord", paths=("x",), domains=("alpha",))
+
+
 def test_prepare_console_script(tmp_path):
     pattern = _write_corpus(tmp_path / "corpus")
     config = tmp_path / "cfg.py"

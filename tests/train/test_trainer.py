@@ -74,7 +74,8 @@ TRAIN_FIELDS = {"step", "loss", "total_loss", "grad_norm", "learning_rate", "tok
                     "load_min", "pathway_entropy", "specialization", "tokens_per_expert",
                     "topk_mass", "transitions"))}
 EVAL_FIELDS = {"val_loss", "val_bits_per_byte", "val_perplexity", "val_loss_top1_disabled",
-               "eval/domain_names", "eval/routing/domain_counts", "eval/routing/domain_nmi",
+               "eval/domain_names", "eval/domain_loss", "eval/domain_tokens",
+               "eval/routing/domain_counts", "eval/routing/domain_nmi",
                "eval/routing/dropped_fraction", "eval/routing/dropped_fraction_top1_disabled"}
 
 
@@ -109,6 +110,11 @@ def test_tiny_trains_logs_checkpoints_and_reports(tmp_path):
     _check_metrics_rows(rows, config)
     assert last["step"] == 4 and np.isfinite(last["val_loss"])
     assert np.isfinite(last["val_loss_top1_disabled"])
+    per_domain, tokens = np.array(last["eval/domain_loss"]), np.array(last["eval/domain_tokens"])
+    assert len(per_domain) == len(last["eval/domain_names"]) and tokens.sum() > 0
+    assert np.isnan(per_domain[tokens == 0]).all()  # domains the batches did not hold
+    np.testing.assert_allclose(np.nansum(per_domain * tokens) / tokens.sum(), last["val_loss"],
+                               rtol=1e-5)  # the batches' mean loss, regrouped by domain
     assert len(last["eval/routing/domain_nmi"]) == 2  # one per router
     assert last["eval/routing/dropped_fraction"] == [0.0, 0.0]  # dropless: nothing dropped
     assert last["eval/routing/dropped_fraction_top1_disabled"] == [0.0, 0.0]
