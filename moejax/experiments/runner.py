@@ -57,8 +57,10 @@ REPORTING_KEYS = frozenset({"seed", "train.report", "train.progress", "train.ten
 def run_dir(workdir: pathlib.Path, config) -> pathlib.Path:
     """DIR/runs/<hash of the resolved config>/seed_<seed>: identical runs of different suites
     (e.g. the load-balance-only arm) are trained once, and all seeds of a variant share one
-    hash (seed 0, which also writes a run report, included)."""
-    settings = {k: v for k, v in flat_config(config).items() if k not in REPORTING_KEYS}
+    hash (seed 0, which also writes a run report, included). Options that are unset (None or
+    empty) are left out, so adding an option whose default is off keeps every run's key."""
+    settings = {k: v for k, v in flat_config(config).items()
+                if k not in REPORTING_KEYS and v is not None and v != () and v != []}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     return workdir / "runs" / digest.hexdigest()[:12] / f"seed_{config.seed}"
 

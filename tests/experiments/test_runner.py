@@ -151,6 +151,11 @@ def test_run_dir_ignores_reporting_keys_and_seed_only():
     assert experiment.run_dir(workdir, seed0).parent == experiment.run_dir(workdir, seed1).parent
     seed1.loss.sp = 1e-3  # a computing key: another run
     assert experiment.run_dir(workdir, seed0).parent != experiment.run_dir(workdir, seed1).parent
+    key = experiment.run_dir(workdir, seed0)
+    seed0.data.new_option = ()  # an option added later, off by default: the same run
+    assert experiment.run_dir(workdir, seed0) == key
+    seed0.data.new_option = ("email",)
+    assert experiment.run_dir(workdir, seed0) != key
 
 
 def test_summary_lists_every_claim_of_the_finished_suites(tmp_path):
