@@ -25,7 +25,8 @@ from moejax.experiments.suites import SUITES
 # toy models (LLVM optimisation off). The default scale keeps XLA's defaults.
 QUICK_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 
-USAGE = ("moejax-experiment --suite specialization|cartesian|baselines|all --workdir DIR "
+USAGE = ("moejax-experiment --suite specialization|cartesian|baselines|inference|finetune|all "
+         "--workdir DIR "
          "[--seeds N] [--quick] [--set KEY=VALUE ...]")
 FLAGS = flags.FlagValues()
 flags.DEFINE_enum("suite", None, [*SUITES, "all"], "Suite to run.", flag_values=FLAGS)

@@ -23,6 +23,7 @@ from moejax.experiments.suites import CLAIMS, OFFLOAD_SUITES, SUITES, variant_co
 from moejax.options import flat_config
 from moejax.reporting import plots
 from moejax.reporting.metrics import METRICS_FILE, read_metrics
+from moejax.train import checkpoint
 from moejax.train.step_time import compiled_step, interleaved_ms
 from moejax.train.trainer import train_and_evaluate
 
@@ -61,8 +62,42 @@ def run_dir(workdir: pathlib.Path, config) -> pathlib.Path:
     empty) are left out, so adding an option whose default is off keeps every run's key."""
     settings = {k: v for k, v in flat_config(config).items()
                 if k not in REPORTING_KEYS and v is not None and v != () and v != []}
+    if settings.get("train.init_from"):  # a pretrained run of this DIR: keyed relative to it
+        source = pathlib.Path(settings["train.init_from"])
+        root = pathlib.Path(workdir).resolve()
+        if source.is_relative_to(root):
+            settings["train.init_from"] = source.relative_to(root).as_posix()
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     return workdir / "runs" / digest.hexdigest()[:12] / f"seed_{config.seed}"
+
+
+EXPORT_DIR = "export"  # a pretraining run's exported weights, in its run directory
+
+
+def suite_config(variant, workdir, *, seed: int, quick: bool = False, config_dir=None,
+                 extra=None):
+    """`variant_config`, and for a fine-tuning variant `train.init_from` set to the export of
+    its pretraining variant's seed-0 run in DIR (`pretrain`)."""
+    config = variant_config(variant, seed=seed, quick=quick, config_dir=config_dir, extra=extra)
+    if variant.init_from is not None:
+        source = suite_config(variant.init_from, workdir, seed=0, quick=quick,
+                              config_dir=config_dir, extra=extra)
+        config.train.init_from = str(run_dir(pathlib.Path(workdir).resolve(), source)
+                                     / EXPORT_DIR)
+    return config
+
+
+def pretrain(suite: str, variant, workdir: pathlib.Path, **options) -> None:
+    """Trains (unless finished) and exports the seed-0 run of `variant`, the pretraining that
+    fine-tuning variants start from."""
+    config = suite_config(variant, workdir, seed=0, **options)
+    directory = run_dir(workdir, config)
+    _label_run(directory.parent, f"{suite}: {variant.name} (pretraining)")
+    if not _finished(directory, config.train.steps):
+        print(f"[{suite}] pretraining {variant.name} -> {directory}", flush=True)
+        train_and_evaluate(config, directory)
+    if not (directory / EXPORT_DIR / "config.json").exists():
+        checkpoint.export(directory, directory / EXPORT_DIR, overwrite=True)
 
 
 def _finished(directory: pathlib.Path, steps: int) -> bool:
@@ -92,8 +127,8 @@ def measure_step_times(suite: str, workdir, *, quick: bool = False, config_dir=N
     names = sorted({name for claim in CLAIMS[suite] if claim.metric == "step_ms_overhead"
                     for name in (claim.better, claim.than)})
     variants = {v.name: v for v in SUITES[suite]}
-    configs = {name: variant_config(variants[name], seed=0, quick=quick, config_dir=config_dir,
-                                    extra=extra) for name in names}
+    configs = {name: suite_config(variants[name], path.parent.parent, seed=0, quick=quick,
+                                  config_dir=config_dir, extra=extra) for name in names}
     keys = {name: run_dir(path.parent.parent, config).parent.name
             for name, config in configs.items()}
     if names and saved.get("configs") != keys:
@@ -110,12 +145,14 @@ def run_suite(suite: str, workdir, *, seeds: int, quick: bool = False, config_di
     """Trains every (variant, seed) not yet finished, then times the step-time claims'
     variants; returns variant name -> rows per seed."""
     workdir = pathlib.Path(workdir).resolve()
+    options = dict(quick=quick, config_dir=config_dir, extra=extra)
     runs = {}
     for variant in SUITES[suite]:
+        if variant.init_from is not None:
+            pretrain(suite, variant.init_from, workdir, **options)
         runs[variant.name] = []
         for seed in range(seeds):
-            config = variant_config(variant, seed=seed, quick=quick, config_dir=config_dir,
-                                    extra=extra)
+            config = suite_config(variant, workdir, seed=seed, **options)
             config.train.report = config.train.report and seed == 0
             directory = run_dir(workdir, config)
             _label_run(directory.parent, f"{suite}: {variant.name}")
@@ -201,8 +238,8 @@ def _offload_finals(suite, workdir, runs, quick, config_dir, extra) -> dict:
     for variant in SUITES[suite]:
         per_seed = []
         for seed in range(len(runs[variant.name])):
-            config = variant_config(variant, seed=seed, quick=quick, config_dir=config_dir,
-                                    extra=extra)
+            config = suite_config(variant, workdir, seed=seed, quick=quick,
+                                  config_dir=config_dir, extra=extra)
             per_seed.append(inference.measure_run(run_dir(workdir, config), config))
         out[variant.name] = {key: [m[key] for m in per_seed] for key in per_seed[0]}
     return out
@@ -229,6 +266,22 @@ def _offload_rows(offloaded: dict) -> list[str]:
     return lines
 
 
+def _pretrained_lines(suite: str, workdir: pathlib.Path, **options) -> list[str]:
+    """The pretraining runs the suite's variants start from: steps, domains, final val loss."""
+    lines = []
+    pretrained = {v.init_from.name: v.init_from for v in SUITES[suite] if v.init_from}
+    for variant in pretrained.values():
+        config = suite_config(variant, workdir, seed=0, **options)
+        directory = run_dir(workdir, config)
+        val_loss, _ = plots.last_value(read_metrics(directory / METRICS_FILE), "val_loss")
+        excluded = ", ".join(config.data.exclude_domains) or "none"
+        lines += ["", f"Every variant starts from [{variant.name}]"
+                  f"(../{(directory / 'report.md').relative_to(workdir)}): seed 0, "
+                  f"{config.train.steps} steps on every domain but {excluded}, final validation "
+                  f"loss {val_loss:.4g} on those domains; its export is `train.init_from`."]
+    return lines
+
+
 def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
                        config_dir=None, extra=None) -> pathlib.Path:
     """Writes DIR/<suite>/report.md and DIR/<suite>/variants.png; returns the report path."""
@@ -237,7 +290,8 @@ def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
     finals = {name: {} for name in runs}
     output_cosine = []  # variants whose record holds output cosines (the orthogonality loss)
     for variant in SUITES[suite]:
-        per_seed = [stats.run_metrics(rows) for rows in runs[variant.name]]
+        domains = variant.overrides.get("data.domains", ())
+        per_seed = [stats.run_metrics(rows, domains) for rows in runs[variant.name]]
         finals[variant.name] = {key: [m[key] for m in per_seed] for key in per_seed[0]}
         if variant.overrides.get("loss.orth", 0) > 0:
             finals[variant.name]["specialization"] = [math.nan] * len(per_seed)
@@ -250,8 +304,11 @@ def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
         for name, ms in json.loads(step_times.read_text())["ms"].items():
             finals[name]["step_ms_interleaved"] = ms
     seeds = len(next(iter(runs.values())))
-    columns = [(key, label) for key, label in COLUMNS  # those measured for some variant
-               if any(v == v for name in runs for v in finals[name][key])]
+    per_domain = sorted({key for name in runs for key in finals[name]
+                         if key.startswith("val_loss ")})
+    columns = [(key, label)  # those measured for some variant
+               for key, label in [*COLUMNS, *((key, key.replace("_", " ")) for key in per_domain)]
+               if any(v == v for name in runs for v in finals[name].get(key, []))]
     lines = [f"# Experiment: {suite}", "",
              f"{len(runs)} variants x {seeds} seeds, "
              f"{'quick (toy) scale' if quick else 'default scale'}"
@@ -260,8 +317,10 @@ def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
              "| variant | " + " | ".join(label for _, label in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
     for name in runs:
-        cells = [_cell(finals[name][key]) for key, _ in columns]
+        cells = [_cell(finals[name].get(key, [math.nan])) for key, _ in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _pretrained_lines(suite, suite_dir.parent, quick=quick, config_dir=config_dir,
+                               extra=extra)
     if output_cosine:
         lines += ["", f"Specialization is n/a for {', '.join(output_cosine)}: with the "
                   "orthogonality loss on, the record holds cosines of expert outputs, not of z."]
@@ -287,7 +346,8 @@ def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
     reason = plots.plot_variants(runs, suite_dir / "variants.png")
     lines += ["", "## Curves", "", reason or "![variants](variants.png)", ""]
     for variant in SUITES[suite]:
-        config = variant_config(variant, seed=0, quick=quick, config_dir=config_dir, extra=extra)
+        config = suite_config(variant, suite_dir.parent, seed=0, quick=quick,
+                              config_dir=config_dir, extra=extra)
         report = run_dir(suite_dir.parent, config) / "report.md"
         if report.exists():
             lines.append(f"- [{variant.name}, seed 0](../{report.relative_to(suite_dir.parent)})")

@@ -48,14 +48,21 @@ _FINAL_KEYS = {
 }
 
 
-def run_metrics(rows: list[dict]) -> dict:
-    """One run's final numbers (per-router lists averaged over routers); NaN where not logged."""
+def run_metrics(rows: list[dict], domains=()) -> dict:
+    """One run's final numbers (per-router lists averaged over routers); NaN where not logged.
+
+    domains: names whose last validation loss is wanted too, as "val_loss <name>".
+    """
     out = {}
     for name, key in _FINAL_KEYS.items():
         value, _ = plots.last_value(rows, key)
         out[name] = float(np.mean(value)) if value is not None else math.nan
     disabled, row = plots.last_value(rows, "val_loss_top1_disabled")
     out["top1_disabled_increase"] = math.nan if disabled is None else disabled - row["val_loss"]
+    losses, row = plots.last_value(rows, "eval/domain_loss")
+    names = list(row.get("eval/domain_names") or []) if row else []
+    for name in domains:
+        out[f"val_loss {name}"] = float(losses[names.index(name)]) if name in names else math.nan
     return out
 
 

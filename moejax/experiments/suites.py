@@ -22,11 +22,19 @@ from moejax.train.config_files import load_config
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One arm of a suite: `configs/<config>.py[:arg]` plus dotted-key overrides."""
+    """One arm of a suite: `configs/<config>.py[:arg]` plus dotted-key overrides.
+
+    init_from: a variant whose seed-0 run, trained first and exported, gives this one's
+      initial weights (`train.init_from`; fine-tuning); None: random init.
+    steps_factor: train.steps of the scale times this (a pretraining run longer than the
+      fine-tuning that starts from it).
+    """
 
     name: str
     config: str
     overrides: MappingProxyType
+    init_from: Variant | None = None
+    steps_factor: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +48,10 @@ class Claim:
     lower_is_better: bool = True
 
 
-def _variant(name, config, **overrides):
+def _variant(name, config, init_from=None, steps_factor=1, **overrides):
     return Variant(name, config, MappingProxyType(
-        {key.replace("__", "."): value for key, value in overrides.items()}))
+        {key.replace("__", "."): value for key, value in overrides.items()}), init_from,
+        steps_factor)
 
 
 # Paper A's weights (docs/methods.md section 5), and the same pair DOSE times stronger: a check that
@@ -81,8 +90,20 @@ BASELINES = (
 INFERENCE = tuple(_variant(f"topk/{losses}", "default", **_COMMON, **_LOSSES[losses])
                   for losses in ("lb", "lb+sp+cp", f"lb+{DOSE}x(sp+cp)"))
 
+# Paper A's fine-tuning claim: one top-k model pretrained with lb alone on every domain but the
+# internet packages (3x the scale's steps, seed 0), then fine-tuned on those packages alone with
+# lb or lb+sp+cp (every seed); validation loss per fine-tuning domain.
+FINETUNE_DOMAINS = ("email", "html", "http", "urllib", "xml")
+PRETRAIN_STEPS_FACTOR = 3
+PRETRAINED = _variant("pretrain/lb", "default", steps_factor=PRETRAIN_STEPS_FACTOR, **_COMMON,
+                      **_LOSSES["lb"], data__exclude_domains=FINETUNE_DOMAINS)
+FINETUNE = tuple(_variant(f"finetune/{losses}", "default", init_from=PRETRAINED, **_COMMON,
+                          **_LOSSES[losses], data__domains=FINETUNE_DOMAINS)
+                 for losses in ("lb", "lb+sp+cp"))
+
 SUITES = MappingProxyType({"specialization": SPECIALIZATION, "cartesian": CARTESIAN,
-                           "baselines": BASELINES, "inference": INFERENCE})
+                           "baselines": BASELINES, "inference": INFERENCE,
+                           "finetune": FINETUNE})
 # Suites whose runs are measured after training (`inference.measure_run`).
 OFFLOAD_SUITES = frozenset({"inference"})
 
@@ -125,6 +146,14 @@ CLAIMS = MappingProxyType({
             Claim(f"{treated} decodes faster offloaded (LRU + prefetch, M/E = 1/4, PCIe 4)",
                   "tokens/s pcie4_x16 prefetch@0.25", treated, "topk/lb",
                   lower_is_better=False))),
+    "finetune": (
+        Claim("fine-tuned with lb+sp+cp: lower validation loss on the new domains",
+              "val_loss", "finetune/lb+sp+cp", "finetune/lb"),
+        *(Claim(f"fine-tuned with lb+sp+cp: lower validation loss on {domain}",
+                f"val_loss {domain}", "finetune/lb+sp+cp", "finetune/lb")
+          for domain in FINETUNE_DOMAINS),
+        Claim("fine-tuned with lb+sp+cp: higher specialization (lower mean squared cosine)",
+              "specialization", "finetune/lb+sp+cp", "finetune/lb")),
     "baselines": (
         Claim("lb+sp+cp lowers validation loss vs the orthogonality + variance baselines",
               "val_loss", "lb+sp+cp", "lb+orth+var"),
@@ -179,5 +208,6 @@ def variant_config(variant: Variant, *, seed: int, quick: bool = False, config_d
     scale = QUICK_SCALE if quick else DEFAULT_SCALE
     for dotted, value in {**variant.overrides, **scale, **(extra or {})}.items():
         _set(config, dotted, value)
+    config.train.steps *= variant.steps_factor
     config.seed = seed
     return config

@@ -121,6 +121,8 @@ def test_quick_runs_every_suite_end_to_end(tmp_path):
         assert f"{len(SUITES[suite])} variants x 2 seeds" in text
         assert text.count("**") == 2 * len(CLAIMS[suite])  # one verdict per claim
         assert (tmp_path / suite / "variants.png").exists()
+        if any(v.init_from for v in SUITES[suite]):  # names the run the variants start from
+            assert "Every variant starts from [pretrain/lb](../runs/" in text
         if suite in OFFLOAD_SUITES:  # the offloading table, one row per variant, size, policy
             assert text.count("| lru |") == text.count("| prefetch |") == 2 * len(SUITES[suite])
             assert (tmp_path / suite / "hit_rate.png").exists()
@@ -156,6 +158,32 @@ def test_run_dir_ignores_reporting_keys_and_seed_only():
     assert experiment.run_dir(workdir, seed0) == key
     seed0.data.new_option = ("email",)
     assert experiment.run_dir(workdir, seed0) != key
+
+
+def test_finetune_variants_start_from_the_pretrained_export(tmp_path):
+    """Fine-tuning arms read the export of the pretraining run (seed 0, 3x the steps, the
+    other domains); their run keys do not depend on where DIR lies."""
+    tuned = SUITES["finetune"][0]
+    keys = []
+    for workdir in (tmp_path / "a", tmp_path / "b"):
+        config = experiment.suite_config(tuned, workdir, seed=1, quick=True)
+        source = experiment.suite_config(tuned.init_from, workdir, seed=0, quick=True)
+        assert config.train.init_from == str(
+            experiment.run_dir(workdir.resolve(), source) / experiment.EXPORT_DIR)
+        assert source.train.steps == 3 * config.train.steps and source.train.init_from is None
+        assert tuple(source.data.exclude_domains) == tuple(config.data.domains) != ()
+        keys.append(experiment.run_dir(workdir, config).relative_to(workdir))
+    assert keys[0] == keys[1]
+    other = experiment.suite_config(SUITES["finetune"][1], tmp_path / "a", seed=1, quick=True)
+    assert other.train.init_from == config.train.init_from.replace("/b/", "/a/")
+
+
+def test_run_metrics_reads_the_asked_domains_losses():
+    rows = [{"step": 5, "val_loss": 2.0, "eval/domain_names": ["a", "b", "c"],
+             "eval/domain_loss": [1.5, float("nan"), 2.5]}, {"step": 6, "loss": 1.0}]
+    out = stats.run_metrics(rows, ("c", "b", "zz"))
+    assert out["val_loss c"] == 2.5 and math.isnan(out["val_loss b"])
+    assert math.isnan(out["val_loss zz"]) and "val_loss a" not in out
 
 
 def test_summary_lists_every_claim_of_the_finished_suites(tmp_path):
