@@ -36,8 +36,9 @@ flags.DEFINE_integer("seeds", None, "Seeds per variant (default 4; --quick: 2)."
 flags.DEFINE_bool("quick", False, "Toy scale (a smoke test, not evidence).", flag_values=FLAGS)
 flags.DEFINE_string("configs", None, "configs/ directory (default: the checkout's).",
                     flag_values=FLAGS)
-flags.DEFINE_multi_string("set", [], "KEY=VALUE applied to every variant after the scale, "
-                          "e.g. --set train.steps=2000 --set mesh.expert=8.", flag_values=FLAGS)
+flags.DEFINE_multi_string("set", [], "KEY=VALUE applied to every variant after the scale and "
+                          "its own overrides, e.g. --set train.steps=2000 --set mesh.expert=8.",
+                          flag_values=FLAGS)
 flags.mark_flags_as_required(["suite", "workdir"], flag_values=FLAGS)
 
 

@@ -3,7 +3,8 @@
 A variant is a base config file plus a few overrides (dotted keys); a suite is a tuple of
 variants and the claims its report answers. Every variant of a suite shares the model size, the
 token budget and, for a given seed, the data order and the initial weights of every module the
-variants share. The scale is one more set of overrides applied to every variant alike:
+variants share. The scale is one more set of overrides applied to every variant alike (a
+variant's own overrides win over it):
 `DEFAULT_SCALE` (the committed results, on the 2-core CPU) or `QUICK_SCALE` (toy size, tests).
 
 All variants record the per-token cosine of co-activated experts, so the specialization
@@ -92,13 +93,15 @@ INFERENCE = tuple(_variant(f"topk/{losses}", "default", **_COMMON, **_LOSSES[los
 
 # Paper A's fine-tuning claim: one top-k model pretrained with lb alone on every domain but the
 # internet packages (3x the scale's steps, seed 0), then fine-tuned on those packages alone with
-# lb or lb+sp+cp (every seed); validation loss per fine-tuning domain.
+# lb or lb+sp+cp (every seed); validation loss per fine-tuning domain, evaluated on 16 batches
+# (at the default scale, 256 windows: most of the five domains' validation split).
 FINETUNE_DOMAINS = ("email", "html", "http", "urllib", "xml")
 PRETRAIN_STEPS_FACTOR = 3
 PRETRAINED = _variant("pretrain/lb", "default", steps_factor=PRETRAIN_STEPS_FACTOR, **_COMMON,
                       **_LOSSES["lb"], data__exclude_domains=FINETUNE_DOMAINS)
 FINETUNE = tuple(_variant(f"finetune/{losses}", "default", init_from=PRETRAINED, **_COMMON,
-                          **_LOSSES[losses], data__domains=FINETUNE_DOMAINS)
+                          **_LOSSES[losses], data__domains=FINETUNE_DOMAINS,
+                          train__eval_batches=16)
                  for losses in ("lb", "lb+sp+cp"))
 
 SUITES = MappingProxyType({"specialization": SPECIALIZATION, "cartesian": CARTESIAN,
@@ -200,13 +203,14 @@ def default_config_dir() -> pathlib.Path:
 
 def variant_config(variant: Variant, *, seed: int, quick: bool = False, config_dir=None,
                    extra=None):
-    """The resolved ConfigDict of one run: base file, variant overrides, scale, `extra`
-    overrides ({dotted key: value}, e.g. from `moejax-experiment --set`), seed."""
+    """The resolved ConfigDict of one run: base file, scale, variant overrides, `extra`
+    overrides ({dotted key: value}, e.g. from `moejax-experiment --set`), each winning over
+    the ones before it, then the variant's steps factor and the seed."""
     path, _, arg = variant.config.partition(":")
     config_dir = pathlib.Path(config_dir) if config_dir else default_config_dir()
     config = load_config(config_dir / f"{path}.py", arg or None)
     scale = QUICK_SCALE if quick else DEFAULT_SCALE
-    for dotted, value in {**variant.overrides, **scale, **(extra or {})}.items():
+    for dotted, value in {**scale, **variant.overrides, **(extra or {})}.items():
         _set(config, dotted, value)
     config.train.steps *= variant.steps_factor
     config.seed = seed
