@@ -198,9 +198,21 @@ def _claim_rows(suite: str, finals: dict) -> list[str]:
     return lines
 
 
+def _finished_suites(workdir: pathlib.Path, suites) -> list[tuple[str, str]]:
+    """(label, suite) of every DIR/<suite>/finals.json, then of every DIR/<name>/<suite>/
+    finals.json (another results directory kept inside DIR, e.g. a longer run), labelled
+    "<name>/<suite>"."""
+    found = [(suite, suite) for suite in suites if (workdir / suite / "finals.json").exists()]
+    for child in sorted(p for p in workdir.iterdir() if p.is_dir()):
+        found += [(f"{child.name}/{suite}", suite) for suite in suites
+                  if (child / suite / "finals.json").exists()]
+    return found
+
+
 def write_summary(workdir, suites) -> pathlib.Path:
-    """DIR/summary.md: every claim of the suites whose DIR/<suite>/finals.json exists, one row
-    each (improvement paired by seed ± its standard error, verdict), linking the reports."""
+    """DIR/summary.md: every claim of the suites whose DIR/<suite>/finals.json or
+    DIR/<name>/<suite>/finals.json exists, one row each (improvement paired by seed ± its
+    standard error, verdict), linking the reports."""
     workdir = pathlib.Path(workdir).resolve()
     lines = ["# Experiment summary", "",
              "One row per claim; the numbers are the improvement of A over B paired by seed ± "
@@ -212,17 +224,14 @@ def write_summary(workdir, suites) -> pathlib.Path:
              "power, from each claim's measured spread of seed-paired differences "
              "(`stats.seeds_needed`).", "",
              "| suite | claim | paired sd (nats) | seeds needed |", "|---|---|---|---|"]
-    for suite in suites:
-        path = workdir / suite / "finals.json"
-        if not path.exists():
-            continue
-        finals = json.loads(path.read_text())
+    for where, suite in _finished_suites(workdir, suites):
+        finals = json.loads((workdir / where / "finals.json").read_text())
         for claim, a, b, shown, label in claim_results(suite, finals):
-            lines.append(f"| [{suite}]({suite}/report.md) | {claim.text} | {shown} | "
+            lines.append(f"| [{where}]({where}/report.md) | {claim.text} | {shown} | "
                          f"**{label}** |")
             if claim.metric == "val_loss" and len(a) == len(b) > 1:
                 sd = float(np.std(np.subtract(b, a), ddof=1))
-                power.append(f"| {suite} | {claim.text} | {sd:.2g} | "
+                power.append(f"| {where} | {claim.text} | {sd:.2g} | "
                              f"{stats.seeds_needed(stats.PAPER_A_LOSS_EFFECT, sd)} |")
     lines += power
     path = workdir / "summary.md"

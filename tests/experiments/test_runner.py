@@ -203,6 +203,11 @@ def test_summary_lists_every_claim_of_the_finished_suites(tmp_path):
     # power: a paired spread of 0 needs the minimum of 2 seeds
     assert ("| baselines | lb+sp+cp lowers validation loss vs the orthogonality + variance "
             "baselines | 0 | 2 |") in text
+    (tmp_path / "long" / "baselines").mkdir(parents=True)  # a longer run's results inside DIR
+    (tmp_path / "long" / "baselines" / "finals.json").write_text(json.dumps(finals))
+    text = experiment.write_summary(tmp_path, SUITES).read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| [long/baselines]")]
+    assert len(rows) == len(CLAIMS["baselines"]) and "(long/baselines/report.md)" in rows[0]
 
 
 def test_step_time_claim_reads_the_interleaved_rounds(tmp_path):
