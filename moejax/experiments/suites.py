@@ -94,10 +94,10 @@ INFERENCE = tuple(_variant(f"topk/{losses}", "default", **_COMMON, **_LOSSES[los
 # Paper A's fine-tuning claim: one top-k model pretrained with lb alone on every domain but the
 # internet packages (3x the scale's steps, seed 0), then fine-tuned on those packages alone with
 # lb, lb+sp+cp or lb+10x(sp+cp) (every seed); validation loss per fine-tuning domain. The
-# stdlib split sends
-# one file in 20 to validation, which leaves a few hundred bytes of `xml`; the fine-tuning runs
-# send one in 5 (5-100 kB per domain; pretraining never read these domains, in either split)
-# and evaluate on 64 batches (at the default scale, 1,024 of the split's 2,742 windows).
+# stdlib split sends one file in 20 to validation, which leaves a few hundred bytes of `xml`;
+# the fine-tuning runs send one in 5 (5-100 kB per domain; pretraining never read these
+# domains, in either split) and evaluate on 64 batches (at the default scale, 1,024 of the
+# split's 2,742 windows).
 FINETUNE_DOMAINS = ("email", "html", "http", "urllib", "xml")
 PRETRAIN_STEPS_FACTOR = 3
 PRETRAINED = _variant("pretrain/lb", "default", steps_factor=PRETRAIN_STEPS_FACTOR, **_COMMON,
