@@ -318,9 +318,10 @@ def write_suite_report(suite: str, workdir, runs: dict, *, quick: bool = False,
     columns = [(key, label)  # those measured for some variant
                for key, label in [*COLUMNS, *((key, key.replace("_", " ")) for key in per_domain)]
                if any(v == v for name in runs for v in finals[name].get(key, []))]
+    scale = "quick (toy) scale" if quick else "default scale"
+    scale += "".join(f", `{key}={value}`" for key, value in (extra or {}).items())
     lines = [f"# Experiment: {suite}", "",
-             f"{len(runs)} variants x {seeds} seeds, "
-             f"{'quick (toy) scale' if quick else 'default scale'}"
+             f"{len(runs)} variants x {seeds} seeds, {scale}"
              f"; cells are mean ± sample std over seeds (final evaluation; routing numbers from "
              "the last logged training batch, averaged over routers).", "",
              "| variant | " + " | ".join(label for _, label in columns) + " |",
