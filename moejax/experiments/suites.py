@@ -151,7 +151,14 @@ CLAIMS = MappingProxyType({
                   lower_is_better=False),
             Claim(f"{treated} decodes faster offloaded (LRU + prefetch, M/E = 1/4, PCIe 4)",
                   "tokens/s pcie4_x16 prefetch@0.25", treated, "topk/lb",
-                  lower_is_better=False))),
+                  lower_is_better=False),
+            # the training-side claims too: a longer run of these arms (--set train.steps=...)
+            # answers them at its own step count
+            Claim(f"{treated} lowers validation loss vs lb", "val_loss", treated, "topk/lb"),
+            Claim(f"{treated} raises specialization (lower mean squared cosine)",
+                  "specialization", treated, "topk/lb"),
+            Claim(f"{treated} lowers routing entropy", "routing_entropy", treated,
+                  "topk/lb"))),
     "finetune": (
         Claim("fine-tuned with lb+sp+cp: lower validation loss on the new domains",
               "val_loss", "finetune/lb+sp+cp", "finetune/lb"),
