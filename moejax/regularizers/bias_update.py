@@ -32,6 +32,8 @@ def updated_bias(bias, tokens_per_expert, rate, *, num_experts=None, axis_name=N
     true_e = jnp.asarray(size if num_experts is None else num_experts, jnp.float32)
     true_e = true_e[..., None] if true_e.ndim else true_e
     valid = jnp.arange(size, dtype=jnp.float32) < true_e
-    mean_load = jnp.where(valid, load, 0.0).sum(-1, keepdims=True) / true_e
-    step = rate * jnp.sign(mean_load - load)
+    total_load = jnp.where(valid, load, 0.0).sum(-1, keepdims=True)
+    # sign(mean load - load), without the division: exact for integer loads, so an expert at
+    # exactly the mean load stays put however the compiler rounds a quotient
+    step = rate * jnp.sign(total_load - true_e * load)
     return jnp.where(valid, bias + step, bias)
