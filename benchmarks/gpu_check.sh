@@ -17,7 +17,7 @@ DRY_RUN=0
 [[ "${1:-}" == "--dry-run" ]] && DRY_RUN=1
 if [[ $DRY_RUN == 1 ]]; then
   # toy programs are all compilation: compile them without XLA's expensive passes
-  export XLA_FLAGS="${XLA_FLAGS:-} --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+  export XLA_FLAGS="${XLA_FLAGS:-} --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false"
   OUT_DIR="${OUT_DIR:-$(mktemp -d)}"
   SIZE=(--size tiny --repeats 2)
   KERNELS=(--quick --repeats 2)

@@ -4,8 +4,9 @@ Strict promotion is not applied under tests/train/, tests/parallel/ and tests/re
 which run optax updates: optax's own code mixes Python floats with int32 step counters.
 
 The tests' programs are tiny, so compiling dominates their time: XLA compiles them without
-its expensive optimisation passes (the flags `moejax-experiment --quick` uses), which saves
-about 30% of the suite, and a compilation cache shared by the session's processes (xdist
+its expensive optimisation passes and with XLA:CPU's loop emitters rather than its MLIR fusion
+emitters (the flags `moejax-experiment --quick` uses), which compile several times faster,
+and a compilation cache shared by the session's processes (xdist
 workers and the tests' subprocesses, through the environment) compiles each program once
 however small (many tests train the same tiny config). Results are the same functions.
 """
@@ -17,7 +18,8 @@ import tempfile
 
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
                                     "--xla_backend_optimization_level=0",
-                                    "--xla_llvm_disable_expensive_passes=true"]).strip()
+                                    "--xla_llvm_disable_expensive_passes=true",
+                                    "--xla_cpu_use_fusion_emitters=false"]).strip()
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # set once: xdist workers inherit it
     _cache = tempfile.mkdtemp(prefix="moejax-tests-jit-")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)  # by the process that made it

@@ -21,9 +21,13 @@ from moejax.cli._command import run_command
 from moejax.experiments.runner import run_suite, write_suite_report, write_summary
 from moejax.experiments.suites import SUITES
 
-# XLA options for --quick, set before the first computation: about 30% less compile time for
-# toy models (LLVM optimisation off). The default scale keeps XLA's defaults.
-QUICK_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+# XLA options for --quick, set before the first computation: toy models are all compilation.
+# LLVM's optimisation off (about 30% less compile time), and XLA:CPU's loop emitters instead of
+# its MLIR fusion emitters, which own most of the rest (a toy train step: 16 -> 7 s; the steps
+# run about 1.5x slower). The default scale keeps XLA's defaults. (tests/conftest.py and
+# `benchmarks/gpu_check.sh --dry-run` set the same three.)
+QUICK_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true",
+                   "--xla_cpu_use_fusion_emitters=false")
 
 USAGE = ("moejax-experiment --suite specialization|cartesian|baselines|inference|finetune|all "
          "--workdir DIR "
