@@ -25,8 +25,9 @@ def mesh_and_engine(config, model_spec: DecoderSpec, train: TrainSpec):
     return mesh, engine
 
 
-def model_and_optimizer(model_spec: DecoderSpec, train: TrainSpec, seed: int, engine=None):
-    """(Decoder, its nnx.Optimizer over the parameters), built eagerly on the default device."""
+def model_and_optimizer(model_spec: DecoderSpec, train: TrainSpec, seed, engine=None):
+    """(Decoder, its nnx.Optimizer over the parameters), built eagerly on the default device;
+    `seed`: an int, or the key `jax.random.key(seed)` (the same parameters)."""
     model = Decoder(model_spec, rngs=nnx.Rngs(seed), engine=engine)
     return model, nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
 
@@ -48,8 +49,10 @@ def sharded_model_and_optimizer(model_spec: DecoderSpec, train: TrainSpec, seed:
     shards (a model larger than one device initialises); the values equal the eager build's."""
     graphdef, abstract = abstract_state(model_spec, train, seed, mesh, engine)
     shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract)
-    state = jax.jit(lambda: nnx.split(model_and_optimizer(model_spec, train, seed, engine))[1],
-                    out_shardings=shardings)()
+    # The seed is an argument, not a constant: every seed of a config runs one program (one
+    # compile, where a compilation cache is kept).
+    state = jax.jit(lambda key: nnx.split(model_and_optimizer(model_spec, train, key, engine))[1],
+                    out_shardings=shardings)(jax.random.key(seed))
     return nnx.merge(graphdef, state)
 
 

@@ -16,24 +16,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moejax.parallel import batch_sharding
 from moejax.train import step
 from moejax.train.specs import specs_from_config, train_spec_from_config
-from moejax.train.state import model_and_optimizer
+from moejax.train.state import mesh_and_engine, sharded_model_and_optimizer
 
 
 def compiled_step(config) -> Callable[[], dict]:
-    """One unlogged train step (no routing metrics) of `config`'s model, losses, optimizer
-    and batch shape on random tokens, on one device; compiled and warmed up."""
+    """One unlogged train step of `config`, the program the trainer runs: its mesh, its
+    sharded model and optimizer, its losses and a batch of random tokens in one document
+    per row (tokens and segments [B, S + 1], sharded over the batch axes); compiled and
+    warmed up. (The trainer's own runs of the config compile the same program, so with a
+    compilation cache, as `moejax-experiment --quick` keeps, this compiles nothing.)"""
     model_spec, loss_spec = specs_from_config(config)
     train = train_spec_from_config(config)
-    model, optimizer = model_and_optimizer(model_spec, train, config.seed)
+    mesh, engine = mesh_and_engine(config, model_spec, train)
+    model, optimizer = sharded_model_and_optimizer(model_spec, train, config.seed, mesh, engine)
     rng = np.random.default_rng(config.seed)
-    tokens = jnp.asarray(rng.integers(0, model_spec.vocab_size,
-                                      (train.batch_size, train.seq_len + 1)), jnp.int32)
+    shape = (train.batch_size, train.seq_len + 1)
+    tokens, segments = (jax.device_put(jnp.asarray(values, jnp.int32), batch_sharding(mesh))
+                        for values in (rng.integers(0, model_spec.vocab_size, shape),
+                                       np.ones(shape)))
 
     def run():
         return step.train_step(model, optimizer, tokens, loss_spec, train.grad_accumulation,
-                               np.bool_(False))
+                               np.bool_(False), segments=segments)
 
     for _ in range(2):
         jax.block_until_ready(run())
