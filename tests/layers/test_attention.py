@@ -59,12 +59,12 @@ def test_attention_gradients():
     with jax.enable_x64(True):
         positions = jnp.broadcast_to(jnp.arange(S), (B, S))
         w = [jnp.asarray(a, jnp.float64) for a in weights]
-        check_grads(lambda x, w_q, w_k: attention(x, w_q, w_k, w[2], w[3], positions, 1e4),
+        check_grads(jax.jit(lambda x, w_q, w_k: attention(x, w_q, w_k, w[2], w[3], positions,
+                                                          1e4)),
                     (jnp.asarray(x), w[0], w[1]), order=1, modes=["rev"])
         segments = jnp.asarray([[1, 1, 1, 2, 2, 3, 3], [1, 2, 2, 2, 2, 2, 2]])  # packed
-        check_grads(lambda x, w_q, w_k: attention(x, w_q, w_k, w[2], w[3],
-                                                  positions_from_segments(segments), 1e4,
-                                                  segments),
+        check_grads(jax.jit(lambda x, w_q, w_k: attention(
+            x, w_q, w_k, w[2], w[3], positions_from_segments(segments), 1e4, segments)),
                     (jnp.asarray(x), w[0], w[1]), order=1, modes=["rev"])
 
 

@@ -148,4 +148,5 @@ def test_engine_check_grads_float64(engine):
             y, _, z_slots, _ = _forward(engine, x, inputs[1], w_gate, w_up, w_down, capacity)
             return y, z_slots
 
-        check_grads(f, (inputs[0], *inputs[2:]), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+        check_grads(jax.jit(f), (inputs[0], *inputs[2:]), order=1, modes=["rev"], atol=1e-5,
+                    rtol=1e-5)

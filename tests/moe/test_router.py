@@ -193,7 +193,7 @@ def test_gate_gradients(name):
         def gates(x, w):
             return route(x, w, spec, K, bias=b).gates
 
-        check_grads(gates, (jnp.asarray(x, jnp.float64), jnp.asarray(w, jnp.float64)),
+        check_grads(jax.jit(gates), (jnp.asarray(x, jnp.float64), jnp.asarray(w, jnp.float64)),
                     order=1, modes=["rev"], atol=1e-4, rtol=1e-4)
 
 
