@@ -14,7 +14,7 @@ def assert_directional_derivative(loss, params, *, seed=0, eps=1e-6, rtol=1e-6):
     """
     rng = np.random.default_rng(seed)
     direction = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), params)
-    loss = jax.jit(loss)  # one compile for the gradient and both shifted losses
+    loss = jax.jit(loss)  # compiled: the loss once for both shifts, the gradient once
     grads = jax.jit(jax.grad(loss))(params)
     shifted = lambda s: jax.tree.map(lambda p, d: p + s * d, params, direction)  # noqa: E731
     numeric = (loss(shifted(eps)) - loss(shifted(-eps))) / (2 * eps)
