@@ -111,7 +111,7 @@ def overhead_verdict(treated_ms, baseline_ms) -> tuple[str, float, float]:
     ratios = np.asarray(treated_ms, np.float64) / np.asarray(baseline_ms, np.float64) - 1.0
     mean = float(np.mean(ratios)) if ratios.size else math.nan
     if ratios.size < 2 or not np.all(np.isfinite(ratios)):
-        return "inconclusive (needs >= 2 seeds with finite values)", mean, math.nan
+        return "inconclusive (needs >= 2 timed rounds with finite times)", mean, math.nan
     se = float(np.std(ratios, ddof=1)) / math.sqrt(ratios.size)
     t = t_critical(ratios.size - 1)
     if mean + t * se < OVERHEAD_LIMIT:

@@ -121,6 +121,9 @@ def test_quick_runs_every_suite_end_to_end(tmp_path):
         assert f"{len(SUITES[suite])} variants x 2 seeds" in text
         assert text.count("**") == 2 * len(CLAIMS[suite])  # one verdict per claim
         assert (tmp_path / suite / "variants.png").exists()
+        for claim in (c for c in CLAIMS[suite] if c.metric == "step_ms_overhead"):
+            row = re.escape(claim.text) + r"[^\n]* overhead [+-]\d[^\n]*\(2 interleaved rounds\)"
+            assert re.search(row, text) and re.search(row, (tmp_path / "summary.md").read_text())
         if any(v.init_from for v in SUITES[suite]):  # names the run the variants start from
             assert "Every variant starts from [pretrain/lb](../runs/" in text
         if suite in OFFLOAD_SUITES:  # the offloading table, one row per variant, size, policy
