@@ -21,6 +21,13 @@ def check_known(cls, values, prefix: str) -> None:
                          f"allowed: {', '.join(sorted(known))}")
 
 
+def check_choice(name: str, value, allowed) -> None:
+    """Raises `ValueError("{name}={value!r}; allowed: a, b, c")` unless `value` is in `allowed`
+    (any collection; a mapping's keys are the choices)."""
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
 def spec_from_mapping(cls, mapping, prefix: str):
     """`cls(**mapping)` (None: the defaults) after `check_known`."""
     values = dict(mapping or {})

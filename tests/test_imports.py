@@ -11,15 +11,15 @@ _MODEL = ("moejax.models", "moejax.moe", "moejax.layers", "moejax.kernels", "moe
           "moejax.options")
 # room -> moejax modules it may import (prefix match)
 ALLOWED = {
-    "kernels": ("moejax.kernels",),
-    "layers": ("moejax.layers",),
-    "moe": ("moejax.moe", "moejax.layers", "moejax.kernels", "moejax.record"),
+    "kernels": ("moejax.kernels", "moejax.options"),
+    "layers": ("moejax.layers", "moejax.options"),
+    "moe": ("moejax.moe", "moejax.layers", "moejax.kernels", "moejax.record", "moejax.options"),
     "models": _MODEL,
     "regularizers": ("moejax.regularizers", "moejax.record", "moejax.kernels",
-                     "moejax.layers.dtypes"),
-    "parallel": ("moejax.parallel", "moejax.moe", "moejax.kernels"),
+                     "moejax.layers.dtypes", "moejax.options"),
+    "parallel": ("moejax.parallel", "moejax.moe", "moejax.kernels", "moejax.options"),
     "data": ("moejax.data", "moejax.options"),
-    "reporting": ("moejax.reporting",),
+    "reporting": ("moejax.reporting", "moejax.options"),
     "train": (*_MODEL, "moejax.train", "moejax.parallel", "moejax.regularizers", "moejax.data",
               "moejax.reporting"),
     "experiments": ("moejax.experiments", "moejax.train", "moejax.data", "moejax.reporting",
