@@ -1,4 +1,4 @@
-"""Shared plumbing of the kernels: implementation choice, interpret mode, block padding.
+"""Shared plumbing of the kernels: implementation choice, interpret mode, padding, prefix sums.
 
 Not a data-path stage. The Pallas kernels of this package are written once, in a subset of
 Pallas that interpret mode, the Triton lowering and the Mosaic (TPU) lowering accept: every
@@ -21,6 +21,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from moejax.options import check_choice
+
 try:  # Pallas's TPU (Mosaic) module, for its interpret mode's parameters
     from jax.experimental.pallas import tpu as _pltpu
 except ImportError:  # pragma: no cover - depends on the installed jax
@@ -36,21 +38,18 @@ KERNEL_IMPLEMENTATIONS = ("auto", "pallas", "jnp")
 # (`pytest -m gpu tests/kernels`) have passed on a GPU, or the kernel tests on a TPU; then
 # ("gpu",) or ("tpu",).
 _AUTO_PALLAS_BACKENDS = ()
+_TRITON_NUM_WARPS = 4  # untuned: no GPU was available when the kernels were written
 
 
 def backend() -> str:
     """The platform the kernels are traced for (`jax.default_backend()`; the TPU lowering
     tests set it to "tpu" on CPU)."""
     return jax.default_backend()
-_TRITON_NUM_WARPS = 4  # untuned: no GPU was available when the kernels were written
 
 
 def check_implementation(implementation: str) -> None:
     """Raises ValueError unless `implementation` is one of KERNEL_IMPLEMENTATIONS."""
-    if implementation not in KERNEL_IMPLEMENTATIONS:
-        raise ValueError(
-            f"implementation={implementation!r}; allowed: {', '.join(KERNEL_IMPLEMENTATIONS)}"
-        )
+    check_choice("implementation", implementation, KERNEL_IMPLEMENTATIONS)
 
 
 def use_pallas(implementation: str) -> bool:
@@ -110,3 +109,16 @@ def check_float(name: str, x: jax.Array) -> None:
     """Raises ValueError unless x has a floating dtype."""
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"{name} must have a floating dtype; got {x.dtype}")
+
+
+def exclusive_cumsum(counts: jax.Array, axis: int = 0) -> jax.Array:
+    """Where each group starts: out[i] = sum(counts[:i]) along `axis` (0 for the first).
+
+    Args:
+      counts: [..., G, ...] integer group sizes (e.g. tokens_per_expert [E]).
+      axis: the axis of the groups.
+
+    Returns:
+      counts' shape and dtype.
+    """
+    return jnp.cumsum(counts, axis=axis, dtype=counts.dtype) - counts

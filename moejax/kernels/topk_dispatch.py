@@ -129,8 +129,9 @@ def _topk_dispatch_jnp(logits: jax.Array, k: int, normalize: bool,
     picked, expert_idx = jax.lax.top_k(probs, k)
     expert_idx = expert_idx.astype(jnp.int32)
     gates = _normalize(picked) if normalize else picked
-    chosen = jax.nn.one_hot(expert_idx, num_experts, dtype=jnp.int32).sum(1)  # [T, E] 0/1
-    before = jnp.cumsum(chosen, axis=0, dtype=jnp.int32) - chosen  # earlier tokens' slots
+    one_hot = jax.nn.one_hot(expert_idx, num_experts, dtype=jnp.int32)  # [T, K, E]
+    chosen = one_hot.sum(1, dtype=jnp.int32)  # [T, E] 0/1
+    before = _common.exclusive_cumsum(chosen)  # earlier tokens' slots
     position = jnp.take_along_axis(before, expert_idx, axis=1)
     return _dispatch(gates, expert_idx, chosen.sum(0, dtype=jnp.int32), position,
                      probs if return_probs else None)
@@ -138,7 +139,7 @@ def _topk_dispatch_jnp(logits: jax.Array, k: int, normalize: bool,
 
 def _dispatch(gates, expert_idx, tokens_per_expert, position, probs) -> TopKDispatch:
     """TopKDispatch, with each slot's expert-sorted index from its position and the counts."""
-    group_start = jnp.cumsum(tokens_per_expert, dtype=jnp.int32) - tokens_per_expert
+    group_start = _common.exclusive_cumsum(tokens_per_expert)
     return TopKDispatch(gates=gates, expert_idx=expert_idx, tokens_per_expert=tokens_per_expert,
                         position_in_expert=position,
                         expert_sorted_index=position + group_start[expert_idx], probs=probs)
@@ -272,7 +273,7 @@ def _topk_forward(logits: jax.Array, config: _Config) -> TopKDispatch:
     gates, expert_idx, rank = (a[:num_tokens, :k] for a in (gates, expert_idx, rank))
     block_counts = block_counts[:, 0, :num_experts]
     tokens_per_expert = block_counts.sum(0, dtype=jnp.int32)
-    block_offset = jnp.cumsum(block_counts, axis=0, dtype=jnp.int32) - block_counts  # [blocks, E]
+    block_offset = _common.exclusive_cumsum(block_counts)  # [blocks, E]
     block_id = jnp.arange(num_tokens, dtype=jnp.int32)[:, None] // config.block_tokens
     position = rank + block_offset[block_id, expert_idx]
     return _dispatch(gates, expert_idx, tokens_per_expert, position,

@@ -15,6 +15,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from moejax.kernels import exclusive_cumsum
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,13 @@ class DispatchPlan:
     @property
     def num_experts(self) -> int:
         return self.tokens_per_expert.shape[0]
+
+    @property
+    def group_start(self) -> jax.Array:
+        """[E] int32 expert-sorted row where each expert's slots start (exclusive cumsum of
+        `tokens_per_expert`): slot (t, j) sorts to group_start[expert_idx[t, j]] +
+        position_in_expert[t, j]."""
+        return exclusive_cumsum(self.tokens_per_expert)
 
 
 def capacity_for(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float) -> int:
@@ -88,7 +97,7 @@ def make_plan(expert_idx: jax.Array, num_experts: int, capacity: int | None = No
     if dispatch is None:
         sorted_slots = jnp.argsort(flat_expert, stable=True).astype(jnp.int32)
         tokens_per_expert = jnp.bincount(flat_expert, length=num_experts).astype(jnp.int32)
-        group_start = jnp.cumsum(tokens_per_expert) - tokens_per_expert
+        group_start = exclusive_cumsum(tokens_per_expert)
         rank_sorted = slot_ids - group_start[flat_expert[sorted_slots]]
         position_in_expert = jnp.zeros_like(flat_expert).at[sorted_slots].set(rank_sorted)
         position_in_expert = position_in_expert.reshape(tokens, top_k)

@@ -19,8 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from moejax.kernels import grouped_matmul
-from moejax.kernels.grouped_matmul import accumulate_by_group, previous_group, scan_used_tiles
+from moejax.kernels import grouped_matmul, scan_used_tiles, tile_gradients
 from moejax.layers.ffn import init_swiglu_weights, swiglu_activation
 
 
@@ -79,7 +78,7 @@ def experts_on_tiles(tiles: jax.Array, tile_group: jax.Array, used_tiles: jax.Ar
     """Expert tile_group[i] on tile i: the fused SwiGLU, one tile at a time.
 
     One scan over tiles forward (three matmuls per tile) and one backward (six), with each
-    expert's weight gradients summed over its consecutive tiles (`accumulate_by_group`);
+    expert's weight gradients summed over its consecutive tiles (`kernels.tile_gradients`);
     tiles from `used_tiles` on are padding and skipped. The cotangent of z joins the
     backward per tile, so a loss on z (the specialization loss) costs no extra pass.
     Reverse-mode only (a custom VJP).
@@ -118,28 +117,15 @@ def _experts_on_tiles_bwd(residuals, cotangents):
     tiles, tile_group, used_tiles, weights, gate, up = residuals
     d_y, d_z_out = cotangents
 
-    def tile(carry, inputs):
-        d_weights, running = carry
-        rows, expert, same, gate_t, up_t, d_y_t, d_z_t = inputs
+    def tile_vjp(rows, expert, inputs):
+        gate_t, up_t, d_y_t, d_z_t = inputs
         z, activation_vjp = jax.vjp(swiglu_activation, gate_t, up_t)
-        d_z = d_y_t @ weights.w_down[expert].T + d_z_t
-        d_gate, d_up = activation_vjp(d_z)
+        d_gate, d_up = activation_vjp(d_y_t @ weights.w_down[expert].T + d_z_t)
         terms = ExpertWeights(rows.T @ d_gate, rows.T @ d_up, z.T @ d_y_t)
-        updated = [accumulate_by_group(total, run, term, expert, same)
-                   for total, run, term in zip(d_weights, running, terms)]
-        d_rows = d_gate @ weights.w_gate[expert].T + d_up @ weights.w_up[expert].T
-        return (ExpertWeights(*(u[0] for u in updated)),
-                ExpertWeights(*(u[1] for u in updated))), d_rows
+        return terms, d_gate @ weights.w_gate[expert].T + d_up @ weights.w_up[expert].T
 
-    def skipped(carry, inputs):
-        return carry, jnp.zeros_like(inputs[0])
-
-    same = tile_group == previous_group(tile_group)
-    zeros = ExpertWeights(*(jnp.zeros_like(w) for w in weights))
-    running = ExpertWeights(*(jnp.zeros_like(w[0]) for w in weights))
-    (d_weights, _), d_tiles = scan_used_tiles(
-        tile, (zeros, running), (tiles, tile_group, same, gate, up, d_y, d_z_out), used_tiles,
-        skipped)
+    d_weights, d_tiles = tile_gradients(tile_vjp, weights, tiles, tile_group, used_tiles,
+                                        (gate, up, d_y, d_z_out))
     return d_tiles, None, None, d_weights
 
 

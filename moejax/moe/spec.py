@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from moejax.kernels import KERNEL_IMPLEMENTATIONS
-from moejax.kernels.grouped_matmul import check_grouped_matmul
+from moejax.kernels import KERNEL_IMPLEMENTATIONS, check_grouped_matmul
 from moejax.moe.engines import ENGINES
 from moejax.moe.router import RouterSpec
+from moejax.options import check_choice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +25,8 @@ class MoESpec:
       sub_d_hidden: CartesianMoE sub-expert width (None: d_hidden // 2, "half-width").
       shared_mix: how shared experts join the routed output: "sum" (DeepSeekMoE) or
         "softmax" (a learned 2-way softmax gate, CartesianMoE).
-      engine: "dense", "capacity" or "dropless".
+      engine: a key of `ENGINES` (`moe/engines/__init__.py`): "dense", "capacity" or
+        "dropless".
       implementation: "auto", "pallas" or "jnp": the fused top-k dispatch and
         pairwise-cosine kernels (`moejax.kernels`) or their jnp references; "auto" is jnp
         until the Pallas kernels have been checked on a GPU. (Was `kernel`, a name the
@@ -76,20 +77,14 @@ class MoESpec:
             raise ValueError(
                 f"moe.top_k={self.top_k} must be in [1, moe.num_experts={self.num_experts}]"
             )
-        if self.engine not in ENGINES:
-            raise ValueError(f"moe.engine={self.engine!r}; allowed: {', '.join(ENGINES)}")
-        if self.implementation not in KERNEL_IMPLEMENTATIONS:
-            raise ValueError(f"moe.implementation={self.implementation!r}; allowed: "
-                             f"{', '.join(KERNEL_IMPLEMENTATIONS)}")
+        check_choice("moe.engine", self.engine, ENGINES)
+        check_choice("moe.implementation", self.implementation, KERNEL_IMPLEMENTATIONS)
         check_grouped_matmul(self.grouped_matmul, "moe.grouped_matmul")
-        if self.cosine_source not in ("activation", "output"):
-            raise ValueError(f"moe.cosine_source={self.cosine_source!r}; allowed: activation, "
-                             "output")
+        check_choice("moe.cosine_source", self.cosine_source, ("activation", "output"))
         if self.cosine_max_tokens is not None and self.cosine_max_tokens < 1:
             raise ValueError(f"moe.cosine_max_tokens={self.cosine_max_tokens} must be >= 1 "
                              "(or None: all tokens)")
-        if self.shared_mix not in ("sum", "softmax"):
-            raise ValueError(f"moe.shared_mix={self.shared_mix!r}; allowed: sum, softmax")
+        check_choice("moe.shared_mix", self.shared_mix, ("sum", "softmax"))
         if self.capacity_factor <= 0:
             raise ValueError(f"moe.capacity_factor={self.capacity_factor} must be > 0")
         if self.num_shared_experts < 0:

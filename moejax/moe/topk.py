@@ -6,15 +6,12 @@ with one router on the record's leading axis.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from moejax.kernels import pairwise_cosine, pairwise_cosine_sorted, use_pallas
 from moejax.moe.combine import combine
-from moejax.moe.dispatch import capacity_for, make_plan
 from moejax.moe.engines import ENGINES
 from moejax.moe.experts import Experts
 from moejax.moe.router import Router, Routing
@@ -49,24 +46,19 @@ def routed_experts_forward(x: jax.Array, routing: Routing, weights, spec: MoESpe
       x: [T, D] tokens in the compute dtype.
       routing: the router's output for x.
       weights: ExpertWeights in the compute dtype.
-      spec: the layer's options (engine, capacity, record_cosine, cosine_max_tokens).
-      engine: None for `ENGINES[spec.engine]`, or an engine object with `prepare_plan(plan)`
-        and the engine contract (`moejax.parallel.ExpertParallel`); the plan it prepares
-        (e.g. with extra drops marked) is the one the record reports.
+      spec: the layer's options (engine and its options, record_cosine, cosine_max_tokens).
+      engine: None for `ENGINES[spec.engine]` (its plan, its options bound), or an engine
+        object with `prepare_plan(plan)` and the engine contract
+        (`moejax.parallel.ExpertParallel`), which prepares `ENGINES[spec.engine]`'s plan
+        (e.g. marks extra drops); the prepared plan is the one the record reports.
 
     Returns:
       (y [T, D], record with R = 1).
     """
-    num_experts = weights.w_gate.shape[0]
-    top_k = routing.expert_idx.shape[1]
-    capacity = None
-    if spec.engine == "capacity":
-        capacity = capacity_for(x.shape[0], top_k, num_experts, spec.capacity_factor)
-    plan = make_plan(routing.expert_idx, num_experts, capacity, routing.dispatch)
+    kind = ENGINES[spec.engine]
+    plan = kind.plan(routing.expert_idx, weights.w_gate.shape[0], spec, routing.dispatch)
     if engine is None:
-        engine = ENGINES[spec.engine]
-        if spec.engine == "dropless":
-            engine = functools.partial(engine, grouped_matmul=spec.grouped_matmul)
+        engine = kind.bind(spec)
     else:
         plan = engine.prepare_plan(plan)
     with_z = spec.record_cosine and spec.cosine_source == "activation"

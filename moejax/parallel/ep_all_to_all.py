@@ -27,6 +27,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from moejax.kernels import exclusive_cumsum
 from moejax.moe.dispatch import DispatchPlan
 from moejax.moe.experts import ExpertWeights, experts_on_buffers
 
@@ -53,7 +54,7 @@ def pair_rank(destination: jax.Array, valid: jax.Array, num_shards: int) -> jax.
     """
     one_hot = ((destination[..., None] == jnp.arange(num_shards)) & valid[..., None])
     one_hot = one_hot.astype(jnp.int32)
-    before = jnp.cumsum(one_hot, axis=-2) - one_hot
+    before = exclusive_cumsum(one_hot, axis=-2)
     return jnp.take_along_axis(before, destination[..., None], axis=-1)[..., 0]
 
 

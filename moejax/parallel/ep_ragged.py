@@ -19,6 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from moejax.kernels import exclusive_cumsum
 from moejax.moe.experts import ExpertWeights
 from moejax.parallel.local_experts import grouped_swiglu, sort_by_local_expert
 
@@ -36,8 +37,8 @@ def ragged_offsets(counts: jax.Array, rank: jax.Array) -> dict:
       receive buffer), `recv_sizes` and `recv_offsets` (each source's chunk in my receive
       buffer), and `return_offsets` (where my returned chunk goes in each source's send buffer).
     """
-    send_start = jnp.cumsum(counts, axis=1) - counts  # [s, d] chunk start in s's send buffer
-    recv_start = jnp.cumsum(counts, axis=0) - counts  # [s, d] chunk start in d's recv buffer
+    send_start = exclusive_cumsum(counts, axis=1)  # [s, d] chunk start in s's send buffer
+    recv_start = exclusive_cumsum(counts, axis=0)  # [s, d] chunk start in d's recv buffer
     return {"send_sizes": counts[rank], "input_offsets": send_start[rank],
             "output_offsets": recv_start[rank], "recv_sizes": counts[:, rank],
             "recv_offsets": recv_start[:, rank], "return_offsets": send_start[:, rank]}

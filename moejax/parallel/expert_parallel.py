@@ -29,6 +29,7 @@ import jax
 from jax.sharding import PartitionSpec
 
 from moejax.moe.dispatch import DispatchPlan, SortedActivations
+from moejax.moe.engines import ENGINES
 from moejax.moe.experts import ExpertWeights
 from moejax.parallel import axes
 from moejax.parallel.ep_all_to_all import (
@@ -38,8 +39,8 @@ from moejax.parallel.ep_all_to_all import (
 )
 from moejax.parallel.ep_ragged import emulated_ragged_all_to_all, ragged_body
 from moejax.parallel.ep_ring import ring_body
+from moejax.parallel.mesh import EXPERT_PARALLEL_MODES
 
-EXPERT_PARALLEL_MODES = ("none", "all_to_all", "ring", "ragged")  # "none": XLA partitions
 _TOKEN_AXES = axes.DEFAULT_RULES[axes.BATCH]
 _EXPERT_AXIS = axes.DEFAULT_RULES[axes.EXPERT]
 _TENSOR_AXIS = axes.DEFAULT_RULES[axes.EXPERT_MLP]
@@ -185,7 +186,7 @@ def make_expert_parallel(mode: str, mesh, *, pair_capacity_factor: float | None 
     """
     if mode == "none":
         return None
-    if mode == "all_to_all" and moe_engine not in (None, "capacity"):
+    if mode == "all_to_all" and moe_engine is not None and not ENGINES[moe_engine].caps_capacity:
         raise ValueError(f"mesh.expert_parallel='all_to_all' needs moe.engine='capacity', not "
                          f"{moe_engine!r}; the dropless modes are 'ring' and 'ragged'")
     return ExpertParallel(mesh, mode, pair_capacity_factor)

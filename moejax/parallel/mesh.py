@@ -12,7 +12,12 @@ import math
 
 import jax
 
+from moejax.options import check_choice
 from moejax.parallel.axes import MESH_AXES
+
+# mesh.expert_parallel: "none" (XLA partitions the engine) or a shard_map mode of
+# moejax.parallel.expert_parallel (its _MODE_BODIES has one body per mode but "none")
+EXPERT_PARALLEL_MODES = ("none", "all_to_all", "ring", "ragged")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,10 +40,7 @@ class MeshSpec:
     pair_capacity_factor: float | None = None
 
     def __post_init__(self):
-        modes = ("none", "all_to_all", "ring", "ragged")
-        if self.expert_parallel not in modes:
-            raise ValueError(f"mesh.expert_parallel={self.expert_parallel!r}; allowed: "
-                             f"{', '.join(modes)}")
+        check_choice("mesh.expert_parallel", self.expert_parallel, EXPERT_PARALLEL_MODES)
 
     def shape(self, num_devices: int) -> tuple[int, ...]:
         """The four axis sizes for `num_devices` devices, -1 resolved."""

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from moejax.kernels import grouped_matmul, resolve_grouped_matmul
-from moejax.kernels.grouped_matmul import tile_layout
+from moejax.kernels import grouped_matmul, resolve_grouped_matmul, tile_layout
 
 SIZES = np.array([3, 0, 9, 1], np.int32)  # an empty group, a group over several tiles
 ROWS = int(SIZES.sum()) + 2  # two rows past the groups: zeros

@@ -21,12 +21,13 @@ from tests.reference import moe_ref, swiglu_ref
 
 T, D, E, K, F = 37, 10, 6, 3, 12
 VARIANTS = {
-    "dense": ENGINES["dense"],
-    "capacity": ENGINES["capacity"],
-    "dropless_tiled": functools.partial(ENGINES["dropless"], grouped_matmul="tiled"),
-    "dropless_tiled32": functools.partial(ENGINES["dropless"], grouped_matmul="tiled",
+    "dense": ENGINES["dense"].run,
+    "capacity": ENGINES["capacity"].run,
+    "dropless_tiled": functools.partial(ENGINES["dropless"].run, grouped_matmul="tiled"),
+    "dropless_tiled32": functools.partial(ENGINES["dropless"].run, grouped_matmul="tiled",
                                           tile_rows=32),
-    "dropless_ragged_dot": functools.partial(ENGINES["dropless"], grouped_matmul="ragged_dot"),
+    "dropless_ragged_dot": functools.partial(ENGINES["dropless"].run,
+                                             grouped_matmul="ragged_dot"),
 }
 ROUTED = [name for name in VARIANTS if name != "dense"]
 SMALL_CAPACITY = capacity_for(T, K, E, 0.5)  # ceil(9.25) = 10 slots per expert: drops
@@ -115,7 +116,7 @@ def test_capacity_engine_needs_capacity():
     x, w_router, *weights = map(jnp.asarray, _inputs())
     plan = make_plan(route(x, w_router, RouterSpec(), K).expert_idx, E)
     with pytest.raises(ValueError, match="capacity"):
-        ENGINES["capacity"](x, plan, ExpertWeights(*weights))
+        ENGINES["capacity"].run(x, plan, ExpertWeights(*weights))
 
 
 @pytest.mark.parametrize("capacity", [None, SMALL_CAPACITY])

@@ -27,9 +27,9 @@ def _row_maps(plan: DispatchPlan) -> tuple[jax.Array, jax.Array]:
     """
     num_slots = plan.sorted_slots.shape[0]
     capacity = plan.capacity
-    group_start = jnp.cumsum(plan.tokens_per_expert) - plan.tokens_per_expert
-    sorted_pos = group_start[:, None] + jnp.arange(capacity, dtype=jnp.int32)[None, :]  # [E, C]
-    filled = jnp.arange(capacity, dtype=jnp.int32)[None, :] < plan.tokens_per_expert[:, None]
+    position = jnp.arange(capacity, dtype=jnp.int32)  # [C] position in the expert's buffer
+    sorted_pos = plan.group_start[:, None] + position[None, :]  # [E, C]
+    filled = position[None, :] < plan.tokens_per_expert[:, None]
     sorted_pos = jnp.minimum(sorted_pos, num_slots - 1)
     row_slot = jnp.where(filled, plan.sorted_slots[sorted_pos], num_slots).reshape(-1)
     slot_row = plan.expert_idx * capacity + plan.position_in_expert

@@ -2,8 +2,9 @@
 
 Two layouts, picked by `kernels.resolve_grouped_matmul(spec.grouped_matmul)`:
 - "tiled" (the default on CPU): expert-sorted rows, each expert's group padded to whole tiles
-  (`kernels.TileLayout`), slots moved in and out by gathers (`engines/rows.py`) and the
-  whole SwiGLU run per tile (`experts_on_tiles`). Padding costs at most one tile per expert.
+  (`kernels.TileLayout`, `moejax/kernels/tiles.py`), slots moved in and out by gathers
+  (`engines/rows.py`) and the whole SwiGLU run per tile (`experts_on_tiles`). Padding costs
+  at most one tile per expert.
 - otherwise (GPU/TPU): expert-sorted rows through three grouped matmuls (`ragged_dot` or
   tokamax), no padding.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.kernels.grouped_matmul import default_tile_rows, resolve_grouped_matmul, tile_layout
+from moejax.kernels import default_tile_rows, resolve_grouped_matmul, tile_layout
 from moejax.moe.dispatch import DispatchPlan, SortedActivations
 from moejax.moe.engines.rows import rows_to_slots, slots_to_rows
 from moejax.moe.experts import ExpertWeights, experts_on_sorted_rows, experts_on_tiles
@@ -21,8 +22,7 @@ from moejax.moe.experts import ExpertWeights, experts_on_sorted_rows, experts_on
 
 def _sorted_index(plan: DispatchPlan) -> jax.Array:
     """[T, K] int32 expert-sorted row of each slot."""
-    group_start = jnp.cumsum(plan.tokens_per_expert) - plan.tokens_per_expert
-    return (group_start[plan.expert_idx] + plan.position_in_expert).astype(jnp.int32)
+    return (plan.group_start[plan.expert_idx] + plan.position_in_expert).astype(jnp.int32)
 
 
 def dropless_engine(x: jax.Array, plan: DispatchPlan, weights: ExpertWeights, *,

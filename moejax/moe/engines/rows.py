@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import jax
 
-from moejax.kernels.grouped_matmul import move_rows
+from moejax.kernels import move_rows
 
 
 def slots_to_rows(x: jax.Array, row_slot: jax.Array, slot_row: jax.Array) -> jax.Array:
