@@ -1,3 +1,4 @@
-"""Data: byte tokenizer and corpora (`corpus.py`), packing and the grain pipeline
-(`pipeline.py`), pre-tokenized ArrayRecord shards (`shards.py`). Training-only: `import moejax`
-does not import this package."""
+"""Data: the byte tokenizer (`tokenizer.py`), the text sources, one module each (`sources/`),
+`DataSpec` with the chunking and train/validation split of a source's documents (`corpus.py`),
+packing and the grain pipeline (`pipeline.py`), pre-tokenized ArrayRecord shards (`shards.py`).
+Training-only: `import moejax` does not import this package."""

@@ -1,13 +1,14 @@
 """Data stage 2, the input pipeline: documents -> packed sequences -> shuffled, sharded batches.
 
-Documents of one split (from `moejax.data.corpus` or prepared ArrayRecord shards) are tokenized
-as bytes (ids 0..255) and joined into one stream with EOS_ID after every document, in the
-source's fixed order. The stream is cut into consecutive windows of `seq_len + 1` tokens (the
-train step uses window[:-1] as inputs and window[1:] as targets); the tail shorter than a window
-is dropped. Each token carries the id of its document's domain (EOS carries the domain of the
-document it ends); ids index the sorted `domain_names(spec)` and are the same for both splits.
-Each token also carries its segment: the documents of a window are numbered 1, 2, ..., so the
-model masks attention across documents and restarts positions at each.
+Documents of one split (from `moejax.data.corpus.document_table`, which reads a text source
+once per spec, or from prepared ArrayRecord shards) are tokenized as bytes (ids 0..255) and
+joined into one stream with EOS_ID after every document, in the source's fixed order. The
+stream is cut into consecutive windows of `seq_len + 1` tokens (the train step uses
+window[:-1] as inputs and window[1:] as targets); the tail shorter than a window is dropped.
+Each token carries the id of its document's domain (EOS carries the domain of the document it
+ends); ids index the sorted `domain_names(spec)` and are the same for both splits. Each token
+also carries its segment: the documents of a window are numbered 1, 2, ..., so the model masks
+attention across documents and restarts positions at each.
 
 `make_dataset` builds a grain pipeline over the windows:
 
@@ -29,24 +30,19 @@ import grain
 import numpy as np
 
 from moejax.data.corpus import (
-    BOS_ID,
-    EOS_ID,
-    PAD_ID,
-    VOCAB_SIZE,
     DataSpec,
-    Document,
     check_domain_selection,
     check_split,
     data_spec_from_config,
-    decode,
-    documents,
+    document_table,
     domains_without_validation,
-    encode,
     is_validation,
     source_domain_names,
     validation_names,
 )
 from moejax.data.shards import RecordDocuments, prepare, read_index
+from moejax.data.sources import Document
+from moejax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, decode, encode
 
 __all__ = [
     "BOS_ID", "EOS_ID", "PAD_ID", "VOCAB_SIZE", "DataSpec", "MemoryDocuments",
@@ -143,14 +139,10 @@ def load_documents(spec: DataSpec, split: str) -> MemoryDocuments | RecordDocume
         docs = RecordDocuments(spec.paths[0], split)
         where = f"data.paths={spec.paths}"
     else:
-        everything = documents(spec)
-        names = domain_names(spec) if spec.domains or spec.exclude_domains else sorted(
-            {d.domain for d in everything})
-        ids = {name: i for i, name in enumerate(names)}
-        names = validation_names(everything, spec.validation_every)
-        chosen = [d for d in everything if (d.name in names) == (split == "validation")]
-        docs = MemoryDocuments(chosen, ids)
-        where = f"{len(everything)} documents of data.corpus={spec.corpus!r}"
+        table = document_table(spec)  # read once per spec
+        docs = MemoryDocuments(table.select(spec, split),
+                               {name: i for i, name in enumerate(table.domain_names)})
+        where = f"{len(table.select(spec))} documents of data.corpus={spec.corpus!r}"
     if not len(docs):
         raise ValueError(f"the {split} split is empty: none of the {where} falls into it "
                          f"(data.validation_every={spec.validation_every} sends one document "

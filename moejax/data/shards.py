@@ -26,15 +26,13 @@ from array_record.python.array_record_module import ArrayRecordWriter
 
 from moejax.data.corpus import (
     SPLITS,
-    VOCAB_SIZE,
     DataSpec,
     check_domain_selection,
     check_split,
-    encode,
     iter_documents,
-    source_domain_names,
-    validation_names,
+    read_table,
 )
+from moejax.data.tokenizer import VOCAB_SIZE, encode
 
 FORMAT = "moejax-arrayrecord/1"
 INDEX_FILE = "index.json"
@@ -60,17 +58,17 @@ def prepare(spec: DataSpec, out_dir: str | pathlib.Path, *, overwrite: bool = Fa
     if spec.corpus == "arrayrecord":
         raise ValueError("data.corpus='arrayrecord' is already prepared; prepare reads a text "
                          "corpus: 'stdlib', 'files' or 'jsonl'")
-    check_domain_selection(spec)
     out = pathlib.Path(out_dir).expanduser().resolve()
     if (out / INDEX_FILE).exists() and not overwrite:
         raise FileExistsError(f"{out / INDEX_FILE} exists; pass overwrite=True (--overwrite)")
+    outline = read_table(spec, texts=False)  # first pass: names, domain ids and the split
+    names = list(outline.domain_names)
+    check_domain_selection(spec, names)
     out.mkdir(parents=True, exist_ok=True)
-    names = source_domain_names(spec)  # first pass: the sorted domain ids
     domain_ids = {name: i for i, name in enumerate(names)}
     writers = {split: _SplitWriter(out, split) for split in SPLITS}
-    chosen = validation_names(iter_documents(spec), spec.validation_every)  # names only
     for doc in iter_documents(spec):  # last pass: one document in memory at a time
-        split = "validation" if doc.name in chosen else "train"
+        split = "validation" if doc.name in outline.validation else "train"
         writers[split].write(encode(doc.text), domain_ids[doc.domain])
     splits = {split: writer.close() for split, writer in writers.items()}
     index = {"format": FORMAT, "vocab_size": VOCAB_SIZE, "domain_names": names,

@@ -1,4 +1,4 @@
-"""Tests for moejax/train/data.py (with corpus.py, records.py, prepare_main.py)."""
+"""Tests for moejax/data/pipeline.py (with corpus.py, sources/, shards.py and cli/prepare.py)."""
 
 import collections
 import dataclasses
@@ -14,6 +14,7 @@ import pytest
 
 from moejax.data import corpus
 from moejax.data import pipeline as data
+from moejax.data.sources import Document
 
 SEQ_LEN = 15  # windows of 16 tokens
 DOMAINS = ("alpha", "beta", "gamma")
@@ -86,17 +87,6 @@ def _rows(batches):
     return [tuple(row) for batch in batches for row in batch["tokens"].tolist()]
 
 
-def test_tokenizer_round_trip():
-    text = "def f(x):\n    return 'héllo ✓'\n"
-    ids = data.encode(text)
-    assert ids.dtype == np.int32 and ids.shape == (len(text.encode()),)
-    assert data.encode(text.encode()).tolist() == ids.tolist()
-    with_specials = np.concatenate([[data.BOS_ID], ids[:5], [data.PAD_ID], ids[5:], [data.EOS_ID]])
-    assert data.decode(with_specials) == text
-    with pytest.raises(ValueError, match="0..258"):
-        data.decode([1, data.VOCAB_SIZE])
-
-
 @pytest.mark.parametrize("split", ["train", "validation"])
 def test_packing_matches_numpy_loop(tmp_path, split):
     spec = _spec(tmp_path)
@@ -120,7 +110,7 @@ def test_packing_edges():
     """Documents ending exactly at a window edge, empty documents and multi-window documents."""
     sizes = [SEQ_LEN, 0, 3 * SEQ_LEN + 5, SEQ_LEN - 1, 0, 0, 2 * SEQ_LEN + 1, 7]
     rng = np.random.default_rng(1)
-    docs = [corpus.Document(f"d{i}", rng.integers(0, 256, n, np.uint8).tobytes(), f"x{i % 3}")
+    docs = [Document(f"d{i}", rng.integers(0, 256, n, np.uint8).tobytes(), f"x{i % 3}")
             for i, n in enumerate(sizes)]
     windows = data.PackedSequences(data.MemoryDocuments(docs, {"x0": 0, "x1": 1, "x2": 2}),
                                    SEQ_LEN + 1)
@@ -223,9 +213,9 @@ def test_jsonl_source(tmp_path):
     pattern = str(tmp_path / "*" / "*.jsonl")
     spec = data.DataSpec(corpus="jsonl", paths=(pattern,), validation_every=2, num_threads=0)
     docs = corpus.documents(spec)
-    assert docs == [corpus.Document("code/b.jsonl:1", b"x = 1", "code"),
-                    corpus.Document("web/a.jsonl:1", b"hello", "web"),
-                    corpus.Document("web/a.jsonl:3", "wörld".encode(), "web")]
+    assert docs == [Document("code/b.jsonl:1", b"x = 1", "code"),
+                    Document("web/a.jsonl:1", b"hello", "web"),
+                    Document("web/a.jsonl:3", "wörld".encode(), "web")]
     topics = data.DataSpec(corpus="jsonl", paths=(pattern,), domain_field="topic")
     assert data.domain_names(topics) == ["greet", "noun", "py"]
     missing = data.DataSpec(corpus="jsonl", paths=(pattern,), text_field="body")
