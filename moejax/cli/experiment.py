@@ -3,7 +3,8 @@
     moejax-experiment --suite specialization|cartesian|baselines|all --workdir DIR
                       [--seeds N] [--quick] [--set KEY=VALUE ...]
 
-The suites are in `moejax/experiments/suites.py`, the runner and reports in `runner.py`.
+The suites are in `moejax/experiments/suites.py`, the runner in `runner.py`, the reports in
+`suite_report.py`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import jax
 from absl import flags
 
 from moejax.cli._command import run_command
-from moejax.experiments.runner import run_suite, write_suite_report, write_summary
-from moejax.experiments.suites import SUITES
+from moejax.experiments.runner import run_suite
+from moejax.experiments.suite_report import write_suite_report, write_summary
+from moejax.experiments.suites import SUITES, RunOptions
 
 # XLA options for --quick, set before the first computation: toy models are all compilation.
 # LLVM's optimisation off (about 30% less compile time), and XLA:CPU's loop emitters instead of
@@ -98,15 +100,16 @@ def _run(options: flags.FlagValues) -> int:
     try:
         if seeds < 1:
             raise ValueError(f"--seeds={seeds}; allowed: >= 1")
-        extra = parse_overrides(options.set)
+        overrides = parse_overrides(options.set)
     except ValueError as error:
         print(f"moejax-experiment: {error}", file=sys.stderr)
         return 2
     suites = list(SUITES) if options.suite == "all" else [options.suite]
-    common = dict(quick=options.quick, config_dir=options.configs, extra=extra)
+    run_options = RunOptions(quick=options.quick, config_dir=options.configs,
+                             overrides=overrides)
     for suite in suites:
-        runs = run_suite(suite, options.workdir, seeds=seeds, **common)
-        print(write_suite_report(suite, options.workdir, runs, **common))
+        runs = run_suite(suite, options.workdir, seeds=seeds, options=run_options)
+        print(write_suite_report(suite, options.workdir, runs, run_options))
     print(write_summary(options.workdir, SUITES))
     return 0
 

@@ -28,6 +28,8 @@ from types import MappingProxyType
 
 import numpy as np
 
+from moejax.options import check_choice
+
 POLICIES = ("lru", "prefetch")
 # nominal host-to-GPU bandwidth of one direction, bytes/s
 LINKS = MappingProxyType({"pcie4_x16": 32e9, "pcie5_x16": 64e9, "nvlink_c2c": 450e9})
@@ -91,8 +93,7 @@ def simulate(traces: np.ndarray, num_experts: int, capacity: int, *, policy: str
     """
     traces = np.asarray(traces)
     tokens, routers, k = traces.shape
-    if policy not in POLICIES:
-        raise ValueError(f"policy={policy!r}; allowed: {', '.join(POLICIES)}")
+    check_choice("policy", policy, POLICIES)
     if not k <= capacity <= num_experts:
         raise ValueError(f"capacity={capacity} must be in [k={k}, num_experts={num_experts}]")
     if policy == "prefetch" and (transitions is None or transitions.shape !=

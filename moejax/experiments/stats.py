@@ -24,45 +24,71 @@ usual normal approximation of the noncentral t). Paper A's headline effect, perp
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 
 import numpy as np
 
-from moejax.reporting import plots
+from moejax.options import check_choice
+from moejax.reporting import metrics
 
 OVERHEAD_LIMIT = 0.02
 PAPER_A_LOSS_EFFECT = math.log(12.50 / 12.27)  # nats: paper A's perplexity gain, -1.8%
 _Z_POWER = {0.8: 0.8416, 0.9: 1.2816}  # z_(1 - beta) for power 1 - beta
 
-# run metric -> (metrics.jsonl key, how a per-router list is reduced)
-_FINAL_KEYS = {
-    "val_loss": "val_loss",
-    "val_perplexity": "val_perplexity",
-    "routing_entropy": "routing/entropy",
-    "specialization": "routing/specialization",
-    "pathway_entropy": "routing/pathway_entropy",
-    "domain_nmi": "eval/routing/domain_nmi",
-    "load_cv": "routing/load_cv",
-    "dropped_fraction": "routing/dropped_fraction",
-    "step_ms": "step_ms",
-    "eval_dropped_top1_disabled": "eval/routing/dropped_fraction_top1_disabled",
-}
+# The final numbers of a run (`run_metrics`), the names the suites' claims, the suite report's
+# columns and finals.json use.
+VAL_LOSS = metrics.VAL_LOSS
+VAL_PERPLEXITY = metrics.VAL_PERPLEXITY
+ROUTING_ENTROPY = "routing_entropy"
+SPECIALIZATION = "specialization"
+PATHWAY_ENTROPY = "pathway_entropy"
+DOMAIN_NMI = "domain_nmi"
+LOAD_CV = "load_cv"
+DROPPED_FRACTION = "dropped_fraction"
+STEP_MS = metrics.STEP_MS
+EVAL_DROPPED_TOP1_DISABLED = "eval_dropped_top1_disabled"
+TOP1_DISABLED_INCREASE = "top1_disabled_increase"  # val loss with the top-1 expert off - val loss
+STEP_MS_INTERLEAVED = "step_ms_interleaved"  # per-round times (DIR/<suite>/step_time.json)
+STEP_MS_OVERHEAD = "step_ms_overhead"  # the step-time claim's metric, from STEP_MS_INTERLEAVED
+
+# final number -> the metrics.jsonl key whose last value (reduced, `metrics.reduced`) it is
+FINAL_KEYS = MappingProxyType({
+    VAL_LOSS: metrics.VAL_LOSS,
+    VAL_PERPLEXITY: metrics.VAL_PERPLEXITY,
+    ROUTING_ENTROPY: metrics.ROUTING_ENTROPY,
+    SPECIALIZATION: metrics.ROUTING_SPECIALIZATION,
+    PATHWAY_ENTROPY: metrics.ROUTING_PATHWAY_ENTROPY,
+    DOMAIN_NMI: metrics.EVAL_ROUTING_DOMAIN_NMI,
+    LOAD_CV: metrics.ROUTING_LOAD_CV,
+    DROPPED_FRACTION: metrics.ROUTING_DROPPED_FRACTION,
+    STEP_MS: metrics.STEP_MS,
+    EVAL_DROPPED_TOP1_DISABLED: metrics.EVAL_ROUTING_DROPPED_FRACTION_TOP1_DISABLED,
+})
+
+
+def domain_val_loss(domain: str) -> str:
+    """The final number of `domain`'s last validation loss: "val_loss <domain>"."""
+    return f"{VAL_LOSS} {domain}"
 
 
 def run_metrics(rows: list[dict], domains=()) -> dict:
-    """One run's final numbers (per-router lists averaged over routers); NaN where not logged.
+    """One run's final numbers (lists reduced by `metrics.reduced`: per-router ones averaged
+    over routers); NaN where not logged.
 
-    domains: names whose last validation loss is wanted too, as "val_loss <name>".
+    domains: names whose last validation loss is wanted too, as `domain_val_loss(name)`.
     """
     out = {}
-    for name, key in _FINAL_KEYS.items():
-        value, _ = plots.last_value(rows, key)
-        out[name] = float(np.mean(value)) if value is not None else math.nan
-    disabled, row = plots.last_value(rows, "val_loss_top1_disabled")
-    out["top1_disabled_increase"] = math.nan if disabled is None else disabled - row["val_loss"]
-    losses, row = plots.last_value(rows, "eval/domain_loss")
-    names = list(row.get("eval/domain_names") or []) if row else []
+    for name, key in FINAL_KEYS.items():
+        value = metrics.reduced(key, metrics.last_value(rows, key)[0])
+        out[name] = float(value) if value is not None else math.nan
+    disabled, row = metrics.last_value(rows, metrics.VAL_LOSS_TOP1_DISABLED)
+    out[TOP1_DISABLED_INCREASE] = (math.nan if disabled is None
+                                   else disabled - row[metrics.VAL_LOSS])
+    losses, row = metrics.last_value(rows, metrics.EVAL_DOMAIN_LOSS)
+    names = list(row.get(metrics.EVAL_DOMAIN_NAMES) or []) if row else []
     for name in domains:
-        out[f"val_loss {name}"] = float(losses[names.index(name)]) if name in names else math.nan
+        out[domain_val_loss(name)] = (float(losses[names.index(name)]) if name in names
+                                      else math.nan)
     return out
 
 
@@ -133,8 +159,7 @@ def seeds_needed(effect: float, sd: float, *, power: float = 0.8) -> int:
     """Seeds per arm for the paired test to detect a true mean improvement `effect` with
     probability `power` (0.8 or 0.9), given the standard deviation `sd` of one seed's paired
     difference (see module doc); at least 2."""
-    if power not in _Z_POWER:
-        raise ValueError(f"power={power}; allowed: {sorted(_Z_POWER)}")
+    check_choice("power", power, sorted(_Z_POWER))
     if sd == 0:
         return 2
     n = 2

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from collections.abc import Mapping
 from types import MappingProxyType
 
+from moejax.experiments import stats
+from moejax.options import flat_config
 from moejax.train.config_files import load_config
 
 
@@ -47,6 +50,24 @@ class Claim:
     better: str
     than: str
     lower_is_better: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How every variant of a command's suites is resolved (`variant_config`).
+
+    quick: QUICK_SCALE (toy size, a smoke test) instead of DEFAULT_SCALE.
+    config_dir: the configs/ directory (None: `default_config_dir()`).
+    overrides: {dotted key: value} applied to every variant after the scale and its own
+      overrides (`moejax-experiment --set`).
+    """
+
+    quick: bool = False
+    config_dir: str | pathlib.Path | None = None
+    overrides: Mapping = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):  # a read-only copy: the options cannot change under a command
+        object.__setattr__(self, "overrides", MappingProxyType(dict(self.overrides)))
 
 
 def _variant(name, config, init_from=None, steps_factor=1, **overrides):
@@ -119,18 +140,18 @@ def _claims_specialization():
     for family in ("topk", "deepseek"):
         for treated in _PAPER_ARMS:
             claims.append(Claim(f"{family}: {treated} lowers validation loss vs lb",
-                                "val_loss", f"{family}/{treated}", f"{family}/lb"))
+                                stats.VAL_LOSS, f"{family}/{treated}", f"{family}/lb"))
         alone = f"{family}/lb"
         for both in ("lb+sp+cp", f"lb+{DOSE}x(sp+cp)"):
             claims += [
                 Claim(f"{family}: {both} raises specialization (lower mean squared cosine of "
-                      "co-activated z)", "specialization", f"{family}/{both}", alone),
-                Claim(f"{family}: {both} lowers routing entropy", "routing_entropy",
+                      "co-activated z)", stats.SPECIALIZATION, f"{family}/{both}", alone),
+                Claim(f"{family}: {both} lowers routing entropy", stats.ROUTING_ENTROPY,
                       f"{family}/{both}", alone)]
         claims += [
-            Claim(f"{family}: lb+{DOSE}x(sp+cp) lowers validation loss vs lb", "val_loss",
+            Claim(f"{family}: lb+{DOSE}x(sp+cp) lowers validation loss vs lb", stats.VAL_LOSS,
                   f"{family}/lb+{DOSE}x(sp+cp)", alone),
-            Claim(f"{family}: lb+sp+cp costs < 2% extra step time", "step_ms_overhead",
+            Claim(f"{family}: lb+sp+cp costs < 2% extra step time", stats.STEP_MS_OVERHEAD,
                   f"{family}/lb+sp+cp", alone)]
     return tuple(claims)
 
@@ -139,9 +160,10 @@ CLAIMS = MappingProxyType({
     "specialization": _claims_specialization(),
     "cartesian": tuple(
         claim for other in ("finegrained", "topk_share") for claim in (
-            Claim(f"cartesian lowers validation loss vs {other}", "val_loss", "cartesian", other),
+            Claim(f"cartesian lowers validation loss vs {other}", stats.VAL_LOSS, "cartesian",
+                  other),
             Claim(f"cartesian degrades less than {other} with the top-1 expert disabled",
-                  "top1_disabled_increase", "cartesian", other))),
+                  stats.TOP1_DISABLED_INCREASE, "cartesian", other))),
     "inference": tuple(
         claim for treated in ("topk/lb+sp+cp", f"topk/lb+{DOSE}x(sp+cp)") for claim in (
             Claim(f"{treated} raises the offloaded experts' hit rate (LRU, M/E = 1/4)",
@@ -154,27 +176,27 @@ CLAIMS = MappingProxyType({
                   lower_is_better=False),
             # the training-side claims too: a longer run of these arms (--set train.steps=...)
             # answers them at its own step count
-            Claim(f"{treated} lowers validation loss vs lb", "val_loss", treated, "topk/lb"),
+            Claim(f"{treated} lowers validation loss vs lb", stats.VAL_LOSS, treated, "topk/lb"),
             Claim(f"{treated} raises specialization (lower mean squared cosine)",
-                  "specialization", treated, "topk/lb"),
-            Claim(f"{treated} lowers routing entropy", "routing_entropy", treated,
+                  stats.SPECIALIZATION, treated, "topk/lb"),
+            Claim(f"{treated} lowers routing entropy", stats.ROUTING_ENTROPY, treated,
                   "topk/lb"))),
     "finetune": (
         Claim("fine-tuned with lb+sp+cp: lower validation loss on the new domains",
-              "val_loss", "finetune/lb+sp+cp", "finetune/lb"),
+              stats.VAL_LOSS, "finetune/lb+sp+cp", "finetune/lb"),
         *(Claim(f"fine-tuned with lb+sp+cp: lower validation loss on {domain}",
-                f"val_loss {domain}", "finetune/lb+sp+cp", "finetune/lb")
+                stats.domain_val_loss(domain), "finetune/lb+sp+cp", "finetune/lb")
           for domain in FINETUNE_DOMAINS),
         Claim("fine-tuned with lb+sp+cp: higher specialization (lower mean squared cosine)",
-              "specialization", "finetune/lb+sp+cp", "finetune/lb"),
+              stats.SPECIALIZATION, "finetune/lb+sp+cp", "finetune/lb"),
         Claim(f"fine-tuned with lb+{DOSE}x(sp+cp): lower validation loss on the new domains",
-              "val_loss", f"finetune/lb+{DOSE}x(sp+cp)", "finetune/lb"),
-        Claim(f"fine-tuned with lb+{DOSE}x(sp+cp): higher specialization", "specialization",
+              stats.VAL_LOSS, f"finetune/lb+{DOSE}x(sp+cp)", "finetune/lb"),
+        Claim(f"fine-tuned with lb+{DOSE}x(sp+cp): higher specialization", stats.SPECIALIZATION,
               f"finetune/lb+{DOSE}x(sp+cp)", "finetune/lb")),
     "baselines": (
         Claim("lb+sp+cp lowers validation loss vs the orthogonality + variance baselines",
-              "val_loss", "lb+sp+cp", "lb+orth+var"),
-        Claim("lb+sp+cp lowers routing entropy vs the baselines", "routing_entropy",
+              stats.VAL_LOSS, "lb+sp+cp", "lb+orth+var"),
+        Claim("lb+sp+cp lowers routing entropy vs the baselines", stats.ROUTING_ENTROPY,
               "lb+sp+cp", "lb+orth+var"),
     ),
 })
@@ -215,17 +237,28 @@ def default_config_dir() -> pathlib.Path:
     return beside_package if beside_package.is_dir() else pathlib.Path("configs").resolve()
 
 
-def variant_config(variant: Variant, *, seed: int, quick: bool = False, config_dir=None,
-                   extra=None):
-    """The resolved ConfigDict of one run: base file, scale, variant overrides, `extra`
-    overrides ({dotted key: value}, e.g. from `moejax-experiment --set`), each winning over
-    the ones before it, then the variant's steps factor and the seed."""
+def variant_config(variant: Variant, *, seed: int, options: RunOptions = RunOptions()):
+    """The resolved ConfigDict of one run: base file, scale, variant overrides, the options'
+    overrides, each winning over the ones before it, then the variant's steps factor and the
+    seed."""
     path, _, arg = variant.config.partition(":")
-    config_dir = pathlib.Path(config_dir) if config_dir else default_config_dir()
+    config_dir = pathlib.Path(options.config_dir) if options.config_dir else default_config_dir()
     config = load_config(config_dir / f"{path}.py", arg or None)
-    scale = QUICK_SCALE if quick else DEFAULT_SCALE
-    for dotted, value in {**scale, **variant.overrides, **(extra or {})}.items():
+    scale = QUICK_SCALE if options.quick else DEFAULT_SCALE
+    for dotted, value in {**scale, **variant.overrides, **options.overrides}.items():
         _set(config, dotted, value)
     config.train.steps *= variant.steps_factor
     config.seed = seed
     return config
+
+
+def config_differences(suite: str, options: RunOptions = RunOptions()) -> dict:
+    """variant name -> {dotted key: value} where its config differs from the first variant's."""
+    variants = SUITES[suite]
+    first = flat_config(variant_config(variants[0], seed=0, options=options))
+    out = {}
+    for variant in variants:
+        config = flat_config(variant_config(variant, seed=0, options=options))
+        out[variant.name] = {key: config.get(key) for key in sorted(set(first) | set(config))
+                             if config.get(key) != first.get(key)}
+    return out

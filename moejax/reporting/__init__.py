@@ -1,2 +1,2 @@
-"""Reporting: the metrics file (`metrics.py`, one writer and one reader), plots (`plots.py`)
-and the run report (`report.py`)."""
+"""Reporting: the metrics file (`metrics.py`: the metric names and their reductions, one writer,
+the readers), plots (`plots.py`) and the run report (`report.py`)."""

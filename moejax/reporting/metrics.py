@@ -1,9 +1,13 @@
-"""The metrics file: one writer (metrics.jsonl, optional TensorBoard) and one reader.
+"""The metrics file: its schema (the metric names and how each is reduced), one writer
+(metrics.jsonl, optional TensorBoard) and the readers.
 
-Names follow `train/...`-free flat keys in metrics.jsonl (`loss`, `val_loss`, `aux/lb`,
-`routing/entropy`, `eval/routing/domain_nmi`, ...); TensorBoard gets every scalar and the mean
-of every per-router or per-domain list (NaN entries, domains an evaluation did not see, left
-out). Only process 0 writes.
+A row is one logged step: {"step": int, name: value, ...}, a value a number or a list (one per
+router, router pair or domain). The names below are the one home of every key that a writer
+(train/step.py, train/trainer.py) and a reader (the run report, plots, experiments) share:
+flat keys (`loss`, `val_loss`), `aux/<loss>`, `routing/<metric>` (the last logged training
+batch) and `eval/...` (the last evaluation). Wherever rows are summarised (TensorBoard, the
+run report, the suites' final numbers and curves) a list becomes one number by its key's
+reduction in `REDUCTIONS`. Only process 0 writes.
 """
 
 from __future__ import annotations
@@ -12,11 +16,108 @@ import json
 import logging
 import os
 import pathlib
+from types import MappingProxyType
 
 import jax
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
+
+# --- The metric names (docs/methods.md section 6) ---
+STEP = "step"
+LOSS = "loss"  # train LM loss, nats / token
+TOTAL_LOSS = "total_loss"  # LM loss plus the weighted regularizers
+GRAD_NORM = "grad_norm"
+AUX = "aux/"  # prefix: each regularizer, aux/<name> and aux/<name>/per_router [R]
+TOKENS_PER_S = "tokens_per_s"
+STEP_MS = "step_ms"  # median data + step time since the run (re)started
+LEARNING_RATE = "learning_rate"
+ROUTING = "routing/"  # prefix: the routing of the last logged training batch
+ROUTING_ENTROPY = ROUTING + "entropy"  # [R]
+ROUTING_TOPK_MASS = ROUTING + "topk_mass"  # [R]
+ROUTING_SPECIALIZATION = ROUTING + "specialization"  # [R], with recorded cosines only
+ROUTING_LOAD_CV = ROUTING + "load_cv"  # [R]
+ROUTING_DEAD_EXPERTS = ROUTING + "dead_experts"  # [R] int
+ROUTING_DROPPED_FRACTION = ROUTING + "dropped_fraction"  # [R]
+ROUTING_PATHWAY_ENTROPY = ROUTING + "pathway_entropy"  # [R - 1]
+ROUTING_TRANSITIONS = ROUTING + "transitions"  # [R - 1, E, E] counts
+ROUTING_TOKENS_PER_EXPERT = ROUTING + "tokens_per_expert"  # [R, E]
+VAL_LOSS = "val_loss"
+VAL_BITS_PER_BYTE = "val_bits_per_byte"
+VAL_PERPLEXITY = "val_perplexity"
+TOP1_DISABLED = "_top1_disabled"  # suffix: evaluated with each token's top-1 expert disabled
+VAL_LOSS_TOP1_DISABLED = VAL_LOSS + TOP1_DISABLED
+EVAL_DOMAIN_LOSS = "eval/domain_loss"  # [domains], NaN for a domain the batches do not hold
+EVAL_DOMAIN_TOKENS = "eval/domain_tokens"  # [domains] int
+EVAL_DOMAIN_NAMES = "eval/domain_names"  # [domains] str
+EVAL_ROUTING_DOMAIN_COUNTS = "eval/routing/domain_counts"  # [R, E, domains]
+EVAL_ROUTING_DOMAIN_NMI = "eval/routing/domain_nmi"  # [R]
+EVAL_ROUTING_DROPPED_FRACTION = "eval/routing/dropped_fraction"  # [R]
+EVAL_ROUTING_DROPPED_FRACTION_TOP1_DISABLED = EVAL_ROUTING_DROPPED_FRACTION + TOP1_DISABLED
+
+# --- How a list value becomes one number ---
+MEAN = "mean"  # over routers (the default)
+TOTAL = "total"  # summed over routers
+MEAN_SEEN = "mean_seen"  # over the entries that are not NaN (domains the evaluation saw)
+REDUCTIONS = MappingProxyType({ROUTING_DEAD_EXPERTS: TOTAL, EVAL_DOMAIN_LOSS: MEAN_SEEN})
+
+
+def reduction(key: str) -> str:
+    """The reduction of `key`'s lists: its `REDUCTIONS` entry, else MEAN."""
+    return REDUCTIONS.get(key, MEAN)
+
+
+def reduce_values(key: str, values) -> np.ndarray:
+    """values [N, ...]: N logged values of `key` -> [N] float64, each reduced over its entries
+    by `reduction(key)`; MEAN_SEEN gives NaN where every entry is NaN."""
+    values = np.asarray(values, np.float64).reshape(len(values), -1)
+    how = reduction(key)
+    if how == TOTAL:
+        return values.sum(-1)
+    if how == MEAN_SEEN:
+        seen = ~np.isnan(values)
+        count = seen.sum(-1)
+        total = np.where(seen, values, 0.0).sum(-1)
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return values.mean(-1)
+
+
+def reduced(key: str, value):
+    """One number for a logged value of `key`: a scalar as it is, a list reduced by
+    `reduce_values` (an int total stays an int); None where the value holds no number (text,
+    an empty list, a MEAN_SEEN list of NaN gaps only)."""
+    values = np.asarray(value)
+    if values.dtype.kind not in "fiu" or values.size == 0:
+        return None
+    if values.ndim == 0:
+        return values.item()
+    number = float(reduce_values(key, values[None])[0])
+    if np.isnan(number) and reduction(key) == MEAN_SEEN:
+        return None
+    return int(number) if reduction(key) == TOTAL and values.dtype.kind in "iu" else number
+
+
+# --- The readers of logged rows ---
+def last_value(rows: list[dict], key: str):
+    """(value, row) of the last row that has key; (None, None) when no row has it."""
+    for row in reversed(rows):
+        if key in row:
+            return row[key], row
+    return None, None
+
+
+def series(rows: list[dict], key: str):
+    """(steps [N], values [N, ...] float64) over the rows whose key has the last value's shape.
+
+    Returns (None, None) when no row has key.
+    """
+    last, _ = last_value(rows, key)
+    if last is None:
+        return None, None
+    shape = np.shape(last)
+    picked = [row for row in rows if key in row and np.shape(row[key]) == shape]
+    steps = np.asarray([row[STEP] for row in picked])
+    return steps, np.asarray([row[key] for row in picked], dtype=np.float64)
 
 
 def to_python(metrics: dict) -> dict:
@@ -48,7 +149,7 @@ def keep_rows_through(path: pathlib.Path, step: int) -> int:
         return 0
     kept, dropped = [], 0
     for _, row in _parsed_lines(path.read_text()):
-        if isinstance(row, dict) and row.get("step", 0) <= step:
+        if isinstance(row, dict) and row.get(STEP, 0) <= step:
             kept.append(json.dumps(row) + "\n")
         else:
             dropped += 1
@@ -87,18 +188,16 @@ class MetricsWriter:
 
     def write(self, step: int, metrics: dict) -> dict:
         """Writes {"step": step, **metrics}; returns the JSON-ready row."""
-        row = {"step": int(step), **to_python(metrics)}
+        row = {STEP: int(step), **to_python(metrics)}
         if not self.active:
             return row
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self._tensorboard is not None:
             for name, value in row.items():
-                values = np.asarray(value)
-                if values.ndim and values.dtype.kind == "f":  # per-domain lists hold NaN gaps
-                    values = values[~np.isnan(values)]
-                if name != "step" and values.dtype.kind in "fiu" and values.size:
-                    self._tensorboard.add_scalar(name, float(values.mean()), step)
+                number = reduced(name, value)
+                if name != STEP and number is not None:
+                    self._tensorboard.add_scalar(name, float(number), step)
             self._tensorboard.flush()
         return row
 
@@ -131,7 +230,7 @@ def read_metrics(path) -> list[dict]:
             continue
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{number} is not a JSON object")
-        row.setdefault("step", len(rows) + 1)
+        row.setdefault(STEP, len(rows) + 1)
         rows.append(row)
     if not rows:
         raise ValueError(f"metrics file {path} is empty: no logged steps")

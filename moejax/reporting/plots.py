@@ -11,36 +11,28 @@ from __future__ import annotations
 
 import pathlib
 
-import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+
+from moejax.reporting.metrics import (
+    EVAL_DOMAIN_NAMES,
+    EVAL_ROUTING_DOMAIN_COUNTS,
+    EVAL_ROUTING_DOMAIN_NMI,
+    LOSS,
+    ROUTING_ENTROPY,
+    ROUTING_PATHWAY_ENTROPY,
+    ROUTING_SPECIALIZATION,
+    ROUTING_TOKENS_PER_EXPERT,
+    ROUTING_TRANSITIONS,
+    STEP,
+    VAL_LOSS,
+    VAL_LOSS_TOP1_DISABLED,
+    last_value,
+    reduce_values,
+    series,
+)
 
 _MAX_ANNOTATED_CELLS = 64  # heat maps with at most this many cells print their values
 _MAX_LEGEND_ROUTERS = 8  # more routers get a depth colour bar instead of legend entries
-
-
-def last_value(rows: list[dict], key: str):
-    """(value, row) of the last row that has key; (None, None) when no row has it."""
-    for row in reversed(rows):
-        if key in row:
-            return row[key], row
-    return None, None
-
-
-def series(rows: list[dict], key: str):
-    """(steps [N], values [N, ...] float64) over the rows whose key has the last value's shape.
-
-    Returns (None, None) when no row has key.
-    """
-    last, _ = last_value(rows, key)
-    if last is None:
-        return None, None
-    shape = np.shape(last)
-    picked = [row for row in rows if key in row and np.shape(row[key]) == shape]
-    steps = np.asarray([row["step"] for row in picked])
-    return steps, np.asarray([row[key] for row in picked], dtype=np.float64)
 
 
 def _normalise_rows(counts: np.ndarray) -> np.ndarray:
@@ -51,6 +43,9 @@ def _normalise_rows(counts: np.ndarray) -> np.ndarray:
 
 def _figure(num_axes: int = 1, *, width: float = 6.4, height: float = 4.0, max_cols: int = 4):
     """A Figure on an Agg canvas with num_axes axes in a grid of at most max_cols columns."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     cols = min(num_axes, max_cols)
     grid_rows = -(-num_axes // cols)
     fig = Figure(figsize=(width * cols, height * grid_rows), layout="constrained")
@@ -66,6 +61,8 @@ def _save(fig, path: pathlib.Path) -> None:
 
 
 def _integer_ticks(axis, size: int) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     if size <= 16:
         axis.set_ticks(range(size))
     else:
@@ -93,13 +90,13 @@ def _heatmap(ax, matrix, *, title, xlabel, ylabel, vmax=None, xticklabels=None):
 
 def plot_loss(rows: list[dict], path: pathlib.Path) -> str | None:
     """Train loss, val loss and (when logged) val loss with the top-1 expert disabled vs step."""
-    steps, loss = series(rows, "loss")
+    steps, loss = series(rows, LOSS)
     if steps is None or loss.ndim != 1:
-        return "no scalar `loss` logged"
+        return f"no scalar `{LOSS}` logged"
     fig, (ax,) = _figure()
     ax.plot(steps, loss, label="train loss")
-    for key, label, style in (("val_loss", "val loss", "o-"),
-                              ("val_loss_top1_disabled", "val loss, top-1 expert disabled", "x--")):
+    for key, label, style in ((VAL_LOSS, "val loss", "o-"),
+                              (VAL_LOSS_TOP1_DISABLED, "val loss, top-1 expert disabled", "x--")):
         key_steps, values = series(rows, key)
         if key_steps is not None and values.ndim == 1:
             ax.plot(key_steps, values, style, label=label)
@@ -112,16 +109,16 @@ def plot_loss(rows: list[dict], path: pathlib.Path) -> str | None:
 
 def plot_tokens_per_expert(rows: list[dict], path: pathlib.Path) -> str | None:
     """Heat map routers x experts of the tokens each expert received at the last logged step."""
-    counts, row = last_value(rows, "routing/tokens_per_expert")
+    counts, row = last_value(rows, ROUTING_TOKENS_PER_EXPERT)
     if counts is None:
-        return "no `routing/tokens_per_expert` logged"
+        return f"no `{ROUTING_TOKENS_PER_EXPERT}` logged"
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim != 2 or counts.size == 0:
-        return f"`routing/tokens_per_expert` has shape {counts.shape}, expected [R, E]"
+        return f"`{ROUTING_TOKENS_PER_EXPERT}` has shape {counts.shape}, expected [R, E]"
     num_routers, num_experts = counts.shape
     fig, (ax,) = _figure(width=min(max(5.0, 0.6 * num_experts + 2.5), 16.0),
                          height=min(max(3.0, 0.45 * num_routers + 1.8), 12.0))
-    image = _heatmap(ax, counts, title=f"Tokens per expert (step {row['step']})",
+    image = _heatmap(ax, counts, title=f"Tokens per expert (step {row[STEP]})",
                      xlabel="expert", ylabel="router (depth order)")
     fig.colorbar(image, ax=ax, label="tokens routed (top-k slots)")
     _save(fig, path)
@@ -130,6 +127,8 @@ def plot_tokens_per_expert(rows: list[dict], path: pathlib.Path) -> str | None:
 
 def _plot_per_router(rows, path, key, *, title, ylabel) -> str | None:
     """One line per router (coloured by depth) and their mean, vs step."""
+    import matplotlib
+
     steps, values = series(rows, key)
     if steps is None:
         return f"no `{key}` logged"
@@ -155,7 +154,7 @@ def _plot_per_router(rows, path, key, *, title, ylabel) -> str | None:
 
 def plot_entropy(rows: list[dict], path: pathlib.Path) -> str | None:
     """Routing entropy H(s_t) per router and mean, vs step."""
-    return _plot_per_router(rows, path, "routing/entropy",
+    return _plot_per_router(rows, path, ROUTING_ENTROPY,
                             title="Routing entropy (lower = more decisive)",
                             ylabel="entropy of router scores (nats, token mean)")
 
@@ -163,7 +162,7 @@ def plot_entropy(rows: list[dict], path: pathlib.Path) -> str | None:
 def plot_specialization(rows: list[dict], path: pathlib.Path) -> str | None:
     """Mean squared cosine of co-activated experts per router and mean, vs step."""
     reason = _plot_per_router(
-        rows, path, "routing/specialization",
+        rows, path, ROUTING_SPECIALIZATION,
         title="Specialization diagnostic (lower = more distinct co-activated experts)",
         ylabel="mean squared cosine of co-activated z")
     return None if reason is None else f"{reason} (it needs top_k >= 2)"
@@ -171,14 +170,15 @@ def plot_specialization(rows: list[dict], path: pathlib.Path) -> str | None:
 
 def plot_transitions(rows: list[dict], path: pathlib.Path) -> str | None:
     """Per adjacent router pair, P(top-1 expert at l+1 | top-1 expert at l), last logged step."""
-    counts, row = last_value(rows, "routing/transitions")
+    counts, row = last_value(rows, ROUTING_TRANSITIONS)
     if counts is None:
-        return "no `routing/transitions` logged (it needs >= 2 routers)"
+        return f"no `{ROUTING_TRANSITIONS}` logged (it needs >= 2 routers)"
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim != 3 or counts.shape[0] == 0:
-        return f"`routing/transitions` has shape {counts.shape}, expected [R-1, E, E] with R >= 2"
+        return (f"`{ROUTING_TRANSITIONS}` has shape {counts.shape}, expected [R-1, E, E] "
+                "with R >= 2")
     probs = _normalise_rows(counts)
-    pathway = row.get("routing/pathway_entropy")
+    pathway = row.get(ROUTING_PATHWAY_ENTROPY)
     size = min(max(3.5, 0.35 * counts.shape[-1] + 2.0), 6.5)
     fig, axes = _figure(len(probs), width=size + 0.4, height=size)
     for pair, (ax, matrix) in enumerate(zip(axes, probs)):
@@ -189,7 +189,7 @@ def plot_transitions(rows: list[dict], path: pathlib.Path) -> str | None:
                          xlabel=f"top-1 expert at router {pair + 1}",
                          ylabel=f"top-1 expert at router {pair}")
     fig.colorbar(image, ax=axes, label="P(next expert | expert), rows normalised")
-    fig.suptitle(f"Top-1 expert transitions (step {row['step']}; H = normalised pathway entropy)")
+    fig.suptitle(f"Top-1 expert transitions (step {row[STEP]}; H = normalised pathway entropy)")
     _save(fig, path)
     return None
 
@@ -199,11 +199,11 @@ MAX_DOMAINS = 24
 
 def unseen_domains(rows: list[dict]) -> list[str]:
     """Domains with no token in the last evaluation's batches ([] without domain counts)."""
-    counts, row = last_value(rows, "eval/routing/domain_counts")
+    counts, row = last_value(rows, EVAL_ROUTING_DOMAIN_COUNTS)
     if counts is None or np.ndim(counts) != 3:
         return []
     seen = np.asarray(counts, dtype=np.float64).sum((0, 1)) > 0
-    names = row.get("eval/domain_names") or last_value(rows, "eval/domain_names")[0]
+    names = row.get(EVAL_DOMAIN_NAMES) or last_value(rows, EVAL_DOMAIN_NAMES)[0]
     if names is None or len(names) != len(seen):
         names = [f"domain {d}" for d in range(len(seen))]
     return [str(name) for name, kept in zip(names, seen, strict=True) if not kept]
@@ -216,14 +216,15 @@ def plot_expert_domain(rows: list[dict], path: pathlib.Path) -> str | None:
     domain's size (uniform routing is 1/E everywhere). Panels wrap at three per row. With more
     than MAX_DOMAINS domains, only the most frequent ones are drawn.
     """
-    counts, row = last_value(rows, "eval/routing/domain_counts")
+    counts, row = last_value(rows, EVAL_ROUTING_DOMAIN_COUNTS)
     if counts is None:
-        return "no `eval/routing/domain_counts` logged (no eval with domain labels ran)"
+        return f"no `{EVAL_ROUTING_DOMAIN_COUNTS}` logged (no eval with domain labels ran)"
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim != 3 or counts.size == 0:
-        return f"`eval/routing/domain_counts` has shape {counts.shape}, expected [R, E, domains]"
+        return (f"`{EVAL_ROUTING_DOMAIN_COUNTS}` has shape {counts.shape}, "
+                "expected [R, E, domains]")
     num_routers, num_experts, num_domains = counts.shape
-    names = row.get("eval/domain_names") or last_value(rows, "eval/domain_names")[0]
+    names = row.get(EVAL_DOMAIN_NAMES) or last_value(rows, EVAL_DOMAIN_NAMES)[0]
     if names is None or len(names) != num_domains:
         names = [f"domain {d}" for d in range(num_domains)]
     seen = counts.sum((0, 1)) > 0  # a domain the evaluation did not see has no column
@@ -236,7 +237,7 @@ def plot_expert_domain(rows: list[dict], path: pathlib.Path) -> str | None:
         keep = np.sort(np.argsort(-counts.sum((0, 1)), kind="stable")[:MAX_DOMAINS])
         counts, names = counts[:, :, keep], [names[d] for d in keep]
         num_domains = MAX_DOMAINS
-    nmi = row.get("eval/routing/domain_nmi")
+    nmi = row.get(EVAL_ROUTING_DOMAIN_NMI)
     fig, axes = _figure(num_routers, width=min(max(3.5, 0.8 * num_domains + 2.0), 10.0),
                         height=min(max(3.0, 0.35 * num_experts + 1.8), 7.0), max_cols=3)
     names = [str(name) for name in names]
@@ -252,13 +253,13 @@ def plot_expert_domain(rows: list[dict], path: pathlib.Path) -> str | None:
                                        f"(uniform: 1/{num_experts})")
     missing = f"; {len(empty)} domains not in the evaluated batches: {', '.join(empty[:6])}" + (
         ", ..." if len(empty) > 6 else "") if empty else ""
-    fig.suptitle(f"Expert vs document domain (eval at step {row['step']}{missing})")
+    fig.suptitle(f"Expert vs document domain (eval at step {row[STEP]}{missing})")
     _save(fig, path)
     return None
 
 
-_COMPARED = (("loss", "train loss (nats / token)"), ("routing/entropy", "routing entropy (nats)"),
-             ("routing/specialization", "specialization (mean squared cosine)"))
+_COMPARED = ((LOSS, "train loss (nats / token)"), (ROUTING_ENTROPY, "routing entropy (nats)"),
+             (ROUTING_SPECIALIZATION, "specialization (mean squared cosine)"))
 
 
 def seed_band(curves: list) -> tuple:
@@ -276,7 +277,8 @@ def plot_variants(runs: dict, path: pathlib.Path) -> str | None:
 
     Args:
       runs: variant name -> list of logged rows of each seed; a seed's per-router values are
-        averaged over routers, then the seeds' curves are combined on their common steps.
+        reduced over routers (`metrics.reduce_values`: the mean), then the seeds' curves are
+        combined on their common steps.
       path: the PNG to write.
     """
     fig, axes = _figure(len(_COMPARED), width=5.2, height=3.8)
@@ -284,7 +286,7 @@ def plot_variants(runs: dict, path: pathlib.Path) -> str | None:
     for ax, (key, label) in zip(axes, _COMPARED):
         for name, seeds in runs.items():
             curves = [series(rows, key) for rows in seeds]
-            curves = [(s, v.reshape(len(s), -1).mean(-1)) for s, v in curves if s is not None]
+            curves = [(s, reduce_values(key, v)) for s, v in curves if s is not None]
             if not curves:
                 continue
             steps, mean, std = seed_band(curves)

@@ -13,7 +13,27 @@ import pathlib
 import numpy as np
 
 from moejax.reporting import plots
-from moejax.reporting.metrics import METRICS_FILE, read_metrics
+from moejax.reporting.metrics import (
+    AUX,
+    EVAL_ROUTING_DOMAIN_NMI,
+    LOSS,
+    METRICS_FILE,
+    ROUTING_DEAD_EXPERTS,
+    ROUTING_DROPPED_FRACTION,
+    ROUTING_ENTROPY,
+    ROUTING_LOAD_CV,
+    ROUTING_PATHWAY_ENTROPY,
+    ROUTING_SPECIALIZATION,
+    ROUTING_TOPK_MASS,
+    STEP,
+    TOKENS_PER_S,
+    VAL_BITS_PER_BYTE,
+    VAL_LOSS,
+    VAL_LOSS_TOP1_DISABLED,
+    last_value,
+    read_metrics,
+    reduced,
+)
 
 REPORT_FILE = "report.md"
 PLOT_DIR = "plots"
@@ -30,16 +50,16 @@ PLOTS = (
     ("expert_domain.png", "Expert vs document domain (last eval)", plots.plot_expert_domain),
 )
 
-# (key, label, how the values are summarised, what each value belongs to)
+# (key, label, what each value belongs to); a list is summarised by `metrics.reduced`
 _ROUTING_NUMBERS = (
-    ("routing/entropy", "routing entropy, nats", "mean", "router"),
-    ("routing/topk_mass", "top-k mass", "mean", "router"),
-    ("routing/specialization", "specialization, mean squared cosine", "mean", "router"),
-    ("routing/load_cv", "load CV", "mean", "router"),
-    ("routing/dead_experts", "dead experts", "total", "router"),
-    ("routing/dropped_fraction", "dropped fraction", "mean", "router"),
-    ("routing/pathway_entropy", "pathway entropy, normalised", "mean", "router pair"),
-    ("eval/routing/domain_nmi", "domain NMI, eval", "mean", "router"),
+    (ROUTING_ENTROPY, "routing entropy, nats", "router"),
+    (ROUTING_TOPK_MASS, "top-k mass", "router"),
+    (ROUTING_SPECIALIZATION, "specialization, mean squared cosine", "router"),
+    (ROUTING_LOAD_CV, "load CV", "router"),
+    (ROUTING_DEAD_EXPERTS, "dead experts", "router"),
+    (ROUTING_DROPPED_FRACTION, "dropped fraction", "router"),
+    (ROUTING_PATHWAY_ENTROPY, "pathway entropy, normalised", "router pair"),
+    (EVAL_ROUTING_DOMAIN_NMI, "domain NMI, eval", "router"),
 )
 
 
@@ -47,57 +67,57 @@ def _fmt(value) -> str:
     return str(value) if isinstance(value, int) else f"{value:.4f}"
 
 
-def _summary(values, how: str, owner: str) -> str:
-    """'mean (per router: a, b, ...)' of per-router values (a scalar is printed as is)."""
+def _summary(key: str, values, owner: str) -> str:
+    """'mean (per router: a, b, ...)' of per-router values, the mean being `key`'s reduction
+    (`metrics.reduced`); a scalar is printed as is."""
     if np.ndim(values) == 0:
         return _fmt(values)
     flat = list(np.ravel(np.asarray(values, dtype=object)))
-    total = sum(flat) if how == "total" else float(np.mean(np.asarray(flat, dtype=np.float64)))
-    return f"{_fmt(total)} (per {owner}: {', '.join(_fmt(v) for v in flat)})"
+    return f"{_fmt(reduced(key, values))} (per {owner}: {', '.join(_fmt(v) for v in flat)})"
 
 
 def _loss_numbers(rows: list[dict]) -> list[tuple[str, str]]:
     """Final train loss, best and final val loss and bits/byte, top-1-disabled val loss."""
     numbers = []
-    loss, row = plots.last_value(rows, "loss")
+    loss, row = last_value(rows, LOSS)
     if loss is not None:
-        numbers.append((f"final train loss (step {row['step']})", _fmt(loss)))
-    for key, label in (("val_loss", "val loss"), ("val_bits_per_byte", "val bits/byte")):
+        numbers.append((f"final train loss (step {row[STEP]})", _fmt(loss)))
+    for key, label in ((VAL_LOSS, "val loss"), (VAL_BITS_PER_BYTE, "val bits/byte")):
         evaluated = [r for r in rows if key in r]
         if evaluated:
             best = min(evaluated, key=lambda r: np.nan_to_num(r[key], nan=np.inf))
-            numbers.append((f"best {label} (step {best['step']})", _fmt(best[key])))
-            numbers.append((f"final {label} (step {evaluated[-1]['step']})",
+            numbers.append((f"best {label} (step {best[STEP]})", _fmt(best[key])))
+            numbers.append((f"final {label} (step {evaluated[-1][STEP]})",
                             _fmt(evaluated[-1][key])))
-    disabled, row = plots.last_value(rows, "val_loss_top1_disabled")
+    disabled, row = last_value(rows, VAL_LOSS_TOP1_DISABLED)
     if disabled is not None:
         text = _fmt(disabled)
-        if "val_loss" in row:
-            text += f" ({disabled - row['val_loss']:+.4f} vs val loss)"
-        numbers.append((f"val loss, top-1 expert disabled (step {row['step']})", text))
+        if VAL_LOSS in row:
+            text += f" ({disabled - row[VAL_LOSS]:+.4f} vs val loss)"
+        numbers.append((f"val loss, top-1 expert disabled (step {row[STEP]})", text))
     return numbers
 
 
 def _final_numbers(rows: list[dict]) -> list[tuple[str, str]]:
     """(label, formatted value) of the final numbers of the run, in report order."""
     numbers = _loss_numbers(rows)
-    throughput, row = plots.last_value(rows, "tokens_per_s")
+    throughput, row = last_value(rows, TOKENS_PER_S)
     if throughput is not None:
-        numbers.append((f"tokens/s (step {row['step']})", f"{throughput:.0f}"))
-    for key, label, how, owner in _ROUTING_NUMBERS:
-        values, row = plots.last_value(rows, key)
+        numbers.append((f"tokens/s (step {row[STEP]})", f"{throughput:.0f}"))
+    for key, label, owner in _ROUTING_NUMBERS:
+        values, row = last_value(rows, key)
         if values is not None:
-            numbers.append((f"{label} (step {row['step']})", _summary(values, how, owner)))
+            numbers.append((f"{label} (step {row[STEP]})", _summary(key, values, owner)))
     last = rows[-1]
-    for key in sorted(k for k in last if k.startswith("aux/") and np.ndim(last[k]) == 0):
-        numbers.append((f"{key} (step {last['step']})", _fmt(last[key])))
+    for key in sorted(k for k in last if k.startswith(AUX) and np.ndim(last[k]) == 0):
+        numbers.append((f"{key} (step {last[STEP]})", _fmt(last[key])))
     return numbers
 
 
 def _markdown(workdir: pathlib.Path, rows, written, skipped) -> str:
     """The report text: header, final-numbers table, plots, skipped plots."""
     lines = [f"# Run report: {workdir.resolve().name}", "",
-             f"{len(rows)} logged steps from `{METRICS_FILE}`, last step {rows[-1]['step']}.", "",
+             f"{len(rows)} logged steps from `{METRICS_FILE}`, last step {rows[-1][STEP]}.", "",
              "## Final numbers", "",
              "Routing values are over routers in depth order: the mean (dead experts: the total)",
              "then each router's value; `routing/` ones come from the last logged training batch,",

@@ -16,6 +16,7 @@ from flax import nnx
 
 from moejax.record import concat_tokens
 from moejax.regularizers import LossSpec, aux_total, routing_metrics, updated_bias
+from moejax.reporting import metrics as schema
 
 
 def token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -38,7 +39,7 @@ def _loss_fn(model, tokens, loss_spec: LossSpec, step_tokens_per_expert=None, se
     """
     logits, record = model(tokens[:, :-1], segments=_inputs(segments))
     loss = lm_loss(logits, tokens[:, 1:])
-    metrics = {"loss": loss}
+    metrics = {schema.LOSS: loss}
     total = loss
     if record is not None:
         extra = None
@@ -47,7 +48,8 @@ def _loss_fn(model, tokens, loss_spec: LossSpec, step_tokens_per_expert=None, se
         aux, terms = aux_total(record, loss_spec, sequence_length=tokens.shape[1] - 1,
                                extra_tokens_per_expert=extra)
         total = total + aux
-        metrics.update(terms, total_loss=total)
+        metrics.update(terms)
+        metrics[schema.TOTAL_LOSS] = total
     return total, (metrics, record)
 
 
@@ -58,7 +60,7 @@ def _inputs(segments):
 
 def _routing_summary(record) -> dict:
     """routing/<name>: per-router values of every routing metric."""
-    return {f"routing/{k}": v for k, v in routing_metrics(record).items()}
+    return {schema.ROUTING + k: v for k, v in routing_metrics(record).items()}
 
 
 def _update_router_biases(model, tokens_per_expert, num_experts, rate: float) -> None:
@@ -131,7 +133,7 @@ def train_step(model, optimizer, tokens: jax.Array, loss_spec: LossSpec, micro_b
         metrics.update(jax.lax.cond(
             log_routing, _routing_summary,
             lambda _: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), summary), record))
-    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics[schema.GRAD_NORM] = optax.tree.norm(grads)
     metrics["finite_state"] = _all_finite(nnx.state(model, nnx.Param))  # the trainer's NaN guard
     return metrics
 

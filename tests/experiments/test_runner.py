@@ -12,7 +12,15 @@ import pytest
 from moejax.cli import experiment as experiment_cli
 from moejax.experiments import runner as experiment
 from moejax.experiments import stats
-from moejax.experiments.suites import CLAIMS, OFFLOAD_SUITES, SUITES
+from moejax.experiments.suites import (
+    CLAIMS,
+    OFFLOAD_SUITES,
+    SUITES,
+    RunOptions,
+    config_differences,
+)
+
+QUICK = RunOptions(quick=True)
 
 
 def test_mean_std_and_verdicts_against_numpy():
@@ -86,7 +94,7 @@ def test_overhead_verdict_is_paired_by_seed():
 
 @pytest.mark.parametrize("suite", list(SUITES))
 def test_variants_differ_only_in_the_intended_options(suite):
-    differences = experiment.config_differences(suite, quick=True)
+    differences = config_differences(suite, QUICK)
     reference = SUITES[suite][0]
     for variant in SUITES[suite]:
         changed = set(differences[variant.name])
@@ -136,21 +144,23 @@ def test_quick_runs_every_suite_end_to_end(tmp_path):
 def test_set_overrides_parse_and_apply_to_every_variant():
     extra = experiment_cli.parse_overrides(["train.steps=7", "mesh.expert_parallel=ring"])
     assert extra == {"train.steps": 7, "mesh.expert_parallel": "ring"}
-    differences = experiment.config_differences("baselines", quick=True, extra=extra)
+    differences = config_differences("baselines", RunOptions(quick=True, overrides=extra))
     assert all("train.steps" not in diff for diff in differences.values())  # all alike
     from moejax.experiments.suites import variant_config
 
-    config = variant_config(SUITES["baselines"][1], seed=0, quick=True, extra=extra)
+    config = variant_config(SUITES["baselines"][1], seed=0,
+                            options=RunOptions(quick=True, overrides=extra))
     assert config.train.steps == 7 and config.mesh.expert_parallel == "ring"
     with pytest.raises(ValueError, match="no such config field"):
-        variant_config(SUITES["baselines"][0], seed=0, extra={"train.stepz": 1})
+        variant_config(SUITES["baselines"][0], seed=0,
+                       options=RunOptions(overrides={"train.stepz": 1}))
 
 
 def test_run_dir_ignores_reporting_keys_and_seed_only():
     from moejax.experiments.suites import variant_config
 
     variant = SUITES["baselines"][0]
-    seed0, seed1 = (variant_config(variant, seed=s, quick=True) for s in (0, 1))
+    seed0, seed1 = (variant_config(variant, seed=s, options=QUICK) for s in (0, 1))
     seed0.train.report, seed1.train.report = True, False
     workdir = pathlib.Path("/w")
     assert experiment.run_dir(workdir, seed0).parent == experiment.run_dir(workdir, seed1).parent
@@ -169,15 +179,15 @@ def test_finetune_variants_start_from_the_pretrained_export(tmp_path):
     tuned = SUITES["finetune"][0]
     keys = []
     for workdir in (tmp_path / "a", tmp_path / "b"):
-        config = experiment.suite_config(tuned, workdir, seed=1, quick=True)
-        source = experiment.suite_config(tuned.init_from, workdir, seed=0, quick=True)
+        config = experiment.suite_config(tuned, workdir, seed=1, options=QUICK)
+        source = experiment.suite_config(tuned.init_from, workdir, seed=0, options=QUICK)
         assert config.train.init_from == str(
             experiment.run_dir(workdir.resolve(), source) / experiment.EXPORT_DIR)
         assert source.train.steps == 3 * config.train.steps and source.train.init_from is None
         assert tuple(source.data.exclude_domains) == tuple(config.data.domains) != ()
         keys.append(experiment.run_dir(workdir, config).relative_to(workdir))
     assert keys[0] == keys[1]
-    other = experiment.suite_config(SUITES["finetune"][1], tmp_path / "a", seed=1, quick=True)
+    other = experiment.suite_config(SUITES["finetune"][1], tmp_path / "a", seed=1, options=QUICK)
     assert other.train.init_from == config.train.init_from.replace("/b/", "/a/")
 
 
@@ -187,43 +197,3 @@ def test_run_metrics_reads_the_asked_domains_losses():
     out = stats.run_metrics(rows, ("c", "b", "zz"))
     assert out["val_loss c"] == 2.5 and math.isnan(out["val_loss b"])
     assert math.isnan(out["val_loss zz"]) and "val_loss a" not in out
-
-
-def test_summary_lists_every_claim_of_the_finished_suites(tmp_path):
-    import json
-
-    names = [v.name for v in SUITES["baselines"]]
-    finals = {name: {"val_loss": [2.0 + i, 2.5 + i, 3.0 + i], "routing_entropy": [1.0, 1.1, 1.3]}
-              for i, name in enumerate(names)}
-    (tmp_path / "baselines").mkdir()
-    (tmp_path / "baselines" / "finals.json").write_text(json.dumps(finals))
-    text = experiment.write_summary(tmp_path, SUITES).read_text()
-    rows = [line for line in text.splitlines() if line.startswith("| [baselines]")]
-    assert len(rows) == len(CLAIMS["baselines"])
-    assert "specialization" not in text.split("| suite")[1]  # unfinished suites are left out
-    # lb+sp+cp (index 2) has the higher loss than lb+orth+var (index 1): paired d = -1 exactly
-    assert "| -1 ± 0 | **not reproduced** |" in rows[0]
-    # power: a paired spread of 0 needs the minimum of 2 seeds
-    assert ("| baselines | lb+sp+cp lowers validation loss vs the orthogonality + variance "
-            "baselines | 0 | 2 |") in text
-    (tmp_path / "long" / "baselines").mkdir(parents=True)  # a longer run's results inside DIR
-    (tmp_path / "long" / "baselines" / "finals.json").write_text(json.dumps(finals))
-    text = experiment.write_summary(tmp_path, SUITES).read_text()
-    rows = [line for line in text.splitlines() if line.startswith("| [long/baselines]")]
-    assert len(rows) == len(CLAIMS["baselines"]) and "(long/baselines/report.md)" in rows[0]
-
-
-def test_step_time_claim_reads_the_interleaved_rounds(tmp_path):
-    """The step-time claim is paired by interleaved round (DIR/<suite>/step_time.json), not
-    taken from the runs' own step times, which another run's load can shift."""
-    ms = {"topk/lb": [100.0, 150.0, 90.0, 120.0], "topk/lb+sp+cp": [101.0, 151.0, 91.0, 121.2]}
-    metrics = {c.metric for c in CLAIMS["specialization"]}
-    finals = {v.name: {m: [1.0, 1.0] for m in metrics} for v in SUITES["specialization"]}
-    for name, rounds in ms.items():
-        finals[name]["step_ms"] = [50.0, 500.0] if name == "topk/lb" else [500.0, 50.0]
-        finals[name]["step_ms_interleaved"] = rounds
-    claim = next(c for c in CLAIMS["specialization"]
-                 if c.metric == "step_ms_overhead" and c.better == "topk/lb+sp+cp")
-    results = {c.text: r for c, *r in experiment.claim_results("specialization", finals)}
-    *_, shown, label = results[claim.text]
-    assert label == "reproduced" and "(4 interleaved rounds)" in shown, shown
