@@ -8,9 +8,15 @@ HF Llama/Mixtral. With `qk_norm` (Qwen3) each query and key head is RMS-normalis
 H coordinates, with one learned [H] weight for queries and one for keys, before RoPE. The
 projections' outputs are named ("attention_qkv", "attention_out") for
 the decoder's rematerialisation policies.
+
+Decoding passes a `KVCache` (keys and values of M slots and the first free slot) into the call
+and gets it back updated: `attend_cached(q, k, v, cache)` appends this call's keys and values
+and attends to every filled slot. The cache is an argument, never state of the module.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +25,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from moejax.layers.dtypes import at_least_float32
 from moejax.layers.norms import RMSNorm, rms_norm
+from moejax.options import check_choice
 
 
 def rope_tables(positions: jax.Array, head_dim: int, theta: float, dtype=jnp.float32):
@@ -79,26 +86,50 @@ def _attend(q, k, v, segments=None, implementation="xla"):
     return out.reshape(batch, seq, num_heads, head_dim)
 
 
-def _attend_cached(q, k, v, cache, implementation="xla"):
-    """Decoding: writes k/v [B, S, K, H] into the cache at slots index..index+S-1 and attends
-    q [B, S, N, H] to every filled slot up to its own -> (out [B, S, N, H], new cache).
+class KVCache(NamedTuple):
+    """One attention layer's decode cache (a pytree).
 
-    cache: (cache_k, cache_v [B, M, K, H], index [] int32 the first free slot).
+    A scanned layer stack carries one KVCache per layer of its unit, each leaf with a leading
+    [repeats] axis (k, v [L, B, M, K, H], index [L]), stacked like the parameters.
+
+    Attributes:
+      k: [B, M, K, H] keys of M slots, in the cache dtype.
+      v: [B, M, K, H] values.
+      index: [] int32, the first free slot (slots 0..index-1 are filled).
     """
-    cache_k, cache_v, index = cache
-    cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
-    cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
-    query_slot = index + jnp.arange(q.shape[1])
+
+    k: jax.Array
+    v: jax.Array
+    index: jax.Array
+
+
+def empty_kv_cache(batch: int, length: int, num_kv_heads: int, head_dim: int, dtype,
+                   lead: tuple[int, ...] = ()) -> KVCache:
+    """An empty KVCache of `length` slots: k, v [*lead, B, length, K, H] zeros in `dtype`,
+    index [*lead] int32 zeros (`lead`: (repeats,) for a scanned stack, else ())."""
+    shape = (*lead, batch, length, num_kv_heads, head_dim)
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros(lead, jnp.int32))
+
+
+def attend_cached(q, k, v, cache: KVCache, implementation="xla"):
+    """Decoding: writes k/v [B, S, K, H] into the cache at slots index..index+S-1 and attends
+    q [B, S, N, H] to every filled slot up to its own -> (out [B, S, N, H], updated KVCache).
+    """
+    cache_k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype),
+                                           (0, cache.index, 0, 0))
+    cache_v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype),
+                                           (0, cache.index, 0, 0))
+    query_slot = cache.index + jnp.arange(q.shape[1])
     visible = jnp.arange(cache_k.shape[1])[None, :] <= query_slot[:, None]  # [S, M]
     with jax.numpy_dtype_promotion("standard"):
         out = jax.nn.dot_product_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype),
                                            mask=visible[None, None],
                                            implementation=implementation)
-    return out, (cache_k, cache_v, index + q.shape[1])
+    return out, KVCache(cache_k, cache_v, cache.index + q.shape[1])
 
 
 def attention(x, w_q, w_k, w_v, w_o, positions, theta, segments=None, implementation="xla",
-              cache=None, qk_norm=None):
+              cache: KVCache | None = None, qk_norm=None):
     """Causal GQA self-attention.
 
     Args:
@@ -108,14 +139,17 @@ def attention(x, w_q, w_k, w_v, w_o, positions, theta, segments=None, implementa
       theta: RoPE base.
       segments: [B, S] int segment (packed document) ids, or None: one segment per row.
       implementation: `jax.nn.dot_product_attention`'s, one of ATTENTION_IMPLEMENTATIONS.
-      cache: None, or a KV cache (see `_attend_cached`; segments must be None): the
-        queries attend to the cached keys too.
+      cache: None, or a KVCache (k, v [B, M, K, H]; segments must be None): the call
+        appends its keys and values and the queries attend to the cached ones too.
       qk_norm: None, or (q weight [H], k weight [H], eps): per-head RMSNorm of the queries
         and keys before RoPE (Qwen3).
 
     Returns:
-      [B, S, D], or ([B, S, D], the updated cache) when a cache is given.
+      [B, S, D], or ([B, S, D], the updated KVCache) when a cache is given.
     """
+    if cache is not None and segments is not None:
+        raise ValueError("segments with a KV cache; allowed: segments=None (one document per "
+                         "row when decoding)")
     q = checkpoint_name(jnp.einsum("BSD,DNH->BSNH", x, w_q), "attention_qkv")
     k = checkpoint_name(jnp.einsum("BSD,DKH->BSKH", x, w_k), "attention_qkv")
     v = checkpoint_name(jnp.einsum("BSD,DKH->BSKH", x, w_v), "attention_qkv")
@@ -125,7 +159,7 @@ def attention(x, w_q, w_k, w_v, w_o, positions, theta, segments=None, implementa
     cos, sin = rope_tables(positions, q.shape[-1], theta, at_least_float32(x.dtype))
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     if cache is not None:
-        out, cache = _attend_cached(q, k, v, cache, implementation)
+        out, cache = attend_cached(q, k, v, cache, implementation)
         return jnp.einsum("BSNH,NHD->BSD", out, w_o), cache
     out = _attend(q, k, v, segments, implementation)
     return checkpoint_name(jnp.einsum("BSNH,NHD->BSD", out, w_o), "attention_out")
@@ -142,9 +176,7 @@ class Attention(nnx.Module):
             raise ValueError(
                 f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}"
             )
-        if implementation not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"model.attention={implementation!r}; allowed: "
-                             f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
+        check_choice("model.attention", implementation, ATTENTION_IMPLEMENTATIONS)
         self.rope_theta = rope_theta
         self.implementation = implementation
         init_in = nnx.initializers.normal(stddev=d_model**-0.5)
@@ -157,23 +189,17 @@ class Attention(nnx.Module):
         self.q_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else None
 
-    def __call__(self, x: jax.Array, positions: jax.Array,
-                 segments: jax.Array | None = None) -> jax.Array:
-        """x: [B, S, D] compute dtype, positions: [B, S], segments: [B, S] or None.
+    def __call__(self, x: jax.Array, positions: jax.Array, segments: jax.Array | None = None,
+                 cache: KVCache | None = None):
+        """x: [B, S, D] compute dtype, positions: [B, S], segments: [B, S] or None -> [B, S, D].
 
-        With a KV cache (`moejax.models.generate.init_cache` adds cache_k, cache_v,
-        cache_index) the call decodes: it appends this call's keys and values to the cache.
+        With a `cache` (this layer's KVCache, k, v [B, M, K, H]; segments None) the call
+        decodes and returns ([B, S, D], the cache with this call's keys and values appended).
         """
         dtype = x.dtype
         weights = [w[...].astype(dtype) for w in (self.w_q, self.w_k, self.w_v, self.w_o)]
         qk_norm = None
         if self.q_norm is not None:
             qk_norm = (self.q_norm.weight[...], self.k_norm.weight[...], self.q_norm.eps)
-        if getattr(self, "cache_k", None) is None:
-            return attention(x, *weights, positions, self.rope_theta, segments,
-                             self.implementation, qk_norm=qk_norm)
-        cache = (self.cache_k[...], self.cache_v[...], self.cache_index[...])
-        out, cache = attention(x, *weights, positions, self.rope_theta, None,
-                               self.implementation, cache, qk_norm)
-        self.cache_k[...], self.cache_v[...], self.cache_index[...] = cache
-        return out
+        return attention(x, *weights, positions, self.rope_theta, segments,
+                         self.implementation, cache, qk_norm)

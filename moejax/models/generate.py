@@ -2,10 +2,11 @@
 
 The prompt [B, S] runs once (prefill), writing every layer's keys and values into a cache of
 S + max_new_tokens slots; then a jitted one-token step (a `lax.scan` over the new tokens)
-attends to the cache. The cache lives in `nnx.Cache` variables that `init_cache` adds to each
-`Attention` (stacked over depth in the scanned layout, so `nnx.scan` carries them), on a copy
-of the model inside the jit: the caller's model is not changed. Routing is deterministic
-(router jitter off) and each new token's expert choices come back per router.
+attends to the cache. The cache is a pytree of `KVCache`s that `init_cache` builds in the
+structure `Decoder.__call__(..., cache=)` takes (stacked over depth in the scanned layout, so
+the stacks' `nnx.scan` carries it) and that every call returns updated: the model holds no
+cache and is not changed. Routing is deterministic (router jitter off, on a copy of the model
+inside the jit) and each new token's expert choices come back per router.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from moejax.layers.attention import Attention
+from moejax.layers.attention import KVCache, empty_kv_cache
+from moejax.models.decoder import DecoderSpec, layer_stacks
 
 
 class Generation(NamedTuple):
@@ -28,17 +30,22 @@ class Generation(NamedTuple):
     expert_idx: jax.Array | None
 
 
-def init_cache(model, batch: int, length: int, dtype) -> None:
-    """Adds empty KV caches of `length` slots to every Attention of `model`, in place:
-    cache_k, cache_v [(L,) B, length, K, H] and the next free slot cache_index [(L,)]."""
-    for _, node in nnx.iter_graph(model):
-        if isinstance(node, Attention):
-            lead = node.w_k.shape[:-3]  # (repeats,) under a scanned stack, else ()
-            kv_heads, head_dim = node.w_k.shape[-2:]
-            shape = (*lead, batch, length, kv_heads, head_dim)
-            node.cache_k = nnx.Cache(jnp.zeros(shape, dtype))
-            node.cache_v = nnx.Cache(jnp.zeros(shape, dtype))
-            node.cache_index = nnx.Cache(jnp.zeros(lead, jnp.int32))
+def init_cache(spec: DecoderSpec, batch: int, length: int, dtype) -> tuple:
+    """Empty KV caches of `length` slots for every layer of a Decoder of `spec`, as
+    `Decoder.__call__`'s `cache` takes them.
+
+    Unrolled: a tuple of one KVCache per layer (k, v [B, length, K, H], index []). Scanned: per
+    stack of `layer_stacks(spec)`, a tuple of one KVCache per layer of its unit, stacked over
+    the repeats like the parameters (k, v [repeats, B, length, K, H], index [repeats]).
+    """
+    def empty(lead) -> KVCache:
+        return empty_kv_cache(batch, length, spec.num_kv_heads, spec.resolved_head_dim, dtype,
+                              lead)
+
+    if not spec.scan_layers:
+        return tuple(empty(()) for _ in range(spec.num_layers))
+    return tuple(tuple(empty((repeats,)) for _ in range(unit))
+                 for _, unit, repeats in layer_stacks(spec))
 
 
 def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
@@ -108,25 +115,25 @@ def _generate(graphdef, state, prompt, key, max_new_tokens, temperature, top_p):
     model = nnx.merge(graphdef, state)
     model.eval()  # no router jitter
     batch, length = prompt.shape
-    init_cache(model, batch, length + max_new_tokens, model.embed.embedding.dtype)
+    cache = init_cache(model.spec, batch, length + max_new_tokens, model.embed.embedding.dtype)
     positions = jnp.broadcast_to(jnp.arange(length), prompt.shape)
-    logits, _ = model(prompt, positions)  # fills cache slots 0..S-1
+    logits, _, cache = model(prompt, positions, cache=cache)  # fills cache slots 0..S-1
     keys = jax.random.split(key, max_new_tokens + 1)
     first = sample(logits[:, -1], keys[0], temperature, top_p)
-    step_graphdef, cache, rest = nnx.split(model, nnx.Cache, ...)
+    step_graphdef, weights = nnx.split(model)  # eval mode: no jitter
 
     def one_token(carry, step_key):
         # the weights ride in the carry unchanged: the model's own nnx.scan must see them
         # at this trace level
         cache, weights, token, position = carry
-        step_model = nnx.merge(step_graphdef, cache, weights)
-        logits, record = step_model(token[:, None], jnp.full((batch, 1), position))
+        step_model = nnx.merge(step_graphdef, weights)
+        logits, record, cache = step_model(token[:, None], jnp.full((batch, 1), position),
+                                           cache=cache)
         following = sample(logits[:, -1], step_key, temperature, top_p)
         chosen = None if record is None else record.expert_idx  # [R, B, k]
-        carry = (nnx.state(step_model, nnx.Cache), weights, following, position + 1)
-        return carry, (token, chosen)
+        return (cache, weights, following, position + 1), (token, chosen)
 
     _, (new, chosen) = jax.lax.scan(
-        one_token, (cache, rest, first, jnp.int32(length)), keys[1:])
+        one_token, (cache, weights, first, jnp.int32(length)), keys[1:])
     tokens = jnp.concatenate([prompt, new.T], axis=1)  # new: [N, B]
     return Generation(tokens, None if chosen is None else jnp.transpose(chosen, (2, 0, 1, 3)))

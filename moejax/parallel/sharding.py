@@ -1,16 +1,19 @@
 """Shardings of parameters, optimizer state and batches from the logical axis rules.
 
-Each parameter gets logical axes from its name (and its parent's, for the two `kernel`s), the
-rules map those to mesh axes, and every sharded dimension must divide evenly: a mismatch is a
-ValueError naming the parameter, the dimension and the mesh axis (e.g. an expert axis that
-does not divide E). Optimizer moments follow their parameters because their paths end with
-the parameter's path; scalars and unknown leaves are replicated. Stacked layers (the scanned
-layout) add a leading "layers" axis that stays unsharded.
+Each parameter gets logical axes from the end of its path and its rank (`_PARAMETER_AXES`:
+"parent/name" first, e.g. router/kernel, else "name"), the rules map those to mesh axes, and
+every sharded dimension must divide evenly: a mismatch is a ValueError naming the parameter,
+the dimension and the mesh axis (e.g. an expert axis that does not divide E). A parameter the
+table does not name is a ValueError naming it, never silently replicated. Optimizer moments
+follow their parameters because their paths end with the parameter's path; rank-0 leaves (step
+counters, RNG keys and counts) have nothing to shard and are replicated. Stacked layers (the
+scanned layout) add a leading "layers" axis that stays unsharded.
 """
 
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 
 import jax
 from flax import nnx
@@ -18,21 +21,26 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from moejax.parallel import axes
 
-_BY_NAME = {
-    ("embedding", 2): (axes.VOCAB, axes.EMBED),
-    ("w_q", 3): (axes.EMBED, axes.HEADS, axes.HEAD_DIM),
-    ("w_k", 3): (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM),
+# (end of the parameter's path, rank in one layer) -> its logical axes
+_PARAMETER_AXES = MappingProxyType({
+    ("embedding", 2): (axes.VOCAB, axes.EMBED),  # Embed [V, D]
+    ("head/kernel", 2): (axes.EMBED, axes.VOCAB),  # LMHead [D, V]
+    ("w_q", 3): (axes.EMBED, axes.HEADS, axes.HEAD_DIM),  # attention [D, N, H]
+    ("w_k", 3): (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM),  # [D, K, H]
     ("w_v", 3): (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM),
-    ("w_o", 3): (axes.HEADS, axes.HEAD_DIM, axes.EMBED),
-    ("w_gate", 3): (axes.EXPERT, axes.EMBED, axes.EXPERT_MLP),
+    ("w_o", 3): (axes.HEADS, axes.HEAD_DIM, axes.EMBED),  # [N, H, D]
+    ("weight", 1): (None,),  # RMSNorm: [D], or [H] for the q/k norms
+    ("w_gate", 3): (axes.EXPERT, axes.EMBED, axes.EXPERT_MLP),  # routed experts [E, D, F]
     ("w_up", 3): (axes.EXPERT, axes.EMBED, axes.EXPERT_MLP),
-    ("w_down", 3): (axes.EXPERT, axes.EXPERT_MLP, axes.EMBED),
-    ("w_gate", 2): (axes.EMBED, axes.MLP),
+    ("w_down", 3): (axes.EXPERT, axes.EXPERT_MLP, axes.EMBED),  # [E, F, D]
+    ("w_gate", 2): (axes.EMBED, axes.MLP),  # dense FFN and shared experts [D, F]
     ("w_up", 2): (axes.EMBED, axes.MLP),
-    ("w_down", 2): (axes.MLP, axes.EMBED),
-    ("mix_kernel", 2): (axes.EMBED, None),
-}
-_KERNELS = {"router": (axes.EMBED, axes.ROUTER_EXPERTS), "head": (axes.EMBED, axes.VOCAB)}
+    ("w_down", 2): (axes.MLP, axes.EMBED),  # [F, D]
+    ("router/kernel", 2): (axes.EMBED, axes.ROUTER_EXPERTS),  # [D, E]
+    ("router/bias", 1): (axes.ROUTER_EXPERTS,),  # RouterBias [E]
+    ("mix_kernel", 2): (axes.EMBED, None),  # shared-expert gate [D, 2]
+    ("mix_bias", 1): (None,),  # [2]
+})
 
 
 def _key_name(key) -> str:
@@ -50,7 +58,8 @@ def logical_axes(path: tuple, ndim: int) -> tuple:
     """Logical axes of the array at `path` (a state path of names and indices).
 
     Under a scanned stack (a path through `stacks`) the leading axis is the depth ("layers":
-    never sharded) and the rest is named as in one layer.
+    never sharded) and the rest is named as in one layer. Raises ValueError naming the path
+    when `_PARAMETER_AXES` does not know the parameter (a rank-0 leaf needs no rule).
     """
     names = [n for n in map(_key_name, path) if n != "value"]
     if "stacks" in names and ndim > 0:
@@ -59,11 +68,15 @@ def logical_axes(path: tuple, ndim: int) -> tuple:
 
 
 def _layer_axes(names: list, ndim: int) -> tuple:
-    if names and names[-1] == "kernel" and ndim == 2 and len(names) > 1:
-        return _KERNELS.get(names[-2], (None, None))
-    if names:
-        return _BY_NAME.get((names[-1], ndim), (None,) * ndim)
-    return (None,) * ndim
+    """Logical axes of a rank-`ndim` parameter of one layer whose path is `names`."""
+    if ndim == 0:
+        return ()
+    for key in ("/".join(names[-2:]), names[-1]) if names else ():
+        if (key, ndim) in _PARAMETER_AXES:
+            return _PARAMETER_AXES[key, ndim]
+    known = ", ".join(f"{name} (rank {rank})" for name, rank in _PARAMETER_AXES)
+    raise ValueError(f"parameter {'/'.join(names)} (rank {ndim} in one layer) has no "
+                     f"sharding rule; allowed: {known} (moejax/parallel/sharding.py)")
 
 
 def partition_spec(logical: tuple, shape: tuple, mesh, rules, where: str) -> PartitionSpec:
@@ -87,7 +100,8 @@ def partition_spec(logical: tuple, shape: tuple, mesh, rules, where: str) -> Par
 
 
 def state_shardings(state, mesh, rules=axes.DEFAULT_RULES):
-    """NamedShardings for every leaf of an nnx State (model or optimizer)."""
+    """NamedShardings for every leaf of an nnx State (model or optimizer); a parameter the
+    rules do not know, or a dimension its mesh axes do not divide, raises ValueError."""
 
     def leaf_sharding(path, leaf):
         shape = getattr(leaf, "shape", ())

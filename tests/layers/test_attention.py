@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from moejax.layers.attention import attention, positions_from_segments
+from moejax.layers.attention import attention, empty_kv_cache, positions_from_segments
 from tests.reference_decoder import attention_ref
 
 B, S, D, H = 2, 7, 12, 4
@@ -88,3 +88,24 @@ def test_packed_documents_are_masked_and_restart_positions():
         np.testing.assert_allclose(np.asarray(plain[b]), want, rtol=1e-9, atol=1e-10)
     # the reference without segments differs: the mask matters for these inputs
     assert not np.allclose(attention_ref(x[B - 1], *weights, 1e4), want)
+
+
+def test_decoding_through_a_kv_cache_equals_the_full_causal_pass():
+    """A 4-token prefill, then one token per call through the KVCache (one slot more than
+    needed, left empty): every output equals the full pass's at its position, and the cache
+    holds each call's keys at its slots, its index advanced."""
+    weights = list(map(jnp.asarray, _weights(6, 2, seed=9)))
+    x = jnp.asarray(np.random.default_rng(10).normal(size=(B, S, D)), jnp.float32)
+    positions = jnp.broadcast_to(jnp.arange(S), (B, S))
+    full = attention(x, *weights, positions, 1e4)
+    cache = empty_kv_cache(B, S + 1, 2, H, jnp.float32)
+    outs = []
+    for start, stop in [(0, 4), *((s, s + 1) for s in range(4, S))]:
+        out, cache = attention(x[:, start:stop], *weights, positions[:, start:stop], 1e4,
+                               cache=cache)
+        outs.append(out)
+    np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, rtol=1e-5, atol=1e-6)
+    assert int(cache.index) == S and cache.k.shape == (B, S + 1, 2, H)
+    assert np.abs(np.asarray(cache.k[:, :S])).min() > 0 and not np.asarray(cache.v[:, S:]).any()
+    with pytest.raises(ValueError, match="segments with a KV cache; allowed: segments=None"):
+        attention(x, *weights, positions, 1e4, jnp.ones((B, S), jnp.int32), cache=cache)

@@ -7,8 +7,9 @@ import pytest
 from flax import nnx
 
 import moejax
-from moejax.models.decoder import Decoder, decoder_spec_from_config
-from moejax.models.generate import top_p_filter
+from moejax.layers.attention import KVCache
+from moejax.models.decoder import Decoder, decoder_spec_from_config, layer_stacks
+from moejax.models.generate import init_cache, top_p_filter
 
 SPEC = {"vocab_size": 23, "d_model": 16, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2,
         "d_ff": 24, "first_dense_layers": 1,
@@ -21,6 +22,7 @@ def test_greedy_equals_argmax_of_the_cache_free_forward(block, scan_layers):
     expert choices are the full forward's at its position (a dense first layer included)."""
     spec = decoder_spec_from_config(dict(SPEC, block=block, scan_layers=scan_layers))
     model = Decoder(spec, rngs=nnx.Rngs(1))
+    before = nnx.state(model)
     prompt = np.random.default_rng(0).integers(0, 23, (2, 5))
     out = moejax.generate(model, prompt, max_new_tokens=6)
     np.testing.assert_array_equal(out.tokens[:, :5], prompt)
@@ -31,7 +33,35 @@ def test_greedy_equals_argmax_of_the_cache_free_forward(block, scan_layers):
     want = np.asarray(record.expert_idx).reshape(routers, 2, 11, -1)[:, :, 5:]
     assert out.expert_idx.shape == (2, 6, routers, want.shape[-1])
     np.testing.assert_array_equal(out.expert_idx, want.transpose(1, 2, 0, 3))
-    assert not any(hasattr(node, "cache_k") for _, node in nnx.iter_graph(model))
+    # the cache was an argument: the model holds none afterwards and is unchanged
+    assert jax.tree.structure(nnx.state(model)) == jax.tree.structure(before)
+    for got, was in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(before), strict=True):
+        np.testing.assert_array_equal(got, was)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_prefill_through_an_explicit_cache_equals_the_cache_free_forward(scan_layers):
+    """`Decoder.__call__(..., cache=init_cache(...))` returns the cache-free logits and the
+    cache filled up to the prompt: one KVCache per layer, stacked like the parameters when
+    scanned; a cache of the wrong structure is named."""
+    spec = decoder_spec_from_config(dict(SPEC, scan_layers=scan_layers))
+    model = Decoder(spec, rngs=nnx.Rngs(2))
+    tokens = jnp.asarray(np.random.default_rng(3).integers(0, 23, (2, 5)), jnp.int32)
+    logits, record, cache = model(tokens, cache=init_cache(spec, 2, 8, jnp.float32))
+    want_logits, want_record = model(tokens)
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(record.expert_idx, want_record.expert_idx)
+    if scan_layers:  # per stack, per layer of its unit: [repeats, B, M, K, H]
+        shapes = [[(repeats, 2, 8, 2, 4)] * unit for _, unit, repeats in layer_stacks(spec)]
+        assert [[c.k.shape for c in stack] for stack in cache] == shapes
+    else:
+        assert [c.k.shape for c in cache] == [(2, 8, 2, 4)] * spec.num_layers
+    for layer in jax.tree.leaves(cache, is_leaf=lambda c: isinstance(c, KVCache)):
+        assert (np.asarray(layer.index) == 5).all()
+        assert np.abs(np.asarray(layer.k)[..., :5, :, :]).min() > 0
+        assert not np.asarray(layer.v)[..., 5:, :, :].any()
+    with pytest.raises(ValueError, match="cache has 1 entries; allowed: "):
+        model(tokens, cache=cache[:1])
 
 
 def test_top_p_keeps_the_smallest_nucleus():

@@ -92,8 +92,9 @@ def test_expert_axis_that_does_not_divide_experts_is_an_error():
 
 
 def test_every_parameter_of_tiny_gets_a_sharding():
+    """configs/tiny.py has a rule for every parameter (an unknown one would raise)."""
     config = load_config(pathlib.Path(__file__).resolve().parents[2] / "configs" / "tiny.py")
-    model_spec, _ = specs_from_config(config)
+    model_spec = specs_from_config(config).model
     model = nnx.eval_shape(lambda: Decoder(model_spec, rngs=nnx.Rngs(0)))
     mesh = make_mesh(MeshSpec(data=4, expert=2))
     shardings = state_shardings(nnx.state(model, nnx.Param), mesh)
@@ -101,27 +102,114 @@ def test_every_parameter_of_tiny_gets_a_sharding():
     assert leaves and all(s.mesh is mesh for s in leaves)
 
 
-# The documented rules (parallel/axes.py, README "Parallelism"), written out per parameter:
-# fsdp on the model width D, tensor on heads, vocabulary and hidden widths, expert on E.
-EXPECTED_SPECS = {
-    ("embed", "embedding"): ("tensor", "fsdp"),            # [V, D]
-    ("head", "kernel"): ("fsdp", "tensor"),                # [D, V]
-    ("attn", "w_q"): ("fsdp", "tensor", None),             # [D, N, H]
-    ("attn", "w_k"): ("fsdp", "tensor", None),
-    ("attn", "w_v"): ("fsdp", "tensor", None),
-    ("attn", "w_o"): ("tensor", None, "fsdp"),             # [N, H, D]
-    ("experts", "w_gate"): ("expert", "fsdp", "tensor"),   # [E, D, F]
-    ("experts", "w_up"): ("expert", "fsdp", "tensor"),
-    ("experts", "w_down"): ("expert", "tensor", "fsdp"),   # [E, F, D]
-    ("router", "kernel"): ("fsdp", None),                  # [D, E]
-    ("attn_norm", "weight"): (None,),
-    ("norm", "weight"): (None,),
-    ("final_norm", "weight"): (None,),
+# The documented rules (parallel/axes.py, README "Parallelism"), written out per parameter
+# kind, by its path in the model or in one layer: fsdp on the model width D, tensor on heads,
+# vocabulary and hidden widths, expert on E; norms, biases and RNG state unsharded.
+OUTER_SPECS = {
+    "embed/embedding": ("tensor", "fsdp"),                 # [V, D]
+    "head/kernel": ("fsdp", "tensor"),                     # [D, V]
+    "final_norm/weight": (None,),                          # [D]
 }
+ATTENTION_SPECS = {
+    "attn_norm/weight": (None,),                           # [D]
+    "attn/w_q": ("fsdp", "tensor", None),                  # [D, N, H]
+    "attn/w_k": ("fsdp", "tensor", None),                  # [D, K, H]
+    "attn/w_v": ("fsdp", "tensor", None),
+    "attn/w_o": ("tensor", None, "fsdp"),                  # [N, H, D]
+}
+QK_NORM_SPECS = {"attn/q_norm/weight": (None,), "attn/k_norm/weight": (None,)}  # [H]
+
+
+def _swiglu_specs(prefix):
+    """A dense SwiGLU (dense FFN layer, shared experts): [D, F], [D, F], [F, D]."""
+    return {f"{prefix}/w_gate": ("fsdp", "tensor"), f"{prefix}/w_up": ("fsdp", "tensor"),
+            f"{prefix}/w_down": ("tensor", "fsdp")}
+
+
+def _routed_specs(prefix):
+    """Routed experts [E, D, F], [E, F, D]; router [D, E], bias [E], jitter RNG (scalars)."""
+    return {f"{prefix}/experts/w_gate": ("expert", "fsdp", "tensor"),
+            f"{prefix}/experts/w_up": ("expert", "fsdp", "tensor"),
+            f"{prefix}/experts/w_down": ("expert", "tensor", "fsdp"),
+            f"{prefix}/router/kernel": ("fsdp", None),
+            f"{prefix}/router/bias": (None,),
+            f"{prefix}/router/rngs/jitter/key": (),
+            f"{prefix}/router/rngs/jitter/count": ()}
+
+
+def _cartesian_specs(sub):
+    """One CartesianMoE sub-layer: its norm, routed experts and shared experts with the
+    learned mix [D, 2] + [2]."""
+    prefix = f"ffn/block/{sub}"
+    return {f"{prefix}/norm/weight": (None,), **_routed_specs(f"{prefix}/routed"),
+            **_swiglu_specs(f"{prefix}/shared/ffn"),
+            f"{prefix}/shared/mix_kernel": ("fsdp", None), f"{prefix}/shared/mix_bias": (None,)}
+
+
+FFN_SPECS = {
+    "dense": {"ffn/norm/weight": (None,), **_swiglu_specs("ffn/ffn")},
+    "topk": {"ffn/norm/weight": (None,), **_routed_specs("ffn/block")},
+    "deepseek": {"ffn/norm/weight": (None,), **_routed_specs("ffn/block/routed"),
+                 **_swiglu_specs("ffn/block/shared/ffn")},
+    "cartesian": {**_cartesian_specs("sub_a"), **_cartesian_specs("sub_b")},
+}
+# every parameter kind: a dense first layer, q/k norms, router bias and jitter, shared experts
+# (DeepSeekMoE: summed, fine-grained; CartesianMoE: the softmax mix)
+EVERY_KIND = dict(SPEC, num_layers=3, first_dense_layers=1, qk_norm=True,
+                  moe=dict(SPEC["moe"], num_shared_experts=1,
+                           router={"use_bias": True, "jitter": 0.1}))
+BLOCK_OPTIONS = {"topk": {}, "deepseek": {"granularity": 2}, "cartesian": {"shared_mix": "softmax"}}
 
 
 def _names(path):
-    return [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+    names = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+    return [n for n in names if n != "value"]
+
+
+def _kind(names):
+    """(path within the model or one layer, stacked): drops `stacks/s/layers/j` or
+    `layers/i`."""
+    if names[0] == "stacks":
+        return "/".join(names[4:]), True
+    return "/".join(names[2:] if names[0] == "layers" else names), False
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+@pytest.mark.parametrize("block", ["topk", "deepseek", "cartesian"])
+def test_every_parameter_kind_of_every_block_gets_its_documented_spec(block, scan_layers):
+    """From shapes alone (nnx.eval_shape): each leaf's PartitionSpec on an (fsdp, expert,
+    tensor) mesh of 8 devices is the table's, with an unsharded depth axis when scanned, and
+    the model has exactly the table's parameter kinds."""
+    moe = dict(EVERY_KIND["moe"], **BLOCK_OPTIONS[block])
+    spec = decoder_spec_from_config(dict(EVERY_KIND, block=block, scan_layers=scan_layers,
+                                         moe=moe))
+    model = nnx.eval_shape(lambda: Decoder(spec, rngs=nnx.Rngs(0)))
+    mesh = make_mesh(MeshSpec(data=1, fsdp=2, expert=2, tensor=2))
+    want = {**OUTER_SPECS, **ATTENTION_SPECS, **QK_NORM_SPECS, **FFN_SPECS["dense"],
+            **FFN_SPECS[block]}
+    seen = set()
+    for path, sharding in jax.tree_util.tree_leaves_with_path(
+            state_shardings(nnx.state(model), mesh)):
+        kind, stacked = _kind(_names(path))
+        assert tuple(sharding.spec) == (None,) * stacked + want[kind], kind
+        seen.add(kind)
+    assert seen == set(want)
+
+
+def test_a_parameter_the_rules_do_not_know_is_an_error_naming_it():
+    """An unknown name, or a known name of another rank, is a ValueError naming the
+    parameter, not silent replication."""
+    mesh = make_mesh(MeshSpec(data=1, fsdp=2, expert=2, tensor=2))
+    spec = decoder_spec_from_config(dict(SPEC, scan_layers=False))
+    model = nnx.eval_shape(lambda: Decoder(spec, rngs=nnx.Rngs(0)))
+    model.layers[1].attn.w_extra = nnx.Param(jnp.zeros((16, 2), jnp.float32))
+    with pytest.raises(ValueError, match=r"^parameter layers/1/attn/w_extra \(rank 2 in one "
+                                         r"layer\) has no sharding rule; allowed: embedding "):
+        state_shardings(nnx.state(model), mesh)
+    stacked_w_q = {"stacks": {0: {"layers": {0: {"attn": {
+        "w_q": jax.ShapeDtypeStruct((2, 16, 8), jnp.float32)}}}}}}  # [L, D, H]: no heads axis
+    with pytest.raises(ValueError, match=r"^parameter stacks/0/layers/0/attn/w_q \(rank 2 "):
+        state_shardings(stacked_w_q, mesh)
 
 
 def _placed_spec(leaf):
@@ -139,16 +227,17 @@ def test_parameters_and_moments_are_placed_by_the_rules():
     optimizer = nnx.Optimizer(model, optax.adamw(1e-2), wrt=nnx.Param)
     shard_model_and_optimizer(model, optimizer, mesh)
     params = jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
+    specs = {**OUTER_SPECS, **ATTENTION_SPECS, **FFN_SPECS["topk"]}
     want = {}
     for path, leaf in params:
-        names = tuple(n for n in _names(path) if n != "value")
-        depth = (None,) if "stacks" in names else ()  # a scanned stack's leading [L] axis
-        want[names] = depth + EXPECTED_SPECS[names[-2:]]
+        names = tuple(_names(path))
+        kind, stacked = _kind(names)
+        want[names] = (None,) * stacked + specs[kind]  # a scanned stack's leading [L] axis
         assert _placed_spec(leaf) == want[names], names
     assert any("stacks" in names for names in want)
     moments = 0
     for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(optimizer)):
-        names = tuple(n for n in _names(path) if n != "value")
+        names = tuple(_names(path))
         for moment in ("mu", "nu"):
             if moment in names:
                 param = names[names.index(moment) + 1:]

@@ -18,7 +18,9 @@ from moejax.models.decoder import Decoder
 from moejax.train.checkpoint import Checkpointer
 from moejax.train.specs import specs_from_config
 from moejax.train.trainer import NonFiniteError, train_and_evaluate
-from tests.train.test_trainer import _interrupted_after_two_steps, _logged_steps, _tiny
+from tests.train.helpers import interrupted_after_two_steps as _interrupted_after_two_steps
+from tests.train.helpers import logged_steps as _logged_steps
+from tests.train.helpers import tiny_config as _tiny
 
 
 def test_diverging_run_stops_and_leaves_only_finite_complete_checkpoints(tmp_path):
@@ -31,7 +33,7 @@ def test_diverging_run_stops_and_leaves_only_finite_complete_checkpoints(tmp_pat
     named = int(str(error.value).split("The last good checkpoint is step ")[1].split()[0])
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
     assert steps and steps[-1] == named, (steps, str(error.value))
-    model_spec, _ = specs_from_config(config)
+    model_spec = specs_from_config(config).model
     model = Decoder(model_spec, rngs=nnx.Rngs(1))
     with Checkpointer(tmp_path) as checkpointer:
         assert checkpointer.restore_latest(model).step == named

@@ -3,7 +3,8 @@ shapes alone, with per-device memory that follows the sharding."""
 
 from moejax.train.config_files import load_config
 from moejax.train.plan import compile_plan, format_plan
-from tests.train.test_trainer import CONFIGS
+from moejax.train.specs import specs_from_config
+from tests.train.helpers import CONFIGS
 
 
 def test_plan_compiles_on_the_mesh_and_sharding_divides_the_state():
@@ -13,7 +14,7 @@ def test_plan_compiles_on_the_mesh_and_sharding_divides_the_state():
     for name, mesh in (("one", {"devices": 1}), ("fsdp8", {"devices": 8, "fsdp": 8})):
         config.mesh.update(data=1, fsdp=1, expert=1, tensor=1)
         config.mesh.update(mesh)
-        plans[name] = compile_plan(config)
+        plans[name] = compile_plan(specs_from_config(config))
     one, fsdp = plans["one"], plans["fsdp8"]
     assert fsdp["mesh"] == {"data": 1, "fsdp": 8, "expert": 1, "tensor": 1}
     assert one["model_flops_per_step"] == fsdp["model_flops_per_step"] > 0

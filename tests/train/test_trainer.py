@@ -1,8 +1,6 @@
 """The trainer: runs, resumes bitwise, saves on SIGTERM, stops on a non-finite loss."""
 
-import json
 import os
-import pathlib
 import re
 import signal
 import subprocess
@@ -18,51 +16,18 @@ from moejax.models.param_count import model_flops_per_token
 from moejax.train import step as step_module
 from moejax.train.config_files import load_config
 from moejax.train.trainer import train_and_evaluate
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / "configs"
-
-
-def _tiny(steps=4, **train):
-    """configs/tiny.py for tests: checkpoints every step, synchronous; evaluates only at the
-    end and without the top-1 test unless asked (each evaluation mode compiles once)."""
-    config = load_config(CONFIGS / "tiny.py")
-    config.train.update(dict(dict(steps=steps, log_every=1, eval_every=100, checkpoint_every=1,
-                                  async_checkpoint=False, progress=False, report=False,
-                                  eval_top1_disabled=False), **train))
-    return config
-
-
-def _rows(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+from tests.train.helpers import (
+    CONFIGS,
+    ROOT,
+    interrupted_after_two_steps,
+    logged_steps,
+    metrics_rows,
+    tiny_config,
+)
 
 
 def _losses(workdir):
-    return {row["step"]: row["loss"] for row in _rows(workdir)}
-
-
-def _logged_steps(workdir):
-    """The steps of metrics.jsonl in file order: a resumed run continues, never restarts."""
-    return [row["step"] for row in _rows(workdir)]
-
-
-def _interrupted_after_two_steps(config, workdir):
-    """Runs `config` in `workdir` and kills the run (KeyboardInterrupt) at its third step."""
-    original = step_module.train_step
-    calls = []
-
-    def stop_after_two(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    step_module.train_step = stop_after_two
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train_and_evaluate(config, workdir)
-    finally:
-        step_module.train_step = original
+    return {row["step"]: row["loss"] for row in metrics_rows(workdir)}
 
 
 TRAIN_FIELDS = {"step", "loss", "total_loss", "grad_norm", "learning_rate", "tokens_per_s",
@@ -103,9 +68,10 @@ def _check_metrics_rows(rows, config):
 
 
 def test_tiny_trains_logs_checkpoints_and_reports(tmp_path):
-    config = _tiny(report=True, eval_top1_disabled=True, peak_tflops=0.5, profile_steps=(2, 3))
+    config = tiny_config(report=True, eval_top1_disabled=True, peak_tflops=0.5,
+                         profile_steps=(2, 3))
     last = train_and_evaluate(config, tmp_path)
-    rows = _rows(tmp_path)
+    rows = metrics_rows(tmp_path)
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
     _check_metrics_rows(rows, config)
     assert last["step"] == 4 and np.isfinite(last["val_loss"])
@@ -126,7 +92,7 @@ def test_tiny_trains_logs_checkpoints_and_reports(tmp_path):
 def test_evaluation_counts_capacity_drops(tmp_path):
     """Half the slots fit at capacity_factor 0.5: evaluation reports the drops per router, with
     and without the top-1 expert (the robustness test is not silently short of experts)."""
-    config = _tiny(steps=1, eval_top1_disabled=True)
+    config = tiny_config(steps=1, eval_top1_disabled=True)
     config.model.moe.update(engine="capacity", capacity_factor=0.5)
     last = train_and_evaluate(config, tmp_path)
     for key in ("eval/routing/dropped_fraction", "eval/routing/dropped_fraction_top1_disabled"):
@@ -140,16 +106,16 @@ def test_checkpoint_from_an_expert_parallel_mesh_restores_on_another(tmp_path, r
     import jax
 
     straight = tmp_path / "straight"
-    train_and_evaluate(_tiny(steps=3, batch_size=4), straight)
-    config = _tiny(steps=3, batch_size=4)
+    train_and_evaluate(tiny_config(steps=3, batch_size=4), straight)
+    config = tiny_config(steps=3, batch_size=4)
     config.mesh.update(devices=4, data=2, expert=2, expert_parallel="ring")
     sharded = tmp_path / "sharded"
-    _interrupted_after_two_steps(config, sharded)
-    resumed = _tiny(steps=3, batch_size=4)
+    interrupted_after_two_steps(config, sharded)
+    resumed = tiny_config(steps=3, batch_size=4)
     resumed.mesh.update(**resume_mesh)
     last = train_and_evaluate(resumed, sharded)
     assert last["step"] == 3 and len(jax.devices()) == 8
-    assert _logged_steps(sharded) == [1, 2, 3]  # resumed at 3, not retrained from 1
+    assert logged_steps(sharded) == [1, 2, 3]  # resumed at 3, not retrained from 1
     np.testing.assert_allclose(list(_losses(sharded).values()),
                                list(_losses(straight).values()), rtol=1e-5)
 
@@ -159,10 +125,10 @@ def test_gradient_accumulation_through_the_trainer(tmp_path):
     balance (grad norm of step 1, losses after), and differs with the micro-batch one: the
     trainer really splits the batch."""
     def run(name, micro_batches, variant):
-        config = _tiny(steps=2, batch_size=4, grad_accumulation=micro_batches)
+        config = tiny_config(steps=2, batch_size=4, grad_accumulation=micro_batches)
         config.loss.update(lb=1.0, lb_variant=variant)
         train_and_evaluate(config, tmp_path / name)
-        rows = _rows(tmp_path / name)
+        rows = metrics_rows(tmp_path / name)
         return np.array([rows[0]["grad_norm"], rows[0]["aux/lb"], rows[1]["loss"]])
 
     whole, accumulated, micro = run("whole", 1, "global"), run("two", 2, "global"), \
@@ -197,12 +163,12 @@ def test_busy_workdir_stops_a_second_run_before_any_work(tmp_path):
 
     with workdir_lock(tmp_path):
         with pytest.raises(WorkdirBusyError, match=f"in use by another run .*PID {os.getpid()}"):
-            train_and_evaluate(_tiny(), tmp_path)
+            train_and_evaluate(tiny_config(), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["moejax.lock"]
 
 
 def test_tensorboard_events_are_written(tmp_path):
-    last = train_and_evaluate(_tiny(steps=2, tensorboard=True), tmp_path)
+    last = train_and_evaluate(tiny_config(steps=2, tensorboard=True), tmp_path)
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     np.testing.assert_allclose(last["val_perplexity"], np.exp(last["val_loss"]), rtol=1e-6)
@@ -211,12 +177,12 @@ def test_tensorboard_events_are_written(tmp_path):
 def test_resume_is_bitwise_identical(tmp_path, capsys):
     """4 steps in one run == 2 steps, an interruption, and a resume to 4 (same schedule)."""
     straight, halves2 = tmp_path / "straight", tmp_path / "halves"
-    train_and_evaluate(_tiny(steps=4), straight)
-    _interrupted_after_two_steps(_tiny(steps=4), halves2)
+    train_and_evaluate(tiny_config(steps=4), straight)
+    interrupted_after_two_steps(tiny_config(steps=4), halves2)
     capsys.readouterr()
-    train_and_evaluate(_tiny(steps=4), halves2)  # resumes at step 2
+    train_and_evaluate(tiny_config(steps=4), halves2)  # resumes at step 2
     assert "resumed from step 2 (" in capsys.readouterr().out
-    assert _logged_steps(halves2) == [1, 2, 3, 4]
+    assert logged_steps(halves2) == [1, 2, 3, 4]
     assert _losses(halves2) == _losses(straight)
 
 
@@ -246,13 +212,13 @@ def test_non_finite_step_stops_unsaved_and_resumes(tmp_path, monkeypatch, poison
     monkeypatch.setattr(step_module, "train_step", poison_third_step)
     with pytest.raises(NonFiniteError, match=rf"non-finite {re.escape(named)} at step 3; "
                                              r"stopped without saving it\. .* step 2 \("):
-        train_and_evaluate(_tiny(log_every=every, checkpoint_every=every), tmp_path)
+        train_and_evaluate(tiny_config(log_every=every, checkpoint_every=every), tmp_path)
     assert len(calls) == (3 if every == 1 else 4)  # deferred: step 4 was queued first
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == saved
     monkeypatch.setattr(step_module, "train_step", original)
-    last = train_and_evaluate(_tiny(log_every=every, checkpoint_every=every), tmp_path)
+    last = train_and_evaluate(tiny_config(log_every=every, checkpoint_every=every), tmp_path)
     assert last["step"] == 4
-    assert _logged_steps(tmp_path) == logged  # the resumed run went on from step 2
+    assert logged_steps(tmp_path) == logged  # the resumed run went on from step 2
 
 
 def test_sigterm_saves_and_resumes(tmp_path):
@@ -274,12 +240,12 @@ def test_sigterm_saves_and_resumes(tmp_path):
     assert len(saved) == 1 and 3 <= saved[0] < 1000, (saved, output)
     assert f"moejax-train: signal {int(signal.SIGTERM)}: saved step {saved[0]} and stopped" \
         in output
-    assert _rows(tmp_path)[-1]["step"] == saved[0]  # logged, and saved before any evaluation
-    assert not any("val_loss" in row for row in _rows(tmp_path))
-    config = _tiny(steps=saved[0] + 1)
+    assert metrics_rows(tmp_path)[-1]["step"] == saved[0]  # logged, and saved before any evaluation
+    assert not any("val_loss" in row for row in metrics_rows(tmp_path))
+    config = tiny_config(steps=saved[0] + 1)
     last = train_and_evaluate(config, tmp_path)
     assert last["step"] == saved[0] + 1
-    assert _logged_steps(tmp_path) == list(range(1, saved[0] + 2))  # one more step, no rerun
+    assert logged_steps(tmp_path) == list(range(1, saved[0] + 2))  # one more step, no rerun
 
 
 @pytest.mark.parametrize("name", ["default.py", "deepseek_tiny.py", "cartesian_base.py:small",
