@@ -28,6 +28,7 @@ import jax
 
 from moejax.train.config_files import load_config
 from moejax.train.plan import compile_plan
+from moejax.train.specs import specs_from_config
 from moejax.train.step_time import compiled_step, interleaved_ms, median_ratio
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def main():
                     config = load_config(args.config)
                     config.model.update(num_layers=depth, remat=remat, scan_layers=scan)
                     config.train.seq_len = seq_len
-                    plan = compile_plan(config)
+                    plan = compile_plan(specs_from_config(config))
                     row = {"layers": depth, "seq_len": seq_len, "remat": remat,
                            "scan_layers": scan,
                            **{k: plan[k] for k in ("compile_s", "argument_bytes",
@@ -85,7 +86,7 @@ def step_times(args) -> list[dict]:
             config = load_config(args.config)
             config.model.update(num_layers=depth, scan_layers=scan)
             config.train.seq_len = int(args.seq_lens.split(",")[0])
-            steps[f"{depth}|{scan}"] = compiled_step(config)
+            steps[f"{depth}|{scan}"] = compiled_step(specs_from_config(config))
     times = interleaved_ms(steps, args.step_rounds)
     rows = []
     print(f"{'layers':>6} {'scanned ms':>11} {'unrolled ms':>12} {'ratio':>7}")

@@ -20,6 +20,7 @@ import statistics
 import jax
 
 from moejax.train.config_files import load_config
+from moejax.train.specs import specs_from_config
 from moejax.train.step_time import compiled_step, interleaved_ms, median_ratio
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
@@ -66,7 +67,8 @@ def main():
     device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
     print(f"device: {device}, jax {jax.__version__}")
     print(f"shape: {shape}, rounds: {args.repeats}; ratios are medians of per-round ratios")
-    steps = {name: compiled_step(_config(args, weights)) for name, weights in VARIANTS.items()}
+    steps = {name: compiled_step(specs_from_config(_config(args, weights)))
+             for name, weights in VARIANTS.items()}
     times = interleaved_ms(steps, args.repeats)
     rows = []
     print(f"{'variant':<10} {'median ms':>10} {'vs lb':>8}")

@@ -18,6 +18,7 @@ import statistics
 import jax
 
 from moejax.experiments.suites import SUITES, variant_config
+from moejax.train.specs import specs_from_config
 from moejax.train.step_time import compiled_step, interleaved_ms, median_ratio
 
 ENGINES = {"capacity_cf2": dict(engine="capacity", capacity_factor=2.0),
@@ -36,7 +37,7 @@ def main():
         for engine, options in ENGINES.items():
             config = variant_config(variant, seed=0)
             config.model.moe.update(**options)
-            steps[(variant.name, engine)] = compiled_step(config)
+            steps[(variant.name, engine)] = compiled_step(specs_from_config(config))
             print(f"  compiled {variant.name} ({engine})", flush=True)
     times = interleaved_ms({f"{v}|{e}": run for (v, e), run in steps.items()}, args.repeats)
     rows = []

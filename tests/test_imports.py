@@ -22,8 +22,8 @@ ALLOWED = {
     "reporting": ("moejax.reporting", "moejax.options"),
     "train": (*_MODEL, "moejax.train", "moejax.parallel", "moejax.regularizers", "moejax.data",
               "moejax.reporting"),
-    "experiments": ("moejax.experiments", "moejax.train", "moejax.data", "moejax.reporting",
-                    "moejax.options"),
+    "experiments": ("moejax.experiments", "moejax.train", "moejax.models", "moejax.data",
+                    "moejax.reporting", "moejax.options"),
     "record.py": (),
     "options.py": (),
     "__init__.py": ("moejax.models", "moejax.moe", "moejax.record"),
@@ -69,5 +69,30 @@ def test_model_code_imports_without_training_stack():
             "moejax.regularizers, moejax.parallel; "
             "bad = [m for m in ('grain', 'orbax', 'matplotlib', 'tensorboardX', 'tqdm', "
             "'ml_collections') if m in sys.modules]; "
+            "sys.exit(f'imported {bad}' if bad else 0)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_experiments_read_metrics_without_matplotlib():
+    """stats and the runner read numbers through reporting/metrics.py, and the plots import
+    matplotlib only when a figure is drawn."""
+    import subprocess
+    import sys
+
+    code = ("import sys, moejax.experiments.stats, moejax.experiments.runner, "
+            "moejax.reporting.report; "
+            "sys.exit('imported matplotlib' if 'matplotlib' in sys.modules else 0)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_inference_commands_load_weights_without_the_training_stack():
+    """Sampling, exporting and HF conversion read weights through moejax.models.weights:
+    nothing of moejax.train is imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys, moejax.cli.sample, moejax.cli.hf, moejax.cli.export, "
+            "moejax.experiments.inference; "
+            "bad = [m for m in sys.modules if m.startswith('moejax.train')]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
     subprocess.run([sys.executable, "-c", code], check=True)

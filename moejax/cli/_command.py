@@ -13,8 +13,6 @@ from collections.abc import Callable
 
 from absl import flags, logging
 
-from moejax.train import config_files
-
 HELP_ARGS = ("--help", "-h", "--helpfull")
 
 
@@ -54,6 +52,8 @@ def _config_path(argv: list[str]) -> str | None:
 def _unknown_override(argv: list[str]) -> str | None:
     """`--config.a.b: no such option; a has: ...` for the first override that names a key the
     config file does not have, or None (no such override, or the file does not load)."""
+    from moejax.train import config_files  # only commands with --config get here
+
     try:
         file, _, file_arg = (_config_path(argv) or "").partition(":")
         config = config_files.load_config(file, file_arg or None)

@@ -1,7 +1,7 @@
 """moejax-export: `moejax-export --workdir DIR --out DIR [--step N] [--overwrite]`.
 
 Writes the model variables of a training checkpoint (no optimizer or data state) as a plain
-Orbax pytree `DIR/params` plus `DIR/config.json`; see `moejax.train.checkpoint.export`.
+Orbax pytree `DIR/params` plus `DIR/config.json`; see `moejax.models.weights.export`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from absl import flags
 
 from moejax.cli._command import run_command
-from moejax.train.checkpoint import export
+from moejax.models.weights import export
 
 USAGE = "moejax-export --workdir DIR --out DIR [--step N] [--overwrite]"
 FLAGS = flags.FlagValues()

@@ -5,7 +5,7 @@
                    [--max_shard_gb 5] [--overwrite]
 
 `import` reads an HF directory (config.json, single or sharded safetensors, per-expert or
-fused layout) into a moejax export (`load_exported` reads it; so does `export` back), one
+fused layout) into a moejax export (`moejax.models.weights` reads it; so does `export` back), one
 tensor at a time and in the stored dtype (a bfloat16 checkpoint gives a bfloat16 export;
 loading it into a model upcasts to the model's float32 parameters).
 `export` writes config.json and safetensors in the hub's per-expert layout, which
@@ -23,9 +23,9 @@ import jax
 from absl import flags
 
 from moejax.cli._command import run_command
+from moejax.models import weights
 from moejax.models.convert_hf import from_hf, to_hf
 from moejax.models.hf_dir import read_hf_dir, write_hf_dir
-from moejax.train import checkpoint
 
 USAGE = ("moejax-hf import --hf DIR --out EXPORT [--overwrite] | moejax-hf export --from "
          "EXPORT_OR_WORKDIR --out DIR [--dtype auto|float32|bfloat16] [--max_shard_gb N] "
@@ -79,7 +79,7 @@ def _import(options: flags.FlagValues) -> int:
         print(f"moejax-hf: {error}", file=sys.stderr)
         return 1
     out = pathlib.Path(options.out).expanduser().resolve()
-    checkpoint.write_export(out, {"model": dataclasses.asdict(spec)}, params,
+    weights.write_export(out, {"model": dataclasses.asdict(spec)}, params,
                             overwrite=options.overwrite)
     print(f"imported {options.hf} to {out}")
     return 0
@@ -89,14 +89,14 @@ def _export(options: flags.FlagValues) -> int:
     if _refuse_non_empty(options.out, options.overwrite):
         return 1
     try:
-        model = checkpoint.load_decoder(options["from"].value)
+        model = weights.load_decoder(options["from"].value)
         tensors = to_hf(model)
     except (FileNotFoundError, RuntimeError, ValueError) as error:
         print(f"moejax-hf: {error}", file=sys.stderr)
         return 1
     dtype = options.dtype
     if dtype == "auto":
-        stored = checkpoint.exported_dtypes(options["from"].value)
+        stored = weights.exported_dtypes(options["from"].value)
         dtype = "bfloat16" if stored == {"bfloat16"} else "float32"
     out = write_hf_dir(tensors, model.spec, options.out, dtype=dtype,
                        max_shard_bytes=int(options.max_shard_gb * 2**30))

@@ -16,9 +16,9 @@ import numpy as np
 from absl import flags
 
 from moejax.cli._command import run_command
-from moejax.data.corpus import VOCAB_SIZE, decode, encode
+from moejax.data.tokenizer import VOCAB_SIZE, decode, encode
 from moejax.models.generate import generate
-from moejax.train.checkpoint import load_decoder
+from moejax.models.weights import load_decoder
 
 USAGE = ("moejax-sample (--export DIR | --workdir DIR) (--prompt TEXT | --prompt_ids 1,2,3) "
          "[--max_new_tokens N] [--temperature T] [--top_p P] [--seed S]")

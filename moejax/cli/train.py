@@ -28,7 +28,7 @@ from moejax.cli._command import run_command
 from moejax.models.param_count import count_parameters
 from moejax.parallel.distributed import distributed_spec, initialize_distributed
 from moejax.train.plan import compile_plan, format_plan
-from moejax.train.specs import specs_from_config, train_spec_from_config
+from moejax.train.specs import RunSpecs, specs_from_config
 from moejax.train.trainer import NonFiniteError, StoppedBySignal, train_and_evaluate
 from moejax.train.workdir_lock import WorkdirBusyError
 
@@ -57,33 +57,30 @@ flags.DEFINE_string("init_from", None, "Start a fresh run from the weights of a 
 flags.mark_flags_as_required(["config", "workdir"], flag_values=FLAGS)
 
 
-def dry_run(config, compile_step: bool = True) -> str:
+def dry_run(config, specs: RunSpecs, compile_step: bool = True) -> str:
     """What --dry-run prints: the resolved config, the two count lines and the plan."""
-    spec, _ = specs_from_config(config)
-    counts = count_parameters(spec)
-    train_spec_from_config(config)
+    counts = count_parameters(specs.model)
     text = (f"{config}\ntotal parameters: {counts.total}\n"
             f"active parameters per token: {counts.active}")
-    return f"{text}\n{format_plan(compile_plan(config))}" if compile_step else text
+    return f"{text}\n{format_plan(compile_plan(specs))}" if compile_step else text
 
 
 def main(options: flags.FlagValues) -> int:
     if options.init_from is not None:
         options.config.train.init_from = options.init_from
     try:  # the options are checked before any work is done
-        specs_from_config(options.config)
-        train_spec_from_config(options.config)
+        specs = specs_from_config(options.config)
     except ValueError as error:
         print(f"moejax-train: {error}", file=sys.stderr)
         return 2
     if options.dry_run:
-        print(dry_run(options.config))
+        print(dry_run(options.config, specs))
         return 0
     initialize_distributed(distributed_spec(options.coordinator_address, options.num_processes,
                                             options.process_id),
                            cluster=options.distributed_cluster)
     try:
-        train_and_evaluate(options.config, options.workdir)
+        train_and_evaluate(options.config, options.workdir, specs)
     except (ValueError, FileNotFoundError, WorkdirBusyError, NonFiniteError,
             StoppedBySignal) as error:
         if options.debug:

@@ -25,7 +25,7 @@ from flax import nnx
 
 from moejax.data import pipeline
 from moejax.experiments import offload
-from moejax.train import checkpoint
+from moejax.models.weights import load_decoder
 
 CACHE_FRACTIONS = (0.25, 0.5)  # M / E
 OFFLOAD_FILE = "offload.json"
@@ -79,7 +79,7 @@ def measure_run(directory: pathlib.Path, config) -> dict:
     path = pathlib.Path(directory) / OFFLOAD_FILE
     if path.exists():
         return json.loads(path.read_text())
-    model = checkpoint.load_decoder(directory)
+    model = load_decoder(directory)
     train = config.train
     metrics = offload_metrics(model, pipeline.data_spec_from_config(config.get("data")),
                               seq_len=train.seq_len, batch_size=train.batch_size,

@@ -1,12 +1,13 @@
-"""Checkpoint conversion: Hugging Face Mixtral / Qwen3-MoE weights <-> moejax `Decoder` params.
+"""Checkpoint conversion: Hugging Face weights <-> moejax `Decoder` params, by one tensor table.
 
 moejax's top-k decoder (docs/methods.md section 3: RMSNorm, RoPE "rotate half", grouped-query
 attention, no biases, untied embeddings, softmax-then-top-k) is weight for weight HF
 `MixtralForCausalLM`, and with `model.qk_norm` (per-head q/k RMSNorm) HF
-`Qwen3MoeForCausalLM`, whose dense layers (`mlp_only_layers`, `decoder_sparse_step`) are
-moejax's `first_dense_layers` / `moe_every` and whose `norm_topk_prob` is
-`router.normalize_gates`. torch `Linear` weights are [out, in]; moejax stores [in, out] with
-heads split out (names in the hub's per-expert layout, as `save_pretrained` writes them):
+`Qwen3MoeForCausalLM`; the family records (`hf_families.py`) say which options each fixes.
+torch `Linear` weights are [out, in]; moejax stores [in, out] with heads split out. The
+tables below (`TOP_TENSORS`, `LAYER_TENSORS`) drive the expected names and shapes, the import
+(`from_hf`) and the export (`to_hf`) alike; in the hub's per-expert layout, as
+`save_pretrained` writes it:
 
 | HF tensor (torch layout)                               | moejax parameter                    |
 |--------------------------------------------------------|-------------------------------------|
@@ -18,20 +19,20 @@ heads split out (names in the hub's per-expert layout, as `save_pretrained` writ
 | model.layers.{i}.self_attn.{q,k}_norm.weight [H]       | layers[i].attn.{q,k}_norm.weight    |
 | model.layers.{i}.post_attention_layernorm.weight [D]   | layers[i].ffn.norm.weight [D]       |
 | model.layers.{i}.{moe}.gate.weight [E, D]              | layers[i].ffn.block.router.kernel   |
-| ...{moe}.experts.{e}.{gate} [F, D]                     | ...block.experts.w_gate[e] [D, F]   |
-| ...{moe}.experts.{e}.{up} [F, D]                       | ...block.experts.w_up[e] [D, F]     |
-| ...{moe}.experts.{e}.{down} [D, F]                     | ...block.experts.w_down[e] [F, D]   |
+| ...{moe}.experts.{e}.{gate} [M, D]                     | ...block.experts.w_gate[e] [D, M]   |
+| ...{moe}.experts.{e}.{up} [M, D]                       | ...block.experts.w_up[e] [D, M]     |
+| ...{moe}.experts.{e}.{down} [D, M]                     | ...block.experts.w_down[e] [M, D]   |
 | model.layers.{i}.mlp.{gate,up,down}_proj.weight        | layers[i].ffn.ffn.w_{gate,up,down}  |
 | model.norm.weight [D]                                  | final_norm.weight [D]               |
 | lm_head.weight [V, D]                                  | head.kernel [D, V]                  |
 
-{moe}, {gate}, {up}, {down}: Mixtral `block_sparse_moe`, `w1`, `w3`, `w2`; Qwen3-MoE `mlp`,
-`gate_proj`, `up_proj`, `down_proj` (`FAMILIES`). q/k norms: Qwen3 only; dense `mlp` layers:
-Qwen3 only. HF's q/k/v rows are head-major (row `n * H + h`), so `w_q = q_proj.T.reshape(D, N,
-H)`. Any tensor that does not map (an unknown name, an expert index >= E, a rotary `inv_freq`
-buffer) or that is missing raises ValueError listing the names: expert weights are never
-dropped silently. The table gives the unrolled layout (`model.scan_layers=False`); a scanned
-model's stacks are filled layer by layer (`stack_params`).
+{moe}, {gate}, {up}, {down}: the family's names (Mixtral `block_sparse_moe`, `w1`, `w3`, `w2`;
+Qwen3-MoE `mlp`, `gate_proj`, `up_proj`, `down_proj`). HF's q/k/v rows are head-major (row
+`n * H + h`), so `w_q = q_proj.T.reshape(D, N, H)`. Any tensor that does not map (an unknown
+name, an expert index >= E, a rotary `inv_freq` buffer) or that is missing raises ValueError
+listing the names: expert weights are never dropped silently. The tables give the unrolled
+layout (`model.scan_layers=False`); a scanned model's stacks are filled layer by layer
+(`weights.stack_params`).
 
 Streaming: `from_hf` reads each tensor when it converts it (`np.asarray` on a lazily read
 tensor, see `hf_dir.read_hf_dir`) and writes it into its place in the output, so the host holds
@@ -41,99 +42,122 @@ the converted parameters once, in the tensors' own dtype when asked (`dtype=None
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
+from types import MappingProxyType
 
 import jax
 import numpy as np
 from flax import nnx
 
-from moejax.models.decoder import Decoder, DecoderSpec, stack_params, unstack_params
+from moejax.models.decoder import Decoder, DecoderSpec
+from moejax.models.hf_families import HFFamily, family_of, set_dotted
+from moejax.models.weights import abstract_params, stack_params, unstack_params
 
 
 @dataclasses.dataclass(frozen=True)
-class HFFamily:
-    """How an HF model family names its config and MoE tensors."""
+class Tensor:
+    """One row of the tensor table.
 
-    model_type: str  # config.json "model_type"
-    architecture: str  # config.json "architectures"[0]
-    title: str  # in messages
-    moe: str  # an MoE layer's module
-    experts: tuple[str, str, str]  # an expert's gate, up and down projections
-
-
-FAMILIES = {
-    "mixtral": HFFamily("mixtral", "MixtralForCausalLM", "HF Mixtral", "block_sparse_moe",
-                        ("w1", "w3", "w2")),
-    "qwen3_moe": HFFamily("qwen3_moe", "Qwen3MoeForCausalLM", "HF Qwen3-MoE", "mlp",
-                          ("gate_proj", "up_proj", "down_proj")),
-}
-
-
-def hf_family(spec: DecoderSpec) -> HFFamily:
-    """The HF family of `spec`: Qwen3-MoE with `qk_norm`, else Mixtral.
-
-    Raises:
-      ValueError: naming the first option that family cannot express.
+    Attributes:
+      hf: the HF name (after `model.layers.{i}.` in LAYER_TENSORS), with the family's
+        placeholders {moe}, {gate}, {up}, {down}; `{e}` makes it one tensor per routed
+        expert, stacked on axis 0 of the moejax parameter.
+      ours: the dotted path of the moejax parameter (in the layer's dict in LAYER_TENSORS).
+      layout: how the torch array maps to ours, a LAYOUTS key.
+      shape: the torch shape in dimension symbols (`dims`), e.g. ("N*H", "D").
+      when: which layers have it, a WHEN key.
     """
-    family = FAMILIES["qwen3_moe" if spec.qk_norm else "mixtral"]
-    router = spec.moe.router
-    required = [
-        ("model.block", spec.block, "topk"),
-        ("model.moe.granularity", spec.moe.granularity, 1),
-        ("model.moe.num_shared_experts", spec.moe.num_shared_experts, 0),
-        ("model.moe.router.kind", router.kind, "softmax_topk"),
-        ("model.moe.router.scaling_factor", router.scaling_factor, 1.0),
-        ("model.moe.router.num_groups", router.num_groups, 1),
-        ("model.moe.router.use_bias", router.use_bias, False),
-    ]
-    if family.model_type == "mixtral":  # every layer MoE, gates renormalised
-        required += [("model.first_dense_layers", spec.first_dense_layers, 0),
-                     ("model.moe_every", spec.moe_every, 1),
-                     ("model.moe.router.normalize_gates", router.normalize_gates, True)]
-    for name, value, allowed in required:
-        if value != allowed:
-            raise ValueError(f"{name}={value!r} has no {family.title} equivalent (needs "
-                             f"{allowed!r})")
-    return family
+
+    hf: str
+    ours: str
+    layout: str
+    shape: tuple[str, ...]
+    when: str = "always"
 
 
-def _layer_shapes(spec: DecoderSpec, family: HFFamily, i: int) -> dict[str, tuple[int, ...]]:
-    """Layer i's HF tensor names (after `model.layers.{i}.`) -> torch shapes."""
-    d, h, n, k = spec.d_model, spec.resolved_head_dim, spec.num_heads, spec.num_kv_heads
-    shapes = {"input_layernorm.weight": (d,), "post_attention_layernorm.weight": (d,),
-              "self_attn.q_proj.weight": (n * h, d), "self_attn.k_proj.weight": (k * h, d),
-              "self_attn.v_proj.weight": (k * h, d), "self_attn.o_proj.weight": (d, n * h)}
-    if spec.qk_norm:
-        shapes.update({"self_attn.q_norm.weight": (h,), "self_attn.k_norm.weight": (h,)})
-    if not spec.is_moe_layer(i):
-        f = spec.d_ff
-        return {**shapes, "mlp.gate_proj.weight": (f, d), "mlp.up_proj.weight": (f, d),
-                "mlp.down_proj.weight": (d, f)}
-    e, f = spec.moe.num_experts, spec.moe.d_hidden
+TOP_TENSORS = (
+    Tensor("model.embed_tokens.weight", "embed.embedding", "same", ("V", "D")),
+    Tensor("model.norm.weight", "final_norm.weight", "same", ("D",)),
+    Tensor("lm_head.weight", "head.kernel", "linear", ("V", "D")),
+)
+LAYER_TENSORS = (
+    Tensor("input_layernorm.weight", "attn_norm.weight", "same", ("D",)),
+    Tensor("self_attn.q_proj.weight", "attn.w_q", "heads_in", ("N*H", "D")),
+    Tensor("self_attn.k_proj.weight", "attn.w_k", "heads_in", ("K*H", "D")),
+    Tensor("self_attn.v_proj.weight", "attn.w_v", "heads_in", ("K*H", "D")),
+    Tensor("self_attn.o_proj.weight", "attn.w_o", "heads_out", ("D", "N*H")),
+    Tensor("self_attn.q_norm.weight", "attn.q_norm.weight", "same", ("H",), "qk_norm"),
+    Tensor("self_attn.k_norm.weight", "attn.k_norm.weight", "same", ("H",), "qk_norm"),
+    Tensor("post_attention_layernorm.weight", "ffn.norm.weight", "same", ("D",)),
+    Tensor("mlp.gate_proj.weight", "ffn.ffn.w_gate", "linear", ("F", "D"), "dense"),
+    Tensor("mlp.up_proj.weight", "ffn.ffn.w_up", "linear", ("F", "D"), "dense"),
+    Tensor("mlp.down_proj.weight", "ffn.ffn.w_down", "linear", ("D", "F"), "dense"),
+    Tensor("{moe}.gate.weight", "ffn.block.router.kernel", "linear", ("E", "D"), "moe"),
+    Tensor("{moe}.experts.{e}.{gate}.weight", "ffn.block.experts.w_gate", "linear", ("M", "D"),
+           "moe"),
+    Tensor("{moe}.experts.{e}.{up}.weight", "ffn.block.experts.w_up", "linear", ("M", "D"),
+           "moe"),
+    Tensor("{moe}.experts.{e}.{down}.weight", "ffn.block.experts.w_down", "linear", ("D", "M"),
+           "moe"),
+)
+# which layers (spec, layer index) hold a row
+WHEN = MappingProxyType({
+    "always": lambda spec, i: True,
+    "qk_norm": lambda spec, i: spec.qk_norm,
+    "dense": lambda spec, i: not spec.is_moe_layer(i),
+    "moe": lambda spec, i: spec.is_moe_layer(i),
+})
+# layout -> (torch array, dims -> ours; ours, dims -> torch array)
+LAYOUTS = MappingProxyType({
+    "same": (lambda t, d: t, lambda o, d: o),
+    "linear": (lambda t, d: t.T, lambda o, d: o.T),
+    "heads_in": (lambda t, d: t.T.reshape(d["D"], -1, d["H"]),  # [count*H, D] -> [D, count, H]
+                 lambda o, d: o.reshape(d["D"], -1).T),
+    "heads_out": (lambda t, d: t.T.reshape(-1, d["H"], d["D"]),  # [D, N*H] -> [N, H, D]
+                  lambda o, d: o.reshape(-1, d["D"]).T),
+})
+
+
+def dims(spec: DecoderSpec) -> dict[str, int]:
+    """The tables' dimension symbols for `spec`."""
+    return {"V": spec.vocab_size, "D": spec.d_model, "N": spec.num_heads,
+            "K": spec.num_kv_heads, "H": spec.resolved_head_dim, "F": spec.d_ff,
+            "E": spec.moe.num_experts, "M": spec.moe.d_hidden}
+
+
+def _shape(row: Tensor, sizes: Mapping[str, int]) -> tuple[int, ...]:
+    return tuple(math.prod(sizes[s] for s in axis.split("*")) for axis in row.shape)
+
+
+def _names(row: Tensor, family: HFFamily, num_experts: int, prefix: str = "") -> list[str]:
+    """The HF names of one row: one, or one per routed expert."""
     gate, up, down = family.experts
-    shapes[f"{family.moe}.gate.weight"] = (e, d)
-    for j in range(e):
-        q = f"{family.moe}.experts.{j}."
-        shapes.update({q + gate + ".weight": (f, d), q + up + ".weight": (f, d),
-                       q + down + ".weight": (d, f)})
-    return shapes
+    name = prefix + row.hf.format(moe=family.moe, gate=gate, up=up, down=down, e="{e}")
+    return [name.format(e=e) for e in range(num_experts)] if "{e}" in row.hf else [name]
+
+
+def _layer_rows(spec: DecoderSpec, i: int) -> list[Tensor]:
+    return [row for row in LAYER_TENSORS if WHEN[row.when](spec, i)]
+
+
+def _rows(spec: DecoderSpec):
+    """(HF name prefix, row) of every tensor of `spec`, top-level rows first."""
+    yield from (("", row) for row in TOP_TENSORS)
+    for i in range(spec.num_layers):
+        yield from ((f"model.layers.{i}.", row) for row in _layer_rows(spec, i))
 
 
 def expected_shapes(spec: DecoderSpec) -> dict[str, tuple[int, ...]]:
-    """HF tensor name -> torch shape for this spec (its family: `hf_family`)."""
-    family = hf_family(spec)
-    d, v = spec.d_model, spec.vocab_size
-    shapes = {"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,),
-              "lm_head.weight": (v, d)}
-    for i in range(spec.num_layers):
-        shapes.update({f"model.layers.{i}.{name}": shape
-                       for name, shape in _layer_shapes(spec, family, i).items()})
-    return shapes
+    """HF tensor name -> torch shape for this spec (its family: `model.hf_family`)."""
+    family, sizes = family_of(spec), dims(spec)
+    return {name: _shape(row, sizes) for prefix, row in _rows(spec)
+            for name in _names(row, family, spec.moe.num_experts, prefix)}
 
 
 def _check_names_and_shapes(tensors: Mapping, spec: DecoderSpec) -> None:
     expected = expected_shapes(spec)
-    title = hf_family(spec).title
+    title = family_of(spec).title
     unexpected = sorted(set(tensors) - set(expected))
     missing = sorted(set(expected) - set(tensors))
     if unexpected or missing:
@@ -147,33 +171,16 @@ def _check_names_and_shapes(tensors: Mapping, spec: DecoderSpec) -> None:
         raise ValueError(f"{title} tensors with the wrong shape: {wrong}")
 
 
-def _layer_from_hf(get, i: int, spec: DecoderSpec, family: HFFamily) -> dict:
-    """Layer i's nested moejax params; get(name after `model.layers.{i}.`) -> array."""
-    d, h = spec.d_model, spec.resolved_head_dim
-
-    def heads(name, count):  # [count*H, D] -> [D, count, H]
-        return get(name).T.reshape(d, count, h)
-
-    attn = {"w_q": heads("self_attn.q_proj.weight", spec.num_heads),
-            "w_k": heads("self_attn.k_proj.weight", spec.num_kv_heads),
-            "w_v": heads("self_attn.v_proj.weight", spec.num_kv_heads),
-            "w_o": get("self_attn.o_proj.weight").T.reshape(spec.num_heads, h, d)}
-    if spec.qk_norm:
-        attn["q_norm"] = {"weight": get("self_attn.q_norm.weight")}
-        attn["k_norm"] = {"weight": get("self_attn.k_norm.weight")}
-    ffn = {"norm": {"weight": get("post_attention_layernorm.weight")}}
-    if not spec.is_moe_layer(i):
-        ffn["ffn"] = {f"w_{kind}": get(f"mlp.{kind}_proj.weight").T
-                      for kind in ("gate", "up", "down")}
-    else:
-        names = dict(zip(("w_gate", "w_up", "w_down"), family.experts, strict=True))
-        ffn["block"] = {
-            "router": {"kernel": get(f"{family.moe}.gate.weight").T},
-            "experts": {ours: np.stack([get(f"{family.moe}.experts.{e}.{theirs}.weight").T
-                                        for e in range(spec.moe.num_experts)])
-                        for ours, theirs in names.items()},
-        }
-    return {"attn_norm": {"weight": get("input_layernorm.weight")}, "attn": attn, "ffn": ffn}
+def _convert_rows(spec: DecoderSpec, rows, get, prefix: str) -> dict:
+    """The nested moejax params of `rows`; get(HF name) -> NumPy array in torch layout."""
+    family, sizes = family_of(spec), dims(spec)
+    out = {}
+    for row in rows:
+        to_ours, _ = LAYOUTS[row.layout]
+        arrays = [to_ours(get(name), sizes)
+                  for name in _names(row, family, spec.moe.num_experts, prefix)]
+        set_dotted(out, row.ours, np.stack(arrays) if "{e}" in row.hf else arrays[0])
+    return out
 
 
 class _Layers(Mapping):
@@ -201,82 +208,64 @@ def from_hf(tensors: Mapping, spec: DecoderSpec, *, dtype=np.float32) -> dict:
       tensors: HF tensor name (per-expert layout, `hf_dir.per_expert_layout`) -> array in
         torch layout, or anything `np.asarray` reads (a lazily read safetensors tensor); torch
         tensors must be converted to NumPy first.
-      spec: the decoder's options, in the family of the tensors (`hf_family`).
+      spec: the decoder's options, in the family of the tensors (`model.hf_family`).
       dtype: the parameters' dtype (float32: what `Decoder` holds); None keeps each tensor's
         own (a bfloat16 checkpoint stays bfloat16, e.g. in `moejax-hf import`'s export).
 
     Returns:
       The structure of `nnx.to_pure_dict(nnx.state(Decoder(spec), nnx.Param))`, in the layout
-      of `spec.scan_layers`: load it with `load_params(model, params)`.
+      of `spec.scan_layers`: load it with `weights.load_params(model, params)`.
 
     Raises:
       ValueError: an option the family cannot express, or unexpected / missing / wrongly
         shaped tensors.
     """
-    family = hf_family(spec)
     _check_names_and_shapes(tensors, spec)
 
     def get(name):
         return np.asarray(tensors[name], dtype)
 
     def layer(i):
-        return _layer_from_hf(lambda name: get(f"model.layers.{i}.{name}"), i, spec, family)
+        return _convert_rows(spec, _layer_rows(spec, i), get, f"model.layers.{i}.")
 
-    params = {"embed": {"embedding": get("model.embed_tokens.weight")},
-              "layers": _Layers(layer, spec.num_layers),
-              "final_norm": {"weight": get("model.norm.weight")},
-              "head": {"kernel": get("lm_head.weight").T}}
+    params = {**_convert_rows(spec, TOP_TENSORS, get, ""),
+              "layers": _Layers(layer, spec.num_layers)}
     if not spec.scan_layers:
         params["layers"] = dict(params["layers"])
     params = stack_params(spec, params)
-    abstract = nnx.eval_shape(lambda: Decoder(spec, rngs=nnx.Rngs(0)))
-    expected = jax.tree.map(lambda a: a.shape, nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
+    expected = jax.tree.map(lambda a: a.shape, abstract_params(spec, nnx.Param))
     assert jax.tree.map(np.shape, params) == expected, "internal: not the Decoder's params"
     return params
 
 
-def _layer_to_hf(layer: Mapping, i: int, spec: DecoderSpec,
-                 family: HFFamily) -> dict[str, np.ndarray]:
-    p = f"model.layers.{i}."
-    d = spec.d_model
-    attn, ffn = layer["attn"], layer["ffn"]
-    out = {
-        p + "input_layernorm.weight": layer["attn_norm"]["weight"],
-        p + "self_attn.q_proj.weight": attn["w_q"].reshape(d, -1).T,
-        p + "self_attn.k_proj.weight": attn["w_k"].reshape(d, -1).T,
-        p + "self_attn.v_proj.weight": attn["w_v"].reshape(d, -1).T,
-        p + "self_attn.o_proj.weight": attn["w_o"].reshape(-1, d).T,
-        p + "post_attention_layernorm.weight": ffn["norm"]["weight"],
-    }
-    if spec.qk_norm:
-        out[p + "self_attn.q_norm.weight"] = attn["q_norm"]["weight"]
-        out[p + "self_attn.k_norm.weight"] = attn["k_norm"]["weight"]
-    if not spec.is_moe_layer(i):
-        out.update({f"{p}mlp.{kind}_proj.weight": ffn["ffn"][f"w_{kind}"].T
-                    for kind in ("gate", "up", "down")})
-        return out
-    block = ffn["block"]
-    out[f"{p}{family.moe}.gate.weight"] = block["router"]["kernel"].T
-    for ours, theirs in zip(("w_gate", "w_up", "w_down"), family.experts, strict=True):
-        for e in range(spec.moe.num_experts):
-            out[f"{p}{family.moe}.experts.{e}.{theirs}.weight"] = block["experts"][ours][e].T
+def _export_rows(spec: DecoderSpec, rows, params: dict, prefix: str) -> dict[str, np.ndarray]:
+    """HF name -> torch-layout array of `rows`, read from the nested moejax `params`."""
+    family, sizes = family_of(spec), dims(spec)
+    out = {}
+    for row in rows:
+        _, to_torch = LAYOUTS[row.layout]
+        value = params
+        for part in row.ours.split("."):
+            value = value[part]
+        names = _names(row, family, spec.moe.num_experts, prefix)
+        values = list(value) if "{e}" in row.hf else [value]
+        out.update({name: to_torch(v, sizes) for name, v in zip(names, values, strict=True)})
     return out
 
 
 def to_hf(model: Decoder) -> dict[str, np.ndarray]:
     """A `Decoder` -> HF tensor name -> contiguous float32 array (torch layout, the hub's
-    per-expert names of its family: `hf_family(model.spec)`).
+    per-expert names of the family `model.spec.hf_family`).
 
     Raises:
-      ValueError: an option of the model's spec that neither family can express, named.
+      ValueError: an option of the model's spec that its family cannot express, named.
     """
     spec = model.spec
-    family = hf_family(spec)
+    family_of(spec)
     pure = jax.tree.map(lambda a: np.asarray(a, np.float32),
                         unstack_params(spec, nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])))
-    out = {"model.embed_tokens.weight": pure["embed"]["embedding"]}
+    out = _export_rows(spec, TOP_TENSORS, pure, "")
     for i in range(spec.num_layers):
-        out.update(_layer_to_hf(pure["layers"][i], i, spec, family))
-    out["model.norm.weight"] = pure["final_norm"]["weight"]
-    out["lm_head.weight"] = pure["head"]["kernel"].T
+        out.update(_export_rows(spec, _layer_rows(spec, i), pure["layers"][i],
+                                f"model.layers.{i}."))
     return {name: np.ascontiguousarray(value) for name, value in out.items()}

@@ -12,30 +12,30 @@ Two parameter layouts compute the same function (`model.scan_layers`):
   `nnx.scan` (one traced unit per stack, so compile time barely grows). `layer_stacks(spec)`
   cuts the depth into at most three stacks of a repeating unit: the leading dense layers,
   the periodic MoE unit (`moe_every` layers: one MoE, then dense), and the leftover layers.
-  `unstack_params` / `stack_params` move a parameter dict between the two layouts.
+  `moejax.models.weights` moves a parameter dict between the two layouts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import functools
 from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from moejax.layers.attention import ATTENTION_IMPLEMENTATIONS, Attention, positions_from_segments
 from moejax.layers.embed import Embed, LMHead
 from moejax.layers.ffn import SwiGLU
 from moejax.layers.norms import RMSNorm
+from moejax.models.hf_families import FAMILIES
 from moejax.moe.cartesian import CartesianMoE
 from moejax.moe.deepseek import DeepSeekMoE
 from moejax.moe.router import RouterSpec
 from moejax.moe.spec import MoESpec
 from moejax.moe.topk import TopKMoE
-from moejax.options import check_known, spec_from_mapping
+from moejax.options import check_choice, check_known, spec_from_mapping
 from moejax.record import concat_records
 
 # model.remat: what the backward pass may keep of each layer's forward (the rest is recomputed)
@@ -79,6 +79,9 @@ class DecoderSpec:
         "save_dots_except_experts".
       scan_layers: stack the layers' parameters over depth and run them with `nnx.scan`
         (see the module docstring); False: one module per layer in a Python loop.
+      hf_family: the Hugging Face family this model is written as (`moejax-hf export`), a
+        key of `hf_families.FAMILIES` ("mixtral", "qwen3_moe"); an import sets it from
+        config.json's `model_type`. It does not change the function.
       moe: the MoE layers' options.
     """
 
@@ -99,20 +102,17 @@ class DecoderSpec:
     attention: str = "xla"
     remat: str = "none"
     scan_layers: bool = True
+    hf_family: str = "mixtral"
     moe: MoESpec = dataclasses.field(default_factory=MoESpec)
 
     def __post_init__(self):
         if isinstance(self.moe, dict):
             object.__setattr__(self, "moe", MoESpec(**self.moe))
-        if self.block not in BLOCKS:
-            raise ValueError(f"model.block={self.block!r}; allowed: {', '.join(BLOCKS)}")
-        if self.attention not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"model.attention={self.attention!r}; allowed: "
-                             f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"model.remat={self.remat!r}; allowed: {', '.join(REMAT_POLICIES)}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"model.dtype={self.dtype!r}; allowed: {', '.join(DTYPES)}")
+        check_choice("model.block", self.block, BLOCKS)
+        check_choice("model.attention", self.attention, ATTENTION_IMPLEMENTATIONS)
+        check_choice("model.remat", self.remat, REMAT_POLICIES)
+        check_choice("model.dtype", self.dtype, DTYPES)
+        check_choice("model.hf_family", self.hf_family, FAMILIES)
         if self.head_dim is None and self.d_model % self.num_heads:
             raise ValueError(
                 f"model.d_model={self.d_model} is not divisible by model.num_heads="
@@ -131,6 +131,12 @@ class DecoderSpec:
                 f"model.first_dense_layers={self.first_dense_layers} must be in [0, num_layers="
                 f"{self.num_layers}] and model.moe_every={self.moe_every} >= 1"
             )
+
+    @functools.cached_property
+    def _abstract_split(self):
+        """`nnx.split` of `Decoder(self)` from shapes alone, traced on first use and kept on
+        this spec object (`weights.abstract_decoder` reads it; no module-level cache)."""
+        return nnx.split(nnx.eval_shape(lambda: Decoder(self, rngs=nnx.Rngs(0))))
 
     @property
     def resolved_head_dim(self) -> int:
@@ -223,12 +229,16 @@ class DecoderLayer(nnx.Module):
         self.ffn = _feed_forward_cls(spec, layer)(spec, rngs=rngs, engine=engine)
 
     def __call__(self, x: jax.Array, positions: jax.Array, segments=None, *,
-                 disable_top1: bool = False):
-        """x: [B, S, D], positions and segments [B, S] -> ([B, S, D], record or None)."""
-        x = x + self.attn(self.attn_norm(x), positions, segments)
+                 disable_top1: bool = False, cache=None):
+        """x: [B, S, D], positions and segments [B, S], cache: this layer's KVCache or None
+        -> ([B, S, D], record or None, the updated KVCache or None)."""
+        attended = self.attn(self.attn_norm(x), positions, segments, cache)
+        if cache is not None:
+            attended, cache = attended
+        x = x + attended
         batch, seq, d_model = x.shape
         h, record = self.ffn(x.reshape(batch * seq, d_model), disable_top1=disable_top1)
-        return h.reshape(batch, seq, d_model), record
+        return h.reshape(batch, seq, d_model), record, cache
 
 
 class LayerStack(nnx.Module):
@@ -244,22 +254,30 @@ class LayerStack(nnx.Module):
 
         self.layers = make_unit(rngs)
 
-    def __call__(self, x, run_layer):
-        """x: [B, S, D] -> ([B, S, D], record over the stack's routers in depth order or None)."""
+    def __call__(self, x, run_layer, cache=None):
+        """x: [B, S, D], cache: None or a tuple of one KVCache per layer of the unit, stacked
+        over the repeats (k, v [repeats, B, M, K, H]) -> ([B, S, D], record over the stack's
+        routers in depth order or None, the updated cache or None).
 
-        def run_unit(x, layers):
-            records = []
-            for layer in layers:
-                x, record = run_layer(layer, x)
+        run_layer(layer, x, layer_cache) -> (x, record or None, layer_cache) runs one layer.
+        """
+
+        def run_unit(x, layers, unit_cache):
+            records, new_cache = [], []
+            for j, layer in enumerate(layers):
+                x, record, layer_cache = run_layer(
+                    layer, x, None if unit_cache is None else unit_cache[j])
+                new_cache.append(layer_cache)
                 if record is not None:
                     records.append(record)
-            return x, (concat_records(records) if records else None)
+            records = concat_records(records) if records else None
+            return x, records, (None if unit_cache is None else tuple(new_cache))
 
-        x, records = nnx.scan(run_unit, in_axes=(nnx.Carry, 0),
-                              out_axes=(nnx.Carry, 0))(x, self.layers)
+        x, records, cache = nnx.scan(run_unit, in_axes=(nnx.Carry, 0, 0),
+                                     out_axes=(nnx.Carry, 0, 0))(x, self.layers, cache)
         if records is not None:  # [repeats, R_unit, ...] -> [repeats * R_unit, ...]
             records = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), records)
-        return x, records
+        return x, records, cache
 
 
 class Decoder(nnx.Module):
@@ -281,7 +299,7 @@ class Decoder(nnx.Module):
         self.head = LMHead(spec.d_model, spec.vocab_size, rngs=rngs)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, *,
-                 segments: jax.Array | None = None, disable_top1: bool = False):
+                 segments: jax.Array | None = None, disable_top1: bool = False, cache=None):
         """tokens: [B, S] int.
 
         Args:
@@ -290,30 +308,42 @@ class Decoder(nnx.Module):
             stays within a document. None: each row is one document.
           disable_top1: the robustness test (every router drops each token's first choice and
             re-picks top-k from the rest).
+          cache: None (training, scoring), or every layer's KV cache to decode with
+            (`moejax.models.generate.init_cache`; segments must be None): unrolled, a tuple of
+            one KVCache per layer (k, v [B, M, K, H]); scanned, per stack a tuple of one
+            KVCache per layer of its unit, stacked over the repeats (k, v [L, B, M, K, H]).
+
+        Returns:
+          (logits, record), and the cache with this call's keys and values appended as a
+          third item when a cache is given.
         """
         if positions is None:
             positions = (jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
                          if segments is None else positions_from_segments(segments))
         x = self.embed(tokens, DTYPES[self.spec.dtype])
 
-        def run_layer(layer, x):
-            return layer(x, positions, segments, disable_top1=disable_top1)
+        def run_layer(layer, x, layer_cache):
+            return layer(x, positions, segments, disable_top1=disable_top1, cache=layer_cache)
 
         if self.spec.remat != "none":
             run_layer = nnx.remat(run_layer, policy=REMAT_POLICIES[self.spec.remat])
-        records = []
-        if self.spec.scan_layers:
-            for stack in self.stacks:
-                x, record = stack(x, run_layer)
-                if record is not None:
-                    records.append(record)
-        else:
-            for layer in self.layers:
-                x, record = run_layer(layer, x)
-                if record is not None:
-                    records.append(record)
+        groups = self.stacks if self.spec.scan_layers else self.layers
+        if cache is not None and len(cache) != len(groups):
+            raise ValueError(f"cache has {len(cache)} entries; allowed: {len(groups)}, one per "
+                             f"{'stack' if self.spec.scan_layers else 'layer'} (init_cache)")
+        records, new_cache = [], []
+        for i, group in enumerate(groups):
+            group_cache = None if cache is None else cache[i]
+            if self.spec.scan_layers:
+                x, record, group_cache = group(x, run_layer, group_cache)
+            else:
+                x, record, group_cache = run_layer(group, x, group_cache)
+            new_cache.append(group_cache)
+            if record is not None:
+                records.append(record)
         logits = self.head(self.final_norm(x))
-        return logits, (concat_records(records) if records else None)
+        record = concat_records(records) if records else None
+        return (logits, record) if cache is None else (logits, record, tuple(new_cache))
 
     def _router_groups(self) -> list[tuple[list, bool]]:
         """(routers, stacked) in depth order; a stacked router holds one router per repeat."""
@@ -348,71 +378,3 @@ class Decoder(nnx.Module):
                 value = block[:, u, : router.bias.shape[-1]]
                 router.bias[...] = value if stacked else value[0]
             start += repeats * len(routers)
-
-
-def _stack_trees(trees, count: int):
-    """Stacks `count` trees of equal structure leaf-wise on a new axis 0. NumPy leaves (a
-    checkpoint being converted) are copied into one preallocated array as each tree arrives,
-    so the layers never exist twice on the host; device arrays are stacked on device."""
-    trees = iter(trees)
-    first = next(trees)
-    if not isinstance(jax.tree.leaves(first)[0], np.ndarray):
-        return jax.tree.map(lambda *a: jnp.stack(a), first, *trees)
-    out = jax.tree.map(lambda a: np.empty((count, *a.shape), a.dtype), first)
-    for r, tree in enumerate(itertools.chain([first], trees)):
-        for stacked, leaf in zip(jax.tree.leaves(out), jax.tree.leaves(tree), strict=True):
-            stacked[r] = leaf
-    return out
-
-
-def unstack_params(spec: DecoderSpec, params: dict) -> dict:
-    """A Decoder parameter dict (`nnx.to_pure_dict`) in either layout -> the unrolled one
-    (`{"layers": {i: layer}, ...}`); arrays are sliced, not copied to the host."""
-    if "stacks" not in params:
-        return params
-    out = {k: v for k, v in params.items() if k != "stacks"}
-    out["layers"] = {}
-    for s, (first, unit, repeats) in enumerate(layer_stacks(spec)):
-        stack = params["stacks"][s]["layers"]
-        for r in range(repeats):
-            for j in range(unit):
-                out["layers"][first + r * unit + j] = jax.tree.map(lambda a, r=r: a[r],
-                                                                   stack[j])
-    return out
-
-
-def stack_params(spec: DecoderSpec, params: dict) -> dict:
-    """A Decoder parameter dict in either layout -> the layout of `spec.scan_layers`.
-
-    `params["layers"]` may be any mapping (e.g. layers converted on access): each layer is
-    read once, in depth order within each stack position."""
-    params = unstack_params(spec, params)
-    if not spec.scan_layers:
-        return params
-    out = {k: v for k, v in params.items() if k != "layers"}
-    layers = params["layers"]
-    out["stacks"] = {
-        s: {"layers": {j: _stack_trees((layers[first + r * unit + j] for r in range(repeats)),
-                                       repeats)
-                       for j in range(unit)}}
-        for s, (first, unit, repeats) in enumerate(layer_stacks(spec))}
-    return out
-
-
-def load_params(model: Decoder, params: dict) -> None:
-    """Loads a parameter dict (`nnx.to_pure_dict` structure, either layout, a subset of the
-    model's variables allowed) into `model` in place: each array is cast to the dtype of the
-    model's array and put on its sharding."""
-    state = nnx.state(model, nnx.Not(nnx.RngState))
-    params = stack_params(model.spec, params)
-    current = nnx.to_pure_dict(state)
-    merged = jax.tree.map(lambda old, new: jax.device_put(new.astype(old.dtype), old.sharding),
-                          _subtree(current, params), params)
-    nnx.replace_by_pure_dict(state, merged)
-    nnx.update(model, state)
-
-
-def _subtree(current: dict, params: dict) -> dict:
-    """The part of `current` with `params`'s keys (an HF source has no router biases)."""
-    return {k: _subtree(current[k], v) if isinstance(v, dict) else current[k]
-            for k, v in params.items()}

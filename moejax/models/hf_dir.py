@@ -1,12 +1,14 @@
-"""Hugging Face model directories <-> moejax: config.json and safetensors (Mixtral, Qwen3-MoE).
+"""Hugging Face model directories <-> moejax: config.json and safetensors (`hf_families.FAMILIES`).
 
 A directory as `save_pretrained` writes it: `config.json` plus `model.safetensors`, or
 `model-0000i-of-0000n.safetensors` shards with `model.safetensors.index.json`.
 
-- `spec_from_hf_config` / `hf_config_from_spec`: the options both ways. An HF option moejax
-  cannot honour (another `model_type`, a sliding window, tied embeddings, an activation other
-  than SiLU, attention biases, scaled RoPE, dense layers no `first_dense_layers` / `moe_every`
-  pattern gives) and a moejax option the family cannot express are errors naming them.
+- `spec_from_hf_config` / `hf_config_from_spec`: the options both ways, driven by the family
+  record (`hf_families.py`) of config.json's `model_type` / of `model.hf_family`. An HF option
+  moejax cannot honour (another `model_type`, a sliding window, tied embeddings, an activation
+  other than SiLU, attention biases, scaled RoPE, dense layers no `first_dense_layers` /
+  `moe_every` pattern gives) and a moejax option the family cannot express are errors naming
+  them.
 - `read_hf_dir`: (spec, tensors in the per-expert layout), each tensor read from its file
   only when converted (`np.asarray`), in its stored dtype. It reads both tensor layouts:
   the hub's per-expert names (Mixtral `block_sparse_moe.experts.{e}.w1/w2/w3`, Qwen3-MoE
@@ -29,8 +31,18 @@ from collections.abc import Mapping
 import ml_dtypes
 import numpy as np
 
-from moejax.models.convert_hf import FAMILIES, HFFamily, hf_family
 from moejax.models.decoder import DecoderSpec, decoder_spec_from_config
+from moejax.models.hf_families import (
+    COMMON_KEYS,
+    COMMON_WRITTEN,
+    DENSE_LAYOUTS,
+    FAMILIES,
+    HFFamily,
+    dotted,
+    family_of,
+    set_dotted,
+)
+from moejax.options import check_choice
 
 INDEX = "model.safetensors.index.json"
 _FUSED = re.compile(r"^model\.layers\.(\d+)\.mlp\.(gate\.weight|experts\.gate_up_proj|"
@@ -46,105 +58,54 @@ def _rope_theta(hf: Mapping) -> float:
     return float(rope.get("rope_theta", hf.get("rope_theta", 1e6)))
 
 
-def _num_experts(hf: Mapping) -> int:
-    """The hub's Qwen3 configs say `num_experts`; transformers 5 writes `num_local_experts`."""
-    return hf["num_experts"] if "num_experts" in hf else hf["num_local_experts"]
-
-
-def _dense_pattern(hf: Mapping) -> tuple[int, int]:
-    """Qwen3-MoE's MoE layers (not in `mlp_only_layers`, `(i + 1) % decoder_sparse_step ==
-    0`) as moejax's (first_dense_layers, moe_every)."""
-    layers = hf["num_hidden_layers"]
-    step, dense = hf.get("decoder_sparse_step") or 1, set(hf.get("mlp_only_layers") or ())
-    moe = [i for i in range(layers)
-           if _num_experts(hf) > 0 and i not in dense and (i + 1) % step == 0]
-    if not moe:
-        return layers, 1
-    every = moe[1] - moe[0] if len(moe) > 1 else (step if moe[0] + step >= layers else layers)
-    if moe != list(range(moe[0], layers, every)):
-        raise ValueError(
-            f"HF config mlp_only_layers={sorted(dense)} with decoder_sparse_step={step} puts "
-            f"MoE layers at {moe}; moejax needs them at first_dense_layers + k * moe_every "
-            "up to the last layer")
-    return moe[0], every
-
-
 def spec_from_hf_config(hf: Mapping, **overrides) -> DecoderSpec:
-    """An HF Mixtral or Qwen3-MoE `config.json` (as a dict) -> DecoderSpec (layers scanned
-    unless `scan_layers=False` is passed among the top-level `overrides`).
+    """An HF `config.json` (as a dict) of a family in `FAMILIES` -> DecoderSpec (its
+    `hf_family` set; layers scanned unless `scan_layers=False` is among the top-level
+    `overrides`).
 
     Raises:
-      ValueError: another model_type, or an option moejax cannot honour, named.
+      ValueError: another model_type, a missing key, or an option moejax cannot honour, named.
     """
-    kind = hf.get("model_type")
-    if kind not in FAMILIES:
-        raise ValueError(f"HF config model_type={kind!r} is not supported (allowed: "
-                         f"{', '.join(map(repr, FAMILIES))})")
-    qwen = kind == "qwen3_moe"
-    unsupported = {"tie_word_embeddings": False, "hidden_act": "silu", "attention_bias": False,
-                   ("use_sliding_window" if qwen else "sliding_window"): False if qwen else None}
-    for key, allowed in unsupported.items():
+    check_choice("HF config model_type", hf.get("model_type"), FAMILIES)
+    family = FAMILIES[hf["model_type"]]
+    for key, allowed in family.unsupported.items():
         if hf.get(key, allowed) != allowed:
             raise ValueError(f"HF config {key}={hf[key]!r} is not supported (allowed: "
                              f"{allowed!r})")
-    heads = hf["num_attention_heads"]
+    model = {"hf_family": family.model_type, "rope_theta": _rope_theta(hf)}
+    for key in (*COMMON_KEYS, *family.keys):
+        set_dotted(model, key.ours, key.read(hf))
     head_dim = hf.get("head_dim")  # None: hidden_size // heads, as moejax's default
-    head_dim = None if head_dim == hf["hidden_size"] // heads else head_dim
-    first_dense, every = _dense_pattern(hf) if qwen else (0, 1)
-    router = ({"normalize_gates": bool(hf.get("norm_topk_prob", False))} if qwen else
-              {"jitter": float(hf.get("router_jitter_noise") or 0.0)})
-    model = {
-        "vocab_size": hf["vocab_size"], "d_model": hf["hidden_size"],
-        "num_layers": hf["num_hidden_layers"], "num_heads": heads,
-        "num_kv_heads": hf.get("num_key_value_heads") or heads, "head_dim": head_dim,
-        "d_ff": hf["intermediate_size"], "rope_theta": _rope_theta(hf),
-        "norm_eps": hf.get("rms_norm_eps", 1e-6 if qwen else 1e-5), "qk_norm": qwen,
-        "first_dense_layers": first_dense, "moe_every": every,
-        "moe": {"num_experts": _num_experts(hf),
-                "top_k": hf["num_experts_per_tok"],
-                "d_hidden": hf["moe_intermediate_size" if qwen else "intermediate_size"],
-                "router": router},
-        **overrides,
-    }
-    spec = decoder_spec_from_config(model)
-    hf_family(spec)  # the spec must convert back
+    model["head_dim"] = None if head_dim == model["d_model"] // model["num_heads"] else head_dim
+    for name, value in family.requires.items():
+        set_dotted(model, name, value)
+    if family.dense_layout is not None:
+        read, _ = DENSE_LAYOUTS[family.dense_layout]
+        model.update(read(hf, model["moe"]["num_experts"]))
+    spec = decoder_spec_from_config({**model, **overrides})
+    family_of(spec)  # the spec must convert back
     return spec
 
 
 def hf_config_from_spec(spec: DecoderSpec, torch_dtype: str = "float32") -> dict:
-    """DecoderSpec -> an HF `config.json` dict of its family (`convert_hf.hf_family`: Qwen3-MoE
-    with `model.qk_norm`, else Mixtral; v4 and v5 rope keys both written).
+    """DecoderSpec -> an HF `config.json` dict of its family (`model.hf_family`; v4 and v5
+    rope keys both written).
 
     Raises:
       ValueError: an option the family cannot express, named.
     """
-    family = hf_family(spec)
-    config = {
-        "architectures": [family.architecture], "model_type": family.model_type,
-        "vocab_size": spec.vocab_size, "hidden_size": spec.d_model,
-        "num_hidden_layers": spec.num_layers, "num_attention_heads": spec.num_heads,
-        "num_key_value_heads": spec.num_kv_heads, "head_dim": spec.resolved_head_dim,
-        "num_experts_per_tok": spec.moe.top_k, "rms_norm_eps": spec.norm_eps,
-        "rope_theta": spec.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": spec.rope_theta},
-        "hidden_act": "silu", "tie_word_embeddings": False, "attention_bias": False,
-        "attention_dropout": 0.0, "output_router_logits": False,
-        "max_position_embeddings": 32768, "torch_dtype": torch_dtype, "dtype": torch_dtype,
-    }
-    if family.model_type == "mixtral":
-        return {**config, "intermediate_size": spec.moe.d_hidden,
-                "num_local_experts": spec.moe.num_experts, "sliding_window": None,
-                "router_jitter_noise": spec.moe.router.jitter}
-    step = spec.moe_every  # Qwen3's own pattern when it fits, else every dense layer listed
-    moe_layers = [i for i in range(spec.num_layers) if spec.is_moe_layer(i)]
-    if any((i + 1) % step for i in moe_layers):
-        step = 1
-    return {**config, "intermediate_size": spec.d_ff, "moe_intermediate_size": spec.moe.d_hidden,
-            "num_experts": spec.moe.num_experts, "norm_topk_prob": spec.moe.router.normalize_gates,
-            "decoder_sparse_step": step,
-            "mlp_only_layers": [i for i in range(spec.num_layers)
-                                if (i + 1) % step == 0 and not spec.is_moe_layer(i)],
-            "use_sliding_window": False, "sliding_window": None}
+    family = family_of(spec)
+    config = {"architectures": [family.architecture], "model_type": family.model_type,
+              "head_dim": spec.resolved_head_dim, "rope_theta": spec.rope_theta,
+              "rope_parameters": {"rope_type": "default", "rope_theta": spec.rope_theta},
+              **COMMON_WRITTEN, **family.written, "torch_dtype": torch_dtype,
+              "dtype": torch_dtype}
+    config.update({key.hf[0]: dotted(spec, key.ours) for key in (*COMMON_KEYS, *family.keys)
+                   if key.write})
+    if family.dense_layout is not None:
+        _, write = DENSE_LAYOUTS[family.dense_layout]
+        config.update(write(spec))
+    return config
 
 
 class StoredTensor:

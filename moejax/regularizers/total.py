@@ -13,6 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from moejax.options import check_choice
 from moejax.record import RoutingRecord
 from moejax.regularizers.baselines import score_variance_loss
 from moejax.regularizers.coupling import FORMS, coupling_loss
@@ -59,19 +60,14 @@ class LossSpec:
     bias_rate: float = 0.0
 
     def __post_init__(self):
-        if self.lb_variant not in LB_VARIANTS:
-            raise ValueError(f"loss.lb_variant={self.lb_variant!r}; allowed: "
-                             f"{', '.join(LB_VARIANTS)}")
-        if self.sp_mode not in MODES:
-            raise ValueError(f"loss.sp_mode={self.sp_mode!r}; allowed: {', '.join(MODES)}")
-        if self.cp_form not in FORMS:
-            raise ValueError(f"loss.cp_form={self.cp_form!r}; allowed: {', '.join(FORMS)}")
+        check_choice("loss.lb_variant", self.lb_variant, LB_VARIANTS)
+        check_choice("loss.sp_mode", self.sp_mode, MODES)
+        check_choice("loss.cp_form", self.cp_form, FORMS)
         if self.sp > 0 and self.orth > 0:
             raise ValueError("loss.sp and loss.orth both read the record's pair_cos (of "
                              "activations and of outputs): use one at a time")
-        weights = dict(lb=self.lb, z=self.z, sp=self.sp, cp=self.cp, orth=self.orth,
-                       var=self.var, bias_rate=self.bias_rate)
-        negative = [f"loss.{k}={v}" for k, v in weights.items() if v < 0]
+        weights = (*LOSSES, "bias_rate")  # every term's weight field, and the bias update's
+        negative = [f"loss.{k}={getattr(self, k)}" for k in weights if getattr(self, k) < 0]
         if negative:
             raise ValueError(f"loss weights must be >= 0: {', '.join(negative)}")
 

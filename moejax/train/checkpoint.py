@@ -1,4 +1,4 @@
-"""Checkpoints: the whole training state to disk and back, and a parameter export for users.
+"""Checkpoints: the whole training state to disk and back (the trainer's checkpointer).
 
 Training stage (outside the data path). One step is one Orbax Composite under
 `<workdir>/checkpoints/<step>/`:
@@ -24,10 +24,8 @@ older one is tried. Unreadable steps newer than the one restored are moved to
 (Orbax refuses to save a step at or below the newest one it lists). Orbax itself ignores
 unfinished `<step>.orbax-checkpoint-tmp-*` directories and removes them at start-up.
 
-`export` writes `<out>/params` (a plain nested dict of arrays that
-`ocp.StandardCheckpointer().restore(path)` reads without moejax) and `<out>/config.json`.
-The export holds every model Variable except RNG streams: the Params and also the router
-biases, since a selection bias changes which experts a token picks.
+Reading a step's model weights alone (an export, sampling, fine-tuning) is
+`moejax.models.weights`, which reads the same layout.
 """
 
 from __future__ import annotations
@@ -39,9 +37,8 @@ import json
 import logging
 import pathlib
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -49,11 +46,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from moejax.models.decoder import Decoder, DecoderSpec, decoder_spec_from_config, stack_params
-from moejax.train.checksums import verify_checksums, write_checksums
+from moejax.models.checksums import verify_checksums, write_checksums
+from moejax.models.weights import CHECKPOINTS, first_good
 
 FORMAT_VERSION = 1
-CHECKPOINTS = "checkpoints"
 CORRUPT = "checkpoints.corrupt"
 _JSON_ITEMS = ("meta", "data_state", "config")
 
@@ -79,11 +75,6 @@ class RestoredInfo:
 
 def _warn(message: str, *args) -> None:
     logging.getLogger(__name__).warning(message, *args)
-
-
-def _short(error: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
 def _encode_rng(key) -> dict | None:
@@ -146,24 +137,6 @@ def _restore_step(manager: ocp.CheckpointManager, targets: dict, step: int) -> d
         raise ValueError(f"meta {meta!r} does not belong to step {step} "
                          f"(format {FORMAT_VERSION})")
     return dict(restored)
-
-
-def _first_good(steps: list[int], restore_one: Callable[[int], dict], directory):
-    """Tries the steps newest first -> (step, restored, unreadable newer steps).
-
-    Raises:
-      RuntimeError: no step restores; names the directory and each step's error.
-    """
-    failed = []
-    for step in sorted(steps, reverse=True):
-        try:
-            return step, restore_one(step), [s for s, _ in failed]
-        except Exception as error:  # noqa: BLE001 - Orbax/TensorStore raise bare Exception
-            _warn("checkpoint step %d in %s does not restore (%s); trying an older step",
-                  step, directory, _short(error))
-            failed.append((step, error))
-    errors = "; ".join(f"step {step}: {_short(error, 160)}" for step, error in failed)
-    raise RuntimeError(f"no readable checkpoint in {directory} ({errors})") from failed[0][1]
 
 
 class Checkpointer:
@@ -280,7 +253,7 @@ class Checkpointer:
         if optimizer is not None:
             targets["optimizer"] = _abstract(nnx.to_pure_dict(nnx.state(optimizer)))
         restore_one = functools.partial(_restore_step, self._manager, targets)
-        step, restored, unreadable = _first_good(steps, restore_one, self.directory)
+        step, restored, unreadable = first_good(steps, restore_one, self.directory)
         self._set_aside(unreadable)
         nnx.update(model, restored["model"])
         if optimizer is not None:
@@ -319,135 +292,3 @@ class Checkpointer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-def _resolve_source(source) -> tuple[pathlib.Path, int | None]:
-    """workdir, its checkpoints/ directory or one step directory -> (checkpoints dir, step)."""
-    path = pathlib.Path(source).expanduser().resolve()
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint path {path} does not exist")
-    if (path / CHECKPOINTS).is_dir():
-        return path / CHECKPOINTS, None
-    if path.name.isdigit() and (path / "meta").is_dir():
-        return path.parent, int(path.name)
-    return path, None
-
-
-def _inference_state(spec: DecoderSpec):
-    """The abstract Decoder for `spec` and the filter of what an export holds."""
-    return nnx.eval_shape(lambda: Decoder(spec, rngs=nnx.Rngs(0))), nnx.Not(nnx.RngState)
-
-
-def _restore_exportable(manager: ocp.CheckpointManager, step: int) -> tuple[dict, dict]:
-    """One step -> (config JSON, exported variables as a pure dict); no training state."""
-    verify_checksums(pathlib.Path(manager.directory) / str(step))
-    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    config = config["config"]
-    abstract_model, keep = _inference_state(decoder_spec_from_config(config["model"]))
-    target = nnx.to_pure_dict(nnx.state(abstract_model))
-    restored = manager.restore(
-        step, args=ocp.args.Composite(model=ocp.args.StandardRestore(target)))
-    nnx.update(abstract_model, restored["model"])
-    return config, nnx.to_pure_dict(nnx.state(abstract_model, keep))
-
-
-def export(source, out_dir, *, step: int | None = None, overwrite: bool = False) -> pathlib.Path:
-    """Writes `<out_dir>/params` (plain Orbax pytree) and `<out_dir>/config.json`.
-
-    Args:
-      source: a workdir, its `checkpoints/` directory, or one step directory.
-      out_dir: where to write (created).
-      step: the step to export (default: the newest readable one).
-      overwrite: replace an existing non-empty `out_dir`.
-
-    Returns:
-      The absolute out_dir.
-
-    Raises:
-      FileNotFoundError: `source` (or the requested step) does not exist, or holds no
-        checkpoint.
-      FileExistsError: `out_dir` is not empty and `overwrite` is False.
-      RuntimeError: no candidate step restores.
-    """
-    root, step_in_path = _resolve_source(source)
-    step = step if step is not None else step_in_path
-    out = pathlib.Path(out_dir).expanduser().resolve()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"export directory {out} is not empty (pass overwrite=True)")
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-    with ocp.CheckpointManager(root, options=options) as manager:
-        steps = manager.all_steps()
-        if not steps or (step is not None and step not in steps):
-            wanted = "" if step is None else f" at step {step}"
-            raise FileNotFoundError(f"no checkpoint{wanted} in {root} (steps: {sorted(steps)})")
-        restore_one = functools.partial(_restore_exportable, manager)
-        step, (config, params), _ = _first_good(
-            [step] if step is not None else steps, restore_one, root)
-    write_export(out, config, params, overwrite=overwrite)
-    logging.getLogger(__name__).info("exported step %d of %s to %s", step, root, out)
-    return out
-
-
-def write_export(out: pathlib.Path, config: dict, params: dict, *, overwrite: bool) -> None:
-    """Writes an export directory: `params` (a Decoder's variables as a pure dict, plain
-    Orbax) and `config.json` (a config dict with at least its "model" section)."""
-    out.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(out / "params", params, force=overwrite)
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-
-
-def load_exported(out_dir, *, scan_layers: bool | None = None) -> tuple[DecoderSpec, dict]:
-    """Reads an `export` directory -> (DecoderSpec, variables as a nested dict).
-
-    `nnx.update(Decoder(spec, rngs=nnx.Rngs(0)), params)` loads the dict (integer layer
-    keys). The params are in the layout of `spec.scan_layers`: the export's config, or
-    `scan_layers` when given; a stored layout that differs (read from the checkpoint's tree)
-    is converted with `stack_params`. Arrays land on the default device.
-
-    Raises:
-      FileNotFoundError: `out_dir` or its config.json / params is missing.
-    """
-    out = pathlib.Path(out_dir).expanduser().resolve()
-    for needed in (out / "config.json", out / "params"):
-        if not needed.exists():
-            raise FileNotFoundError(f"{needed} does not exist (not a moejax export)")
-    spec = decoder_spec_from_config(json.loads((out / "config.json").read_text())["model"])
-    if scan_layers is not None:
-        spec = dataclasses.replace(spec, scan_layers=scan_layers)
-    with ocp.StandardCheckpointer() as checkpointer:
-        stored = checkpointer.metadata(out / "params").item_metadata
-        stored_spec = dataclasses.replace(spec, scan_layers="stacks" in stored)
-        abstract_model, keep = _inference_state(stored_spec)
-        target = nnx.to_pure_dict(nnx.state(abstract_model, keep))
-        return spec, stack_params(spec, checkpointer.restore(out / "params", target))
-
-
-def exported_dtypes(source) -> set[str]:
-    """The dtypes an export directory stores its parameters in (empty for anything else,
-    e.g. a training workdir)."""
-    params = pathlib.Path(source).expanduser() / "params"
-    if not params.exists():
-        return set()
-    with ocp.StandardCheckpointer() as checkpointer:
-        tree = checkpointer.metadata(params).item_metadata
-    return {str(leaf.dtype) for leaf in jax.tree.leaves(tree) if hasattr(leaf, "dtype")}
-
-
-def load_decoder(source, *, scan_layers: bool | None = None) -> Decoder:
-    """A Decoder with the weights of an export directory, or of a training workdir's newest
-    readable checkpoint (exported to a scratch directory first).
-
-    Raises:
-      FileNotFoundError / RuntimeError: as `load_exported` and `export`.
-    """
-    path = pathlib.Path(source).expanduser()
-    if (path / "config.json").is_file() and (path / "params").exists():
-        spec, params = load_exported(path, scan_layers=scan_layers)
-    else:
-        with tempfile.TemporaryDirectory() as scratch:
-            spec, params = load_exported(export(path, scratch, overwrite=True),
-                                         scan_layers=scan_layers)
-    model = Decoder(spec, rngs=nnx.Rngs(0))
-    nnx.update(model, params)
-    return model

@@ -3,8 +3,8 @@
 The source's model must be the configured one: every option that changes the function
 (widths, heads, experts, top-k, router kind, RoPE theta, norms, ...) must be equal, or the
 run stops before training with one line naming each difference. Options of how the model
-is computed or trained may differ (FUNCTION_FREE below: layout, remat, dtype, engine, jitter,
-the selection bias). Router biases an HF checkpoint does not have start at zero.
+is computed or trained may differ (FUNCTION_FREE below: layout, remat, dtype, the HF family,
+engine, jitter, the selection bias). Router biases an HF checkpoint does not have start at zero.
 """
 
 from __future__ import annotations
@@ -12,27 +12,14 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from moejax.models.convert_hf import from_hf
-from moejax.models.decoder import DecoderSpec, load_params
-from moejax.models.hf_dir import read_hf_dir
+from moejax.models.decoder import DecoderSpec
+from moejax.models.weights import load_params, load_weights
 from moejax.options import flat_config
-from moejax.train.checkpoint import load_exported
 
-FUNCTION_FREE = ("scan_layers", "remat", "attention", "dtype", "moe.engine",
+FUNCTION_FREE = ("scan_layers", "remat", "attention", "dtype", "hf_family", "moe.engine",
                  "moe.grouped_matmul", "moe.implementation", "moe.capacity_factor",
                  "moe.record_cosine", "moe.cosine_source", "moe.router.jitter",
                  "moe.router.use_bias")
-
-
-def _source_params(source: pathlib.Path, spec: DecoderSpec) -> tuple[DecoderSpec, dict]:
-    """(the source's spec, its variables as a pure dict in `spec`'s layout)."""
-    if (source / "params").exists():
-        return load_exported(source, scan_layers=spec.scan_layers)
-    if (source / "config.json").is_file():
-        hf_spec, tensors = read_hf_dir(source, scan_layers=spec.scan_layers)
-        return hf_spec, from_hf(tensors, hf_spec, dtype=None)
-    raise FileNotFoundError(f"train.init_from={source}: neither a moejax export (params/, "
-                            "config.json) nor a Hugging Face directory (config.json)")
 
 
 def _check_same_function(source_spec: DecoderSpec, spec: DecoderSpec, source) -> None:
@@ -53,6 +40,9 @@ def init_from(model, source) -> None:
       ValueError: its model differs from `model.spec` (each difference named).
     """
     source = pathlib.Path(source).expanduser().resolve()
-    source_spec, params = _source_params(source, model.spec)
+    if not (source / "config.json").is_file():
+        raise FileNotFoundError(f"train.init_from={source}: neither a moejax export (params/, "
+                                "config.json) nor a Hugging Face directory (config.json)")
+    source_spec, params = load_weights(source, scan_layers=model.spec.scan_layers)
     _check_same_function(source_spec, model.spec, source)
     load_params(model, params)

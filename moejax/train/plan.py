@@ -21,22 +21,21 @@ from flax import nnx
 from moejax.models.param_count import model_flops_per_token
 from moejax.parallel import batch_sharding
 from moejax.train import step
-from moejax.train.specs import specs_from_config, train_spec_from_config
+from moejax.train.specs import RunSpecs
 from moejax.train.state import abstract_state, mesh_and_engine
 
 
-def compile_plan(config) -> dict:
-    """Compiles one train step of `config` on its mesh; returns the plan's numbers.
+def compile_plan(specs: RunSpecs) -> dict:
+    """Compiles one train step of a config's specs on its mesh; returns the plan's numbers.
 
     Returns:
       {"devices", "mesh", "compile_s", "argument_bytes", "output_bytes", "temp_bytes",
       "code_bytes", "peak_bytes" (arguments + outputs + temporaries - aliased, per device),
       "xla_flops_per_device", "model_flops_per_step"}.
     """
-    model_spec, loss_spec = specs_from_config(config)
-    train = train_spec_from_config(config)
-    mesh, engine = mesh_and_engine(config, model_spec, train)
-    graphdef, abstract = abstract_state(model_spec, train, config.seed, mesh, engine)
+    model_spec, loss_spec, train = specs.model, specs.loss, specs.train
+    mesh, engine = mesh_and_engine(specs)
+    graphdef, abstract = abstract_state(model_spec, train, specs.seed, mesh, engine)
     tokens = jax.ShapeDtypeStruct((train.batch_size, train.seq_len + 1), jnp.int32,
                                   sharding=batch_sharding(mesh))
 

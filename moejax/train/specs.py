@@ -1,6 +1,9 @@
 """From a config file's ConfigDict to the typed specs, with the cross-section checks.
 
-`TrainSpec` is `config.train`: every training option with its default, checked when built.
+`specs_from_config(config)` builds every spec of a run once (`RunSpecs`: model, loss, train,
+data, mesh, seed); the trainer, the compile plan, the step timing and the CLI take that
+object. `TrainSpec` is `config.train`: every training option with its default, checked when
+built.
 """
 
 from __future__ import annotations
@@ -8,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from moejax.data import pipeline
 from moejax.models.decoder import DecoderSpec, decoder_spec_from_config
 from moejax.options import spec_from_mapping
+from moejax.parallel import MeshSpec
 from moejax.regularizers import LossSpec
 
 
@@ -111,13 +116,41 @@ def loss_spec_from_config(loss_config) -> LossSpec:
     return spec_from_mapping(LossSpec, loss_config, "loss")
 
 
-def specs_from_config(config) -> tuple[DecoderSpec, LossSpec]:
-    """Builds (DecoderSpec, LossSpec) and checks that the losses fit the model.
+@dataclasses.dataclass(frozen=True)
+class RunSpecs:
+    """Every typed spec of one run's config, built and cross-checked once.
 
-    The blocks are told to record the per-token cosine that the chosen losses read.
+    Attributes:
+      model: `config.model`, the blocks told to record the cosine the losses read.
+      loss: `config.loss`.
+      train: `config.train`.
+      data: `config.data` (`moejax.data.pipeline.data_spec_from_config`).
+      mesh: `config.mesh`.
+      seed: `config.seed`.
     """
-    model = decoder_spec_from_config(config.model)
-    loss = loss_spec_from_config(config.get("loss"))
+
+    model: DecoderSpec
+    loss: LossSpec
+    train: TrainSpec
+    data: object
+    mesh: MeshSpec
+    seed: int
+
+
+def specs_from_config(config) -> RunSpecs:
+    """Builds every spec of `config` and checks that the losses fit the model; an unknown
+    key or a bad value anywhere raises ValueError naming it, before any work is done."""
+    model, loss = _model_and_loss(decoder_spec_from_config(config.model),
+                                  loss_spec_from_config(config.get("loss")))
+    return RunSpecs(model=model, loss=loss, train=train_spec_from_config(config),
+                    data=pipeline.data_spec_from_config(config.get("data")),
+                    mesh=spec_from_mapping(MeshSpec, config.get("mesh"), "mesh"),
+                    seed=config.get("seed", 0))
+
+
+def _model_and_loss(model: DecoderSpec, loss: LossSpec) -> tuple[DecoderSpec, LossSpec]:
+    """Checks that the losses fit the model; the blocks are told to record the per-token
+    cosine that the chosen losses read."""
     k = model.moe.routed_top_k
     if (loss.sp > 0 or loss.orth > 0) and k < 2:
         raise ValueError(f"loss.sp={loss.sp} / loss.orth={loss.orth} compare pairs of "

@@ -7,21 +7,19 @@ import jax
 from flax import nnx
 
 from moejax.models.decoder import Decoder, DecoderSpec
-from moejax.options import spec_from_mapping
-from moejax.parallel import MeshSpec, make_expert_parallel, make_mesh, state_shardings
+from moejax.parallel import make_expert_parallel, make_mesh, state_shardings
 from moejax.train.optim import make_optimizer
-from moejax.train.specs import TrainSpec
+from moejax.train.specs import RunSpecs, TrainSpec
 
 
-def mesh_and_engine(config, model_spec: DecoderSpec, train: TrainSpec):
-    """(mesh, expert-parallel engine or None) of `config.mesh`; checks that the batch splits
+def mesh_and_engine(specs: RunSpecs):
+    """(mesh, expert-parallel engine or None) of `specs.mesh`; checks that the batch splits
     over the batch axes first."""
-    mesh_spec = spec_from_mapping(MeshSpec, config.get("mesh"), "mesh")
-    mesh = make_mesh(mesh_spec)
-    _check_batch_fits_mesh(train, mesh)
-    engine = make_expert_parallel(mesh_spec.expert_parallel, mesh,
-                                  pair_capacity_factor=mesh_spec.pair_capacity_factor,
-                                  moe_engine=model_spec.moe.engine)
+    mesh = make_mesh(specs.mesh)
+    _check_batch_fits_mesh(specs.train, mesh)
+    engine = make_expert_parallel(specs.mesh.expert_parallel, mesh,
+                                  pair_capacity_factor=specs.mesh.pair_capacity_factor,
+                                  moe_engine=specs.model.moe.engine)
     return mesh, engine
 
 

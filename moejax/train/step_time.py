@@ -18,21 +18,20 @@ import numpy as np
 
 from moejax.parallel import batch_sharding
 from moejax.train import step
-from moejax.train.specs import specs_from_config, train_spec_from_config
+from moejax.train.specs import RunSpecs
 from moejax.train.state import mesh_and_engine, sharded_model_and_optimizer
 
 
-def compiled_step(config) -> Callable[[], dict]:
-    """One unlogged train step of `config`, the program the trainer runs: its mesh, its
+def compiled_step(specs: RunSpecs) -> Callable[[], dict]:
+    """One unlogged train step of a config's specs, the program the trainer runs: its mesh, its
     sharded model and optimizer, its losses and a batch of random tokens in one document
     per row (tokens and segments [B, S + 1], sharded over the batch axes); compiled and
     warmed up. (The trainer's own runs of the config compile the same program, so with a
     compilation cache, as `moejax-experiment --quick` keeps, this compiles nothing.)"""
-    model_spec, loss_spec = specs_from_config(config)
-    train = train_spec_from_config(config)
-    mesh, engine = mesh_and_engine(config, model_spec, train)
-    model, optimizer = sharded_model_and_optimizer(model_spec, train, config.seed, mesh, engine)
-    rng = np.random.default_rng(config.seed)
+    model_spec, loss_spec, train = specs.model, specs.loss, specs.train
+    mesh, engine = mesh_and_engine(specs)
+    model, optimizer = sharded_model_and_optimizer(model_spec, train, specs.seed, mesh, engine)
+    rng = np.random.default_rng(specs.seed)
     shape = (train.batch_size, train.seq_len + 1)
     tokens, segments = (jax.device_put(jnp.asarray(values, jnp.int32), batch_sharding(mesh))
                         for values in (rng.integers(0, model_spec.vocab_size, shape),

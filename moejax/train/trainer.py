@@ -23,6 +23,7 @@ from moejax.models.param_count import model_flops_per_token
 from moejax.options import flat_config
 from moejax.parallel import batch_sharding
 from moejax.regularizers import nmi_from_counts
+from moejax.reporting import metrics as schema
 from moejax.reporting.metrics import MetricsWriter
 from moejax.reporting.report import write_report
 from moejax.train import step
@@ -30,7 +31,7 @@ from moejax.train.accounting import peak_tflops, utilisation
 from moejax.train.checkpoint import Checkpointer, config_json
 from moejax.train.init_from import init_from
 from moejax.train.optim import learning_rate_schedule
-from moejax.train.specs import TrainSpec, specs_from_config, train_spec_from_config
+from moejax.train.specs import RunSpecs, TrainSpec, specs_from_config
 from moejax.train.state import mesh_and_engine, sharded_model_and_optimizer
 from moejax.train.workdir_lock import workdir_lock
 
@@ -86,20 +87,20 @@ def evaluate(model, data_spec, train: TrainSpec, seed: int, num_domains: int, sh
             counts = counts + np.asarray(out.get("domain_counts", 0.0))
             if "dropped_fraction" in out:
                 dropped.append(np.asarray(out["dropped_fraction"]))
-        suffix = "_top1_disabled" if disable_top1 else ""
-        results[f"val_loss{suffix}"] = float(np.mean(losses))
+        suffix = schema.TOP1_DISABLED if disable_top1 else ""
+        results[schema.VAL_LOSS + suffix] = float(np.mean(losses))
         if dropped:  # [R] per router, mean over the batches
-            results[f"eval/routing/dropped_fraction{suffix}"] = np.mean(dropped, axis=0)
+            results[schema.EVAL_ROUTING_DROPPED_FRACTION + suffix] = np.mean(dropped, axis=0)
         if not disable_top1:
-            results["val_bits_per_byte"] = results["val_loss"] / math.log(2.0)
-            results["val_perplexity"] = math.exp(results["val_loss"])
+            results[schema.VAL_BITS_PER_BYTE] = results[schema.VAL_LOSS] / math.log(2.0)
+            results[schema.VAL_PERPLEXITY] = math.exp(results[schema.VAL_LOSS])
             with np.errstate(invalid="ignore", divide="ignore"):
-                results["eval/domain_loss"] = np.where(domain_tokens > 0,
-                                                       domain_sum / domain_tokens, np.nan)
-            results["eval/domain_tokens"] = domain_tokens.astype(np.int64)
+                results[schema.EVAL_DOMAIN_LOSS] = np.where(domain_tokens > 0,
+                                                            domain_sum / domain_tokens, np.nan)
+            results[schema.EVAL_DOMAIN_TOKENS] = domain_tokens.astype(np.int64)
             if np.ndim(counts):
-                results["eval/routing/domain_counts"] = counts
-                results["eval/routing/domain_nmi"] = nmi_from_counts(counts)
+                results[schema.EVAL_ROUTING_DOMAIN_COUNTS] = counts
+                results[schema.EVAL_ROUTING_DOMAIN_NMI] = nmi_from_counts(counts)
     return results
 
 
@@ -209,8 +210,8 @@ def _check_finite(metrics: dict, step_number: int, checkpointer: Checkpointer) -
     """Raises NonFiniteError when the loss, the gradient norm or the updated parameters are
     not finite; names the newest saved step (async saves finished, every one checked finite
     before it was saved)."""
-    values = {name: float(metrics[name]) for name in ("loss", "total_loss", "grad_norm")
-              if name in metrics}
+    values = {name: float(metrics[name])
+              for name in (schema.LOSS, schema.TOTAL_LOSS, schema.GRAD_NORM) if name in metrics}
     bad = [f"{name} ({value})" for name, value in values.items() if not math.isfinite(value)]
     if not bool(metrics.pop("finite_state", True)):
         bad.append("updated parameters")
@@ -225,9 +226,10 @@ def _check_finite(metrics: dict, step_number: int, checkpointer: Checkpointer) -
                          "train.learning_rate or set train.grad_clip before resuming.")
 
 
-def train_and_evaluate(config, workdir) -> dict:
+def train_and_evaluate(config, workdir, specs: RunSpecs | None = None) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
+    `specs`: `specs_from_config(config)`, when the caller has built them already.
     Returns the last metrics row written.
 
     Raises:
@@ -238,30 +240,28 @@ def train_and_evaluate(config, workdir) -> dict:
     """
     workdir = pathlib.Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    specs = specs if specs is not None else specs_from_config(config)
     with workdir_lock(workdir):
-        return _train(config, workdir)
+        return _train(config, specs, workdir)
 
 
-def _train(config, workdir: pathlib.Path) -> dict:
+def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
     """The run itself, in a workdir this process holds."""
-    # Specs: the typed options, with the checks across config sections.
-    model_spec, loss_spec = specs_from_config(config)
-    train_cfg = train_spec_from_config(config)
-    data_spec = pipeline.data_spec_from_config(config.get("data"))
+    model_spec, loss_spec, train_cfg, data_spec = specs.model, specs.loss, specs.train, specs.data
 
     # Data: checked, then the per-host shard of the training stream, and the domain names.
     _check_data(data_spec, train_cfg, model_spec.vocab_size)
     train_batches = iter(pipeline.make_dataset(
         data_spec, "train", seq_len=train_cfg.seq_len,
         batch_size=_host_batch(train_cfg.batch_size),
-        seed=config.seed, process_index=jax.process_index(),
+        seed=specs.seed, process_index=jax.process_index(),
         process_count=jax.process_count()))
     domain_names = pipeline.domain_names(data_spec)
 
     # Mesh, model and optimizer: the state is initialised in its shardings before any restore,
     # so a checkpoint written on another mesh restores onto this one.
-    mesh, engine = mesh_and_engine(config, model_spec, train_cfg)
-    model, optimizer = sharded_model_and_optimizer(model_spec, train_cfg, config.seed, mesh,
+    mesh, engine = mesh_and_engine(specs)
+    model, optimizer = sharded_model_and_optimizer(model_spec, train_cfg, specs.seed, mesh,
                                                    engine)
     tokens_sharding = batch_sharding(mesh)
 
@@ -325,24 +325,27 @@ def _train(config, workdir: pathlib.Path) -> dict:
             elapsed = time.perf_counter() - started
             bar.update(1)
             if logged:  # reading the loss waits for the device: on logged steps only
-                bar.set_postfix(loss=f"{float(metrics['loss']):.3f}",
+                bar.set_postfix(loss=f"{float(metrics[schema.LOSS]):.3f}",
                                 tok_s=f"{(step_number - start) * tokens_per_step / elapsed:.0f}")
             if step_number % train_cfg.eval_every == 0 or last:
-                metrics.update(evaluate(model, data_spec, train_cfg, config.seed,
+                metrics.update(evaluate(model, data_spec, train_cfg, specs.seed,
                                         len(domain_names), tokens_sharding),
-                               **{"eval/domain_names": domain_names})
+                               **{schema.EVAL_DOMAIN_NAMES: domain_names})
             if logged or stopping is not None:  # a signal's row has no routing metrics
                 if not logged:
-                    metrics = {k: v for k, v in metrics.items() if not k.startswith("routing/")}
-                metrics["tokens_per_s"] = (step_number - start) * tokens_per_step / elapsed
-                metrics.update(utilisation(flops_per_token, metrics["tokens_per_s"], peak))
+                    metrics = {k: v for k, v in metrics.items()
+                               if not k.startswith(schema.ROUTING)}
+                metrics[schema.TOKENS_PER_S] = (step_number - start) * tokens_per_step / elapsed
+                metrics.update(utilisation(flops_per_token, metrics[schema.TOKENS_PER_S], peak))
                 if step_seconds:  # data + step, median since the start of this run
-                    metrics["step_ms"] = 1e3 * float(np.median(step_seconds))
-                metrics["learning_rate"] = float(learning_rate_schedule(train_cfg)(step_number))
+                    metrics[schema.STEP_MS] = 1e3 * float(np.median(step_seconds))
+                metrics[schema.LEARNING_RATE] = float(
+                    learning_rate_schedule(train_cfg)(step_number))
                 row = writer.write(step_number, metrics)
-                if "val_loss" in metrics:
-                    bar.write(f"step {step_number}: loss {row['loss']:.3f}  val_loss "
-                              f"{row['val_loss']:.3f} ({row['val_bits_per_byte']:.2f} bits/byte)")
+                if schema.VAL_LOSS in metrics:
+                    bar.write(f"step {step_number}: loss {row[schema.LOSS]:.3f}  val_loss "
+                              f"{row[schema.VAL_LOSS]:.3f} "
+                              f"({row[schema.VAL_BITS_PER_BYTE]:.2f} bits/byte)")
             if saving:
                 save(step_number, force=stopping is not None)  # a signal: save, no evaluation
             if stopping is not None:

@@ -6,9 +6,9 @@ import numpy as np
 from flax import nnx
 
 from moejax.cli import sample
+from moejax.models import weights
 from moejax.models.decoder import Decoder, decoder_spec_from_config
 from moejax.models.generate import generate
-from moejax.train import checkpoint
 
 SPEC = {"vocab_size": 259, "d_model": 16, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1,
         "d_ff": 24, "moe": {"num_experts": 4, "top_k": 2, "d_hidden": 8}}
@@ -17,7 +17,7 @@ SPEC = {"vocab_size": 259, "d_model": 16, "num_layers": 2, "num_heads": 2, "num_
 def _export(path, spec):
     model = Decoder(spec, rngs=nnx.Rngs(3))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    checkpoint.write_export(path, {"model": dataclasses.asdict(spec)}, params, overwrite=False)
+    weights.write_export(path, {"model": dataclasses.asdict(spec)}, params, overwrite=False)
     return model
 
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from moejax.train.config_files import load_config
+from moejax.train.specs import specs_from_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -31,7 +32,8 @@ def test_dry_run_prints_counts_and_applies_overrides(tmp_path):
 def test_dry_run_counts_a_real_size_preset_without_building_it():
     from moejax.cli.train import dry_run
 
-    text = dry_run(load_config(ROOT / "configs" / "cartesian_base.py"), compile_step=False)
+    config = load_config(ROOT / "configs" / "cartesian_base.py")
+    text = dry_run(config, specs_from_config(config), compile_step=False)
     assert "total parameters: 842065176" in text
 
 

@@ -17,42 +17,13 @@ import pytest
 from flax import nnx
 
 from moejax.models.convert_hf import from_hf, to_hf
-from moejax.models.decoder import Decoder, DecoderSpec, load_params
+from moejax.models.decoder import Decoder
+from moejax.models.weights import load_params
 from moejax.moe.router import RouterSpec
 from moejax.moe.spec import MoESpec
+from tests.models.hf_helpers import SPEC, D, E, H, K, N, hf_state_dict
 
 B, S = 2, 7
-SPEC = DecoderSpec(vocab_size=13, d_model=12, num_layers=2, num_heads=6, num_kv_heads=2,
-                   head_dim=4, rope_theta=500.0, norm_eps=1e-5, scan_layers=False,
-                   moe=MoESpec(num_experts=5, top_k=2, d_hidden=8))
-N, K, H, D, E, F = 6, 2, 4, 12, 5, 8
-
-
-def _hf_state_dict(seed=0, spec=SPEC, num_experts=E):
-    """Random float32 tensors with HF MixtralForCausalLM names and torch [out, in] shapes."""
-    rng = np.random.default_rng(seed)
-
-    def normal(*shape, scale=0.3):
-        return (scale * rng.normal(size=shape)).astype(np.float32)
-
-    d, v = spec.d_model, spec.vocab_size
-    sd = {"model.embed_tokens.weight": normal(v, d, scale=1.0)}
-    for i in range(spec.num_layers):
-        p = f"model.layers.{i}."
-        sd[p + "input_layernorm.weight"] = 1.0 + normal(d, scale=0.2)
-        sd[p + "self_attn.q_proj.weight"] = normal(N * H, d)
-        sd[p + "self_attn.k_proj.weight"] = normal(K * H, d)
-        sd[p + "self_attn.v_proj.weight"] = normal(K * H, d)
-        sd[p + "self_attn.o_proj.weight"] = normal(d, N * H)
-        sd[p + "post_attention_layernorm.weight"] = 1.0 + normal(d, scale=0.2)
-        sd[p + "block_sparse_moe.gate.weight"] = normal(num_experts, d, scale=1.0)
-        for e in range(num_experts):
-            q = f"{p}block_sparse_moe.experts.{e}."
-            sd[q + "w1.weight"], sd[q + "w3.weight"] = normal(F, d), normal(F, d)
-            sd[q + "w2.weight"] = normal(d, F)
-    sd["model.norm.weight"] = 1.0 + normal(d, scale=0.2)
-    sd["lm_head.weight"] = normal(v, d)
-    return sd
 
 
 def _rms(x, w, eps=1e-5):
@@ -125,7 +96,7 @@ def _loaded_model(sd, spec=SPEC):
 
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_from_hf_logits_match_a_forward_in_hf_layout(scan_layers):
-    sd = _hf_state_dict()
+    sd = hf_state_dict()
     spec = dataclasses.replace(SPEC, scan_layers=scan_layers)
     model = _loaded_model(sd, spec)
     tokens = np.random.default_rng(1).integers(0, SPEC.vocab_size, size=(B, S))
@@ -141,9 +112,9 @@ def test_from_hf_gives_the_decoders_params_in_float32_or_the_stored_dtype():
     model = nnx.eval_shape(lambda: Decoder(SPEC, rngs=nnx.Rngs(0)))
     shapes = jax.tree.map(lambda a: (a.shape, a.dtype),
                           nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    params = from_hf(_hf_state_dict(), SPEC)
+    params = from_hf(hf_state_dict(), SPEC)
     assert jax.tree.map(lambda a: (a.shape, a.dtype), params) == shapes
-    halves = {k: v.astype(ml_dtypes.bfloat16) for k, v in _hf_state_dict().items()}
+    halves = {k: v.astype(ml_dtypes.bfloat16) for k, v in hf_state_dict().items()}
     kept = from_hf(halves, dataclasses.replace(SPEC, scan_layers=True), dtype=None)
     assert {a.dtype for a in jax.tree.leaves(kept)} == {np.dtype(ml_dtypes.bfloat16)}
     model = Decoder(dataclasses.replace(SPEC, scan_layers=True), rngs=nnx.Rngs(0))
@@ -157,7 +128,7 @@ def test_from_hf_gives_the_decoders_params_in_float32_or_the_stored_dtype():
 
 def test_q_proj_rows_are_head_major():
     """Row n*H + h of q_proj is head n, coordinate h of moejax's w_q [D, N, H]."""
-    sd = _hf_state_dict()
+    sd = hf_state_dict()
     w_q = np.asarray(from_hf(sd, SPEC)["layers"][0]["attn"]["w_q"])
     q_proj = sd["model.layers.0.self_attn.q_proj.weight"]
     for n, h in ((0, 0), (1, 2), (5, 3)):
@@ -166,7 +137,7 @@ def test_q_proj_rows_are_head_major():
 
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_round_trip_is_exact(scan_layers):
-    sd = _hf_state_dict(seed=2)
+    sd = hf_state_dict(seed=2)
     out = to_hf(_loaded_model(sd, dataclasses.replace(SPEC, scan_layers=scan_layers)))
     assert sorted(out) == sorted(sd)
     for name, value in sd.items():
@@ -175,7 +146,7 @@ def test_round_trip_is_exact(scan_layers):
 
 
 def test_bfloat16_checkpoint_is_upcast_exactly():
-    sd = {name: jnp.asarray(a, jnp.bfloat16) for name, a in _hf_state_dict(seed=3).items()}
+    sd = {name: jnp.asarray(a, jnp.bfloat16) for name, a in hf_state_dict(seed=3).items()}
     sd = {name: np.asarray(a) for name, a in sd.items()}  # ml_dtypes bfloat16 arrays
     out = to_hf(_loaded_model(sd))
     for name, value in sd.items():
@@ -183,13 +154,13 @@ def test_bfloat16_checkpoint_is_upcast_exactly():
 
 
 def test_extra_expert_raises():
-    sd = _hf_state_dict(num_experts=E + 1)  # one expert more than the spec's E
+    sd = hf_state_dict(num_experts=E + 1)  # one expert more than the spec's E
     with pytest.raises(ValueError, match=r"unexpected \[.*experts\.5\.w1\.weight"):
         from_hf(sd, SPEC)
 
 
 def test_missing_expert_tensor_raises():
-    sd = _hf_state_dict()
+    sd = hf_state_dict()
     del sd["model.layers.1.block_sparse_moe.experts.3.w3.weight"]
     with pytest.raises(ValueError, match=r"missing \['model\.layers\.1\.block_sparse_moe\."
                                          r"experts\.3\.w3\.weight'\]"):
@@ -197,14 +168,14 @@ def test_missing_expert_tensor_raises():
 
 
 def test_extra_key_raises():
-    sd = _hf_state_dict()
+    sd = hf_state_dict()
     sd["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(H // 2, np.float32)
     with pytest.raises(ValueError, match=r"rotary_emb\.inv_freq"):
         from_hf(sd, SPEC)
 
 
 def test_wrong_shape_raises():
-    sd = _hf_state_dict()
+    sd = hf_state_dict()
     sd["model.layers.0.self_attn.k_proj.weight"] = np.zeros((N * H, D), np.float32)
     with pytest.raises(ValueError, match=r"k_proj\.weight: \(24, 12\) != \(8, 12\)"):
         from_hf(sd, SPEC)
@@ -224,7 +195,7 @@ def test_wrong_shape_raises():
 def test_non_mixtral_options_raise(change, match):
     spec = dataclasses.replace(SPEC, **change)
     with pytest.raises(ValueError, match=match):
-        from_hf(_hf_state_dict(), spec)
+        from_hf(hf_state_dict(), spec)
     model = nnx.eval_shape(lambda: Decoder(spec, rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match=match):
         to_hf(model)

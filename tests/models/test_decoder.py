@@ -15,9 +15,8 @@ from moejax.models.decoder import (
     DenseFeedForward,
     decoder_spec_from_config,
     layer_stacks,
-    stack_params,
-    unstack_params,
 )
+from moejax.models.weights import stack_params, unstack_params
 from moejax.moe.deepseek import DeepSeekMoE
 from tests.gradcheck import assert_directional_derivative
 from tests.moe.block_params import assert_record_matches, f64, routed_params, shared_params

@@ -6,7 +6,6 @@ checked there against a NumPy forward written from HF's modeling code.
 
 import dataclasses
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -17,13 +16,11 @@ from flax import nnx
 
 import moejax
 from moejax.cli import hf as hf_cli
-from moejax.models import hf_dir
-from moejax.models.convert_hf import from_hf
-from moejax.models.decoder import Decoder, load_params, stack_params
-from moejax.train import checkpoint
-from tests.models.test_convert_hf import SPEC, _hf_state_dict
-
-FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures"  # make_hf_fixtures.py
+from moejax.models import hf_dir, weights
+from moejax.models.convert_hf import from_hf, to_hf
+from moejax.models.decoder import Decoder
+from moejax.models.weights import load_params, stack_params
+from tests.models.hf_helpers import FIXTURES, SPEC, hf_state_dict
 
 
 def _spec():
@@ -47,14 +44,35 @@ def test_config_both_ways_and_what_is_refused():
         hf_dir.hf_config_from_spec(dataclasses.replace(spec, block="deepseek"))
 
 
+def test_the_family_is_named_never_inferred():
+    """Reading takes the family from config.json's model_type, writing from model.hf_family;
+    an option such as qk_norm never picks it, and a mismatch is an error naming both."""
+    with pytest.raises(ValueError, match=r"model.qk_norm=True has no HF Mixtral equivalent "
+                       r"\(needs False; model.hf_family='mixtral'\)"):
+        hf_dir.hf_config_from_spec(dataclasses.replace(_spec(), qk_norm=True))
+    qwen = dataclasses.replace(_spec(), hf_family="qwen3_moe")
+    with pytest.raises(ValueError, match="model.qk_norm=False has no HF Qwen3-MoE"):
+        to_hf(Decoder(qwen, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="model.hf_family='llama'; allowed: mixtral, qwen3_moe"):
+        dataclasses.replace(qwen, hf_family="llama")
+    qwen = dataclasses.replace(qwen, qk_norm=True)
+    hf = hf_dir.hf_config_from_spec(qwen)
+    assert (hf["model_type"], hf["architectures"]) == ("qwen3_moe", ["Qwen3MoeForCausalLM"])
+    assert hf_dir.spec_from_hf_config(hf, scan_layers=False) == qwen
+    mixtral = hf_dir.spec_from_hf_config(hf_dir.hf_config_from_spec(_spec()))
+    assert (mixtral.hf_family, mixtral.qk_norm) == ("mixtral", False)
+    with pytest.raises(ValueError, match="HF config has no 'num_experts_per_tok'"):
+        hf_dir.spec_from_hf_config({k: v for k, v in hf.items() if k != "num_experts_per_tok"})
+
+
 def test_qwen3_config_both_ways_dense_layers_and_what_is_refused():
     """Qwen3-MoE: q/k norms, head_dim apart from hidden / heads, norm_topk_prob as
     normalize_gates, and its dense layers (decoder_sparse_step, mlp_only_layers) as
     first_dense_layers / moe_every, both ways."""
     moe = dataclasses.replace(SPEC.moe, router=dataclasses.replace(SPEC.moe.router,
                                                                    normalize_gates=False))
-    spec = dataclasses.replace(SPEC, qk_norm=True, num_layers=4, first_dense_layers=1,
-                               moe_every=2, head_dim=8, moe=moe)
+    spec = dataclasses.replace(SPEC, hf_family="qwen3_moe", qk_norm=True, num_layers=4,
+                               first_dense_layers=1, moe_every=2, head_dim=8, moe=moe)
     hf = hf_dir.hf_config_from_spec(spec)
     assert (hf["model_type"], hf["decoder_sparse_step"], hf["mlp_only_layers"],
             hf["norm_topk_prob"], hf["head_dim"]) == ("qwen3_moe", 2, [], False, 8)
@@ -92,7 +110,7 @@ def _fused(tensors, spec):
 
 
 def test_directory_round_trip_is_bit_exact_sharded_fused_and_bf16(tmp_path):
-    spec, tensors = _spec(), _hf_state_dict(3)
+    spec, tensors = _spec(), hf_state_dict(3)
     hf_dir.write_hf_dir(tensors, spec, tmp_path / "sharded", max_shard_bytes=2000)
     index = json.loads((tmp_path / "sharded" / hf_dir.INDEX).read_text())
     assert set(index["weight_map"]) == set(tensors) and len(set(index["weight_map"].values())) > 3
@@ -113,13 +131,13 @@ def test_directory_round_trip_is_bit_exact_sharded_fused_and_bf16(tmp_path):
 
 
 def test_cli_import_of_a_sharded_directory_gives_its_parameters(tmp_path, capsys):
-    spec, tensors = _spec(), _hf_state_dict(4)
+    spec, tensors = _spec(), hf_state_dict(4)
     hf_dir.write_hf_dir(tensors, spec, tmp_path / "hf", max_shard_bytes=3000)
     argv = ["moejax-hf", "import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ex")]
     assert hf_cli.main(argv) == 0
     assert hf_cli.main(argv) == 1  # not empty
     assert "--out" in capsys.readouterr().err
-    loaded_spec, params = checkpoint.load_exported(tmp_path / "ex")
+    loaded_spec, params = weights.load_exported(tmp_path / "ex")
     assert loaded_spec.scan_layers and loaded_spec.num_layers == spec.num_layers
     want = stack_params(loaded_spec, from_hf(tensors, spec))
     for got, wanted in zip(jax.tree.leaves(params), jax.tree.leaves(want), strict=True):
@@ -135,7 +153,7 @@ def test_transformers_loads_the_export(tmp_path):
     written directory computes moejax's logits."""
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
-    spec, tensors = _spec(), _hf_state_dict(5)
+    spec, tensors = _spec(), hf_state_dict(5)
     hf_dir.write_hf_dir(tensors, spec, tmp_path / "hf")
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     tokens = np.arange(14).reshape(2, 7) % spec.vocab_size

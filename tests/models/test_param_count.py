@@ -77,7 +77,7 @@ def _by_hand(spec):
 @pytest.mark.parametrize("name", ["cartesian_base", "finegrained_base", "topk_share_base"])
 def test_base_presets_match_the_paper(name):
     """Exactly the count written out by hand, and the paper's 842M / 247M within 0.5%."""
-    spec, _ = specs_from_config(load_config(CONFIGS / f"{name}.py"))
+    spec = specs_from_config(load_config(CONFIGS / f"{name}.py")).model
     counts = count_parameters(spec)
     assert (counts.total, counts.active) == _by_hand(spec)
     assert abs(counts.total / 842e6 - 1) < 0.005, counts
@@ -85,7 +85,7 @@ def test_base_presets_match_the_paper(name):
 
 
 def test_base_presets_within_one_percent_of_each_other():
-    counts = [count_parameters(specs_from_config(load_config(CONFIGS / f"{n}.py"))[0])
+    counts = [count_parameters(specs_from_config(load_config(CONFIGS / f"{n}.py")).model)
               for n in ("cartesian_base", "finegrained_base", "topk_share_base")]
     for field in ("total", "active"):
         values = [getattr(c, field) for c in counts]
@@ -99,7 +99,7 @@ def test_base_presets_within_one_percent_of_each_other():
 def test_real_size_presets_match_the_published_counts(name, total, active):
     """From shapes only: exactly the count by hand, and the published figures as rounded
     (to 0.1B)."""
-    spec, _ = specs_from_config(load_config(CONFIGS / f"{name}.py"))
+    spec = specs_from_config(load_config(CONFIGS / f"{name}.py")).model
     counts = count_parameters(spec)
     assert (counts.total, counts.active) == _by_hand(spec)
     assert abs(counts.total - total) <= 0.05e9 and abs(counts.active - active) <= 0.05e9

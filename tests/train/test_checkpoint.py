@@ -16,8 +16,9 @@ import pytest
 from flax import nnx
 
 from moejax.cli import export as export_cli
+from moejax.models import checksums, weights
 from moejax.models.decoder import Decoder, decoder_spec_from_config
-from moejax.train import checkpoint, checksums
+from moejax.train import checkpoint
 
 MODEL = {"vocab_size": 19, "d_model": 16, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1,
          "d_ff": 24, "moe": {"num_experts": 4, "top_k": 2, "d_hidden": 8,
@@ -198,8 +199,8 @@ def test_altered_step_is_not_exported(two_steps, tmp_path):
     _copy(two_steps, tmp_path)
     _corrupt(tmp_path / "checkpoints" / "2", "flip")
     with pytest.raises(RuntimeError, match="checksum mismatch: .* was altered"):
-        checkpoint.export(tmp_path, tmp_path / "out", step=2)
-    checkpoint.export(tmp_path, tmp_path / "out")
+        weights.export(tmp_path, tmp_path / "out", step=2)
+    weights.export(tmp_path, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "config.json").read_text())["train"]["steps"] == 3
     every_file = checksums.verify_checksums(tmp_path / "checkpoints" / "1")
     assert every_file  # written with the step, and intact
@@ -216,7 +217,7 @@ def test_leftover_tmp_directory_is_ignored(two_steps, tmp_path, caplog):
         _save(checkpointer, 3, model, optimizer, config)  # Orbax removes the leftover first
         assert checkpointer.all_steps() == [1, 2, 3] and not leftover.exists()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING
-                and r.name == checkpoint.__name__]
+                and r.name in (checkpoint.__name__, weights.__name__)]
 
 
 def test_all_corrupt_is_a_runtime_error_and_nothing_is_moved(two_steps, tmp_path):
@@ -274,7 +275,7 @@ def test_export_reads_back_with_plain_orbax(tmp_path):
         _save(checkpointer, 4, model, optimizer, config)
     # the last async save of a run is sealed too (it was not before 2026-12-03)
     assert (tmp_path / "work" / "checkpoints" / "4" / checksums.CHECKSUMS).is_file()
-    out = checkpoint.export(tmp_path / "work", tmp_path / "export")
+    out = weights.export(tmp_path / "work", tmp_path / "export")
     assert json.loads((out / "config.json").read_text()) == json.loads(
         config.to_json_best_effort())
     plain = ocp.StandardCheckpointer().restore(out / "params")  # no target, no moejax
@@ -287,12 +288,12 @@ def test_export_reads_back_with_plain_orbax(tmp_path):
     nnx.replace_by_pure_dict(state, plain)
     nnx.update(fresh, state)
     assert np.array_equal(_logits(fresh, TOKENS), expected)
-    spec, params = checkpoint.load_exported(out)
+    spec, params = weights.load_exported(out)
     assert spec == decoder_spec_from_config(config.model)
     loaded = Decoder(spec, rngs=nnx.Rngs(4))
     nnx.update(loaded, params)
     assert np.array_equal(_logits(loaded, TOKENS), expected)
-    spec, params = checkpoint.load_exported(out, scan_layers=False)  # the other layout
+    spec, params = weights.load_exported(out, scan_layers=False)  # the other layout
     assert not spec.scan_layers and "layers" in params and "stacks" not in params
     loaded = Decoder(spec, rngs=nnx.Rngs(4))
     nnx.update(loaded, params)
@@ -310,11 +311,11 @@ def test_export_without_router_biases_would_change_the_logits(tmp_path):
 
 def test_export_errors_and_cli(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
-        checkpoint.export(tmp_path / "nope", tmp_path / "out")
+        weights.export(tmp_path / "nope", tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        checkpoint.export(tmp_path, tmp_path / "out")
+        weights.export(tmp_path, tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="config.json"):
-        checkpoint.load_exported(tmp_path / "nope")
+        weights.load_exported(tmp_path / "nope")
     config = _config()
     model, optimizer = _build(config)
     with checkpoint.Checkpointer(tmp_path / "work", async_save=False) as checkpointer:

@@ -8,23 +8,23 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from moejax.models import weights
 from moejax.models.convert_hf import from_hf
-from moejax.models.decoder import Decoder, decoder_spec_from_config, stack_params
+from moejax.models.decoder import Decoder, decoder_spec_from_config
 from moejax.models.hf_dir import read_hf_dir, write_hf_dir
-from moejax.train import checkpoint
+from moejax.models.weights import stack_params
 from moejax.train.config_files import load_config
 from moejax.train.init_from import init_from
 from moejax.train.trainer import train_and_evaluate
-from tests.models.test_convert_hf import SPEC, _hf_state_dict
-from tests.models.test_hf_dir import FIXTURES
-from tests.train.test_trainer import _tiny
+from tests.models.hf_helpers import FIXTURES, SPEC, hf_state_dict
+from tests.train.helpers import tiny_config as _tiny
 
 ROOT = FIXTURES.parents[1]
 
 
 def test_hf_weights_load_into_a_scanned_model_and_other_models_are_named(tmp_path):
     spec = dataclasses.replace(SPEC, d_ff=SPEC.moe.d_hidden, scan_layers=True)
-    tensors = _hf_state_dict(6)
+    tensors = hf_state_dict(6)
     write_hf_dir(tensors, spec, tmp_path / "hf")
     model = Decoder(dataclasses.replace(spec, remat="full"), rngs=nnx.Rngs(0))  # may differ
     init_from(model, tmp_path / "hf")
@@ -65,13 +65,13 @@ def test_a_fresh_run_starts_from_the_export(tmp_path, capsys):
     spec = decoder_spec_from_config(config.model)
     source = tmp_path / "a_export"  # seed 1: far from the run's own (seed 0) init
     params = nnx.to_pure_dict(nnx.state(Decoder(spec, rngs=nnx.Rngs(1)), nnx.Param))
-    checkpoint.write_export(source, {"model": dataclasses.asdict(spec)}, params,
+    weights.write_export(source, {"model": dataclasses.asdict(spec)}, params,
                             overwrite=False)
     config.train.init_from = str(source)
     train_and_evaluate(config, tmp_path / "b")
     assert f"initialised from {source}" in capsys.readouterr().out
-    _, want = checkpoint.load_exported(source)
-    _, got = checkpoint.load_exported(checkpoint.export(tmp_path / "b", tmp_path / "b_export"))
+    _, want = weights.load_exported(source)
+    _, got = weights.load_exported(weights.export(tmp_path / "b", tmp_path / "b_export"))
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(jnp.asarray(g), jnp.asarray(w), atol=1e-6)
     train_and_evaluate(config, tmp_path / "b")  # resumes: its own checkpoint wins

@@ -4,6 +4,7 @@ import pathlib
 
 import pytest
 
+from moejax.regularizers.total import LOSSES
 from moejax.train.config_files import load_config
 from moejax.train.specs import TrainSpec, specs_from_config, train_spec_from_config
 
@@ -28,13 +29,21 @@ def test_losses_that_do_not_fit_are_errors(edit, match):
         specs_from_config(config)
 
 
+@pytest.mark.parametrize("name", [*LOSSES, "bias_rate"])
+def test_every_loss_weight_must_be_non_negative(name):
+    config = _tiny()
+    setattr(config.loss, name, -1e-3)
+    with pytest.raises(ValueError, match=f"loss weights must be >= 0: loss.{name}=-0.001"):
+        specs_from_config(config)
+
+
 def test_blocks_record_the_cosine_the_losses_read():
     config = _tiny()
     config.loss.sp, config.loss.orth = 0.0, 1e-3
-    model, _ = specs_from_config(config)
+    model = specs_from_config(config).model
     assert model.moe.record_cosine and model.moe.cosine_source == "output"
     config.loss.orth = 0.0
-    model, _ = specs_from_config(config)
+    model = specs_from_config(config).model
     assert not model.moe.record_cosine
 
 

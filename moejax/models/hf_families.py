@@ -1,0 +1,186 @@
+"""Hugging Face model families as records: what a `model_type` means in moejax's options.
+
+A family record holds everything the reader (`hf_dir.spec_from_hf_config`), the writer
+(`hf_dir.hf_config_from_spec`) and the tensor table (`convert_hf.LAYER_TENSORS`) need:
+
+- `keys`: moejax option <-> config.json key (the HF default when the key is absent or null;
+  aliases that are read too);
+- `requires`: moejax options the family fixes: set when reading, checked when writing (an
+  option the family cannot express is an error naming it);
+- `dense_layout`: how config.json marks dense layers (a `DENSE_LAYOUTS` key; None: the
+  family has none, and `requires` fixes `first_dense_layers=0`, `moe_every=1`);
+- `unsupported`: config.json keys moejax cannot honour unless they hold the allowed value;
+- `written`: constant keys an export writes besides `COMMON_WRITTEN`;
+- `moe`, `experts`: the names of an MoE layer's module and of an expert's gate, up and down
+  projections (the tensor table's `{moe}`, `{gate}`, `{up}`, `{down}`).
+
+A model is read as the family its config.json's `model_type` names and written as the family
+its spec names (`DecoderSpec.hf_family`); the family is never inferred from other options.
+Adding a family: a record in FAMILIES, any moejax option it needs, and fixtures written by
+transformers (tests/fixtures/make_hf_fixtures.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+_REQUIRED = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One moejax option <-> one config.json key.
+
+    Attributes:
+      ours: the dotted moejax option under `model`, e.g. "moe.d_hidden".
+      hf: the config.json key written, then aliases also read (first present wins).
+      default: the value when config.json lacks the key (or holds null): a constant, or a
+        function of the config dict; absent: the key is required.
+      cast: applied to the value read (e.g. bool, float); None keeps it.
+      write: False: read only (another option writes the same config key).
+    """
+
+    ours: str
+    hf: tuple[str, ...]
+    default: object = _REQUIRED
+    cast: Callable | None = None
+    write: bool = True
+
+    def read(self, hf: Mapping):
+        value = next((hf[k] for k in self.hf if hf.get(k) is not None), None)
+        if value is None:
+            if self.default is _REQUIRED:
+                raise ValueError(f"HF config has no {self.hf[0]!r} (moejax's model.{self.ours})")
+            value = self.default(hf) if callable(self.default) else self.default
+        return value if self.cast is None else self.cast(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class HFFamily:
+    """How one HF model family names its config and tensors (see the module docstring)."""
+
+    model_type: str  # config.json "model_type"
+    architecture: str  # config.json "architectures"[0]
+    title: str  # in messages
+    moe: str  # an MoE layer's module
+    experts: tuple[str, str, str]  # an expert's gate, up and down projections
+    keys: tuple[Key, ...]
+    requires: Mapping[str, object]
+    dense_layout: str | None
+    unsupported: Mapping[str, object]
+    written: Mapping[str, object]
+
+
+# Keys every family has (beyond these: head_dim and the RoPE keys, written by hf_dir).
+COMMON_KEYS = (
+    Key("vocab_size", ("vocab_size",)),
+    Key("d_model", ("hidden_size",)),
+    Key("num_layers", ("num_hidden_layers",)),
+    Key("num_heads", ("num_attention_heads",)),
+    Key("num_kv_heads", ("num_key_value_heads",), default=lambda hf: hf["num_attention_heads"]),
+    Key("moe.top_k", ("num_experts_per_tok",)),
+)
+COMMON_UNSUPPORTED = MappingProxyType(
+    {"tie_word_embeddings": False, "hidden_act": "silu", "attention_bias": False})
+COMMON_WRITTEN = MappingProxyType({
+    "hidden_act": "silu", "tie_word_embeddings": False, "attention_bias": False,
+    "attention_dropout": 0.0, "output_router_logits": False, "max_position_embeddings": 32768})
+# the routed top-k block of Mixtral and Qwen3-MoE: softmax, then top-k, no shared experts
+TOPK_SOFTMAX = MappingProxyType({
+    "block": "topk", "moe.granularity": 1, "moe.num_shared_experts": 0,
+    "moe.router.kind": "softmax_topk", "moe.router.scaling_factor": 1.0,
+    "moe.router.num_groups": 1, "moe.router.use_bias": False})
+
+FAMILIES = MappingProxyType({
+    "mixtral": HFFamily(
+        model_type="mixtral", architecture="MixtralForCausalLM", title="HF Mixtral",
+        moe="block_sparse_moe", experts=("w1", "w3", "w2"),
+        keys=(Key("d_ff", ("intermediate_size",), write=False),
+              Key("moe.d_hidden", ("intermediate_size",)),
+              Key("moe.num_experts", ("num_local_experts",)),
+              Key("moe.router.jitter", ("router_jitter_noise",), default=0.0, cast=float),
+              Key("norm_eps", ("rms_norm_eps",), default=1e-5)),
+        # every layer MoE, gates renormalised over the top-k
+        requires={**TOPK_SOFTMAX, "qk_norm": False, "first_dense_layers": 0, "moe_every": 1,
+                  "moe.router.normalize_gates": True},
+        dense_layout=None,
+        unsupported={**COMMON_UNSUPPORTED, "sliding_window": None},
+        written={"sliding_window": None}),
+    "qwen3_moe": HFFamily(
+        model_type="qwen3_moe", architecture="Qwen3MoeForCausalLM", title="HF Qwen3-MoE",
+        moe="mlp", experts=("gate_proj", "up_proj", "down_proj"),
+        keys=(Key("d_ff", ("intermediate_size",)),
+              Key("moe.d_hidden", ("moe_intermediate_size",)),
+              # the hub's configs say num_experts; transformers 5 writes num_local_experts
+              Key("moe.num_experts", ("num_experts", "num_local_experts")),
+              Key("moe.router.normalize_gates", ("norm_topk_prob",), default=False, cast=bool),
+              Key("norm_eps", ("rms_norm_eps",), default=1e-6)),
+        requires={**TOPK_SOFTMAX, "qk_norm": True},  # per-head q/k RMSNorm
+        dense_layout="sparse_step",
+        unsupported={**COMMON_UNSUPPORTED, "use_sliding_window": False},
+        written={"use_sliding_window": False, "sliding_window": None}),
+})
+
+
+def dotted(spec, name: str):
+    """`spec`'s option `name` ("moe.router.kind" -> spec.moe.router.kind)."""
+    for part in name.split("."):
+        spec = getattr(spec, part)
+    return spec
+
+
+def set_dotted(tree: dict, name: str, value) -> None:
+    """tree["a"]["b"] = value for name "a.b" (nested dicts made as needed)."""
+    *parents, last = name.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[last] = value
+
+
+def family_of(spec) -> HFFamily:
+    """The HF family `spec.hf_family` names, after checking that it can express `spec`.
+
+    Raises:
+      ValueError: naming the first option that family cannot express.
+    """
+    family = FAMILIES[spec.hf_family]
+    for name, allowed in family.requires.items():
+        if dotted(spec, name) != allowed:
+            raise ValueError(f"model.{name}={dotted(spec, name)!r} has no {family.title} "
+                             f"equivalent (needs {allowed!r}; model.hf_family="
+                             f"{spec.hf_family!r})")
+    return family
+
+
+def _sparse_step_read(hf: Mapping, num_experts: int) -> dict:
+    """Qwen's MoE layers (not in `mlp_only_layers`, `(i + 1) % decoder_sparse_step == 0`) as
+    moejax's first_dense_layers and moe_every."""
+    layers = hf["num_hidden_layers"]
+    step, dense = hf.get("decoder_sparse_step") or 1, set(hf.get("mlp_only_layers") or ())
+    moe = [i for i in range(layers) if num_experts > 0 and i not in dense and (i + 1) % step == 0]
+    if not moe:
+        return {"first_dense_layers": layers, "moe_every": 1}
+    every = moe[1] - moe[0] if len(moe) > 1 else (step if moe[0] + step >= layers else layers)
+    if moe != list(range(moe[0], layers, every)):
+        raise ValueError(
+            f"HF config mlp_only_layers={sorted(dense)} with decoder_sparse_step={step} puts "
+            f"MoE layers at {moe}; moejax needs them at first_dense_layers + k * moe_every "
+            "up to the last layer")
+    return {"first_dense_layers": moe[0], "moe_every": every}
+
+
+def _sparse_step_write(spec) -> dict:
+    """Qwen's own pattern when it fits, else every dense layer listed."""
+    step = spec.moe_every
+    moe_layers = [i for i in range(spec.num_layers) if spec.is_moe_layer(i)]
+    if any((i + 1) % step for i in moe_layers):
+        step = 1
+    return {"decoder_sparse_step": step,
+            "mlp_only_layers": [i for i in range(spec.num_layers)
+                                if (i + 1) % step == 0 and not spec.is_moe_layer(i)]}
+
+
+# dense_layout -> (read(config dict, num_experts) -> moejax options, write(spec) -> config keys)
+DENSE_LAYOUTS = MappingProxyType({"sparse_step": (_sparse_step_read, _sparse_step_write)})
