@@ -203,8 +203,7 @@ def write_hf_dir(tensors: Mapping[str, np.ndarray], spec: DecoderSpec, out,
     from safetensors.numpy import save_file
 
     kinds = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
-    if dtype not in kinds:
-        raise ValueError(f"dtype={dtype!r}; allowed: {sorted(kinds)}")
+    check_choice("dtype", dtype, kinds)
     out = pathlib.Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     shards, size = [[]], 0

@@ -27,6 +27,7 @@ from flax import nnx
 
 from moejax.kernels import TopKDispatch, topk_dispatch, use_pallas
 from moejax.layers.dtypes import at_least_float32
+from moejax.options import check_choice
 
 
 class RouterKind(NamedTuple):
@@ -80,8 +81,7 @@ class RouterSpec:
     jitter: float = 0.0
 
     def __post_init__(self):
-        if self.kind not in ROUTER_KINDS:
-            raise ValueError(f"router.kind={self.kind!r}; allowed: {', '.join(ROUTER_KINDS)}")
+        check_choice("router.kind", self.kind, ROUTER_KINDS)
         if self.num_groups < 1 or not 1 <= self.top_groups <= self.num_groups:
             raise ValueError(
                 f"router.top_groups={self.top_groups} must be in [1, router.num_groups="

@@ -1,12 +1,8 @@
 """Parallelism: the device mesh, logical axis rules and shardings (`jax.jit` + NamedSharding)."""
 
 from moejax.parallel.axes import DEFAULT_RULES, MESH_AXES
-from moejax.parallel.expert_parallel import (
-    EXPERT_PARALLEL_MODES,
-    ExpertParallel,
-    make_expert_parallel,
-)
-from moejax.parallel.mesh import MeshSpec, make_mesh
+from moejax.parallel.expert_parallel import ExpertParallel, make_expert_parallel
+from moejax.parallel.mesh import EXPERT_PARALLEL_MODES, MeshSpec, make_mesh
 from moejax.parallel.sharding import (
     batch_sharding,
     logical_axes,

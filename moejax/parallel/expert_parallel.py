@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec
 from moejax.moe.dispatch import DispatchPlan, SortedActivations
 from moejax.moe.engines import ENGINES
 from moejax.moe.experts import ExpertWeights
+from moejax.options import check_choice
 from moejax.parallel import axes
 from moejax.parallel.ep_all_to_all import (
     all_to_all_body,
@@ -65,9 +66,7 @@ class ExpertParallel:
     emulate_ragged: bool = False
 
     def __post_init__(self):
-        if self.mode not in _MODE_BODIES:
-            raise ValueError(f"mesh.expert_parallel={self.mode!r}; allowed: "
-                             f"{', '.join(EXPERT_PARALLEL_MODES)}")
+        check_choice("mesh.expert_parallel", self.mode, _MODE_BODIES)
         if self.pair_capacity_factor is not None and not self.pair_capacity_factor > 0:
             raise ValueError(f"mesh.pair_capacity_factor={self.pair_capacity_factor}; allowed: "
                              "None or > 0")
@@ -184,6 +183,7 @@ def make_expert_parallel(mode: str, mesh, *, pair_capacity_factor: float | None 
 
     `moe_engine` (the config's `moe.engine`) is checked against the mode when given.
     """
+    check_choice("mesh.expert_parallel", mode, EXPERT_PARALLEL_MODES)
     if mode == "none":
         return None
     if mode == "all_to_all" and moe_engine is not None and not ENGINES[moe_engine].caps_capacity:

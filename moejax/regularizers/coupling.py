@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.layers.dtypes import at_least_float32
+from moejax.options import check_choice
 from moejax.regularizers._routers import mean_over_routers, with_router_axis
 
 FORMS = ("product", "log")
@@ -41,8 +42,7 @@ def coupling_loss(probs, expert_idx, *, form="product", stop_gradient_deeper=Fal
     Returns:
       (mean over the R-1 adjacent pairs [], per-pair values [R-1]).
     """
-    if form not in FORMS:
-        raise ValueError(f"form={form!r}; allowed: {', '.join(FORMS)}")
+    check_choice("form", form, FORMS)
     probs = jnp.asarray(probs)
     probs = with_router_axis(probs.astype(at_least_float32(probs.dtype)), 2)
     expert_idx = with_router_axis(jnp.asarray(expert_idx), 2)

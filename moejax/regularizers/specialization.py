@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from moejax.kernels import pairwise_cosine as kernel_pairwise_cosine
 from moejax.layers.dtypes import at_least_float32
+from moejax.options import check_choice
 from moejax.record import token_subset
 from moejax.regularizers._routers import mean_over_routers, with_router_axis
 
@@ -25,8 +26,7 @@ MODES = ("square", "abs")
 
 
 def _check_mode(mode):
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r}; allowed: {', '.join(MODES)}")
+    check_choice("mode", mode, MODES)
 
 
 def kept_pair_sums(cos, top_k=None, mode="square"):

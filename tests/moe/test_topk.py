@@ -128,3 +128,22 @@ def test_bfloat16_close_to_float32():
     error = np.abs(np.asarray(y16, np.float32) - np.asarray(y32))
     # measured 0.016 (outputs up to 1.6, median 0.19): twice that, and bf16 really ran
     assert 1e-4 < error.max() < 0.03, error.max()
+
+
+def test_the_dropless_engine_gets_the_grouped_matmul_option(monkeypatch):
+    """`moe.grouped_matmul` reaches the dropless engine through its ENGINES row, and the
+    ragged_dot path gives the tiled path's output."""
+    from moejax.moe.engines import dropless
+
+    seen = []
+    resolve = dropless.resolve_grouped_matmul
+    monkeypatch.setattr(dropless, "resolve_grouped_matmul",
+                        lambda name: seen.append(name) or resolve(name))
+    x = _x(1)
+    out = {}
+    for implementation in ("ragged_dot", "tiled"):
+        spec = MoESpec(num_experts=E, top_k=K, d_hidden=F, engine="dropless",
+                       grouped_matmul=implementation)
+        out[implementation], _ = TopKMoE(D, spec, rngs=nnx.Rngs(0))(x)
+    assert seen == ["ragged_dot", "tiled"]
+    np.testing.assert_allclose(out["ragged_dot"], out["tiled"], rtol=1e-5, atol=1e-5)

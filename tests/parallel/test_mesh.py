@@ -3,7 +3,8 @@
 import jax
 import pytest
 
-from moejax.parallel import MeshSpec, make_mesh
+from moejax.parallel import EXPERT_PARALLEL_MODES, MeshSpec, make_mesh
+from moejax.parallel.expert_parallel import _MODE_BODIES
 
 
 def test_minus_one_takes_the_rest():
@@ -21,3 +22,10 @@ def test_minus_one_takes_the_rest():
 def test_mesh_that_does_not_fit_is_an_error(spec, match):
     with pytest.raises(ValueError, match=match):
         make_mesh(spec)
+
+
+def test_one_list_of_expert_parallel_modes():
+    """mesh.expert_parallel's choices are "none" and exactly the shard_map modes with a body."""
+    assert set(EXPERT_PARALLEL_MODES) == {"none", *_MODE_BODIES}
+    with pytest.raises(ValueError, match="mesh.expert_parallel='ringg'; allowed: none, all_"):
+        MeshSpec(expert_parallel="ringg")
