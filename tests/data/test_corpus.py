@@ -11,21 +11,10 @@ from moejax.data import corpus, pipeline, sources
 from moejax.data.sources import files, jsonl, stdlib
 from moejax.train.config_files import load_config
 from moejax.train.trainer import train_and_evaluate
+from tests.data.helpers import DOMAINS, write_corpus
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
-DOMAINS = ("alpha", "beta", "gamma")
 SEQ_LEN = 15
-
-
-def _write_corpus(root: pathlib.Path, num_files: int = 12) -> str:
-    """Printable files of 200-400 bytes under root/<domain>/; returns a glob over them."""
-    rng = np.random.default_rng(0)
-    for i in range(num_files):
-        folder = root / DOMAINS[i % len(DOMAINS)]
-        folder.mkdir(parents=True, exist_ok=True)
-        size = int(rng.integers(200, 400))
-        (folder / f"doc{i:02d}.txt").write_bytes(rng.integers(32, 127, size, np.uint8).tobytes())
-    return str(root / "**" / "*.txt")
 
 
 @pytest.fixture
@@ -55,7 +44,7 @@ def test_the_trainers_data_calls_read_the_corpus_once(tmp_path, reads):
     """What `train_and_evaluate` asks of one spec (checks, both splits' sizes, the domains
     without validation, the train stream, the domain names, evaluation twice) reads the files
     once; a new spec (the next run) reads them again and sees a changed file."""
-    pattern = _write_corpus(tmp_path / "corpus")
+    pattern = write_corpus(tmp_path / "corpus", sizes=(200, 400))
     spec = pipeline.DataSpec(corpus="files", paths=(pattern,), domains=("alpha", "beta"),
                              validation_every=3, num_threads=0)
     pipeline.check_domain_selection(spec)
@@ -79,7 +68,7 @@ def test_a_training_run_reads_its_files_corpus_once(tmp_path, reads):
     """Through `train_and_evaluate` (standard dtype promotion, as under tests/train/: optax
     mixes Python floats with int32 step counters)."""
     config = load_config(CONFIGS / "tiny.py")
-    config.data.update(corpus="files", paths=(_write_corpus(tmp_path / "corpus"),),
+    config.data.update(corpus="files", paths=(write_corpus(tmp_path / "corpus", sizes=(200, 400)),),
                        domains=("alpha", "gamma"), validation_every=3, num_threads=0)
     config.train.update(steps=2, eval_every=1, log_every=1, checkpoint_every=2,
                         async_checkpoint=False, progress=False, report=False)

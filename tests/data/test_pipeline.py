@@ -15,26 +15,14 @@ import pytest
 from moejax.data import corpus
 from moejax.data import pipeline as data
 from moejax.data.sources import Document
+from tests.data.helpers import DOMAINS, write_corpus
 
 SEQ_LEN = 15  # windows of 16 tokens
-DOMAINS = ("alpha", "beta", "gamma")
-NUM_FILES = 12
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _write_corpus(root: pathlib.Path, num_files: int = NUM_FILES, seed: int = 0) -> str:
-    """Random printable files under root/<domain>/; returns a recursive glob over them."""
-    rng = np.random.default_rng(seed)
-    for i in range(num_files):
-        folder = root / DOMAINS[i % len(DOMAINS)]
-        folder.mkdir(parents=True, exist_ok=True)
-        size = int(rng.integers(5, 90))
-        (folder / f"doc{i:02d}.txt").write_bytes(rng.integers(32, 127, size, np.uint8).tobytes())
-    return str(root / "**" / "*.txt")
-
-
 def _spec(tmp_path, **changes) -> data.DataSpec:
-    values = dict(corpus="files", paths=(_write_corpus(tmp_path / "corpus"),),
+    values = dict(corpus="files", paths=(write_corpus(tmp_path / "corpus"),),
                   validation_every=3, num_threads=0)
     return data.DataSpec(**(values | changes))
 
@@ -187,7 +175,7 @@ def test_processes_together_read_the_single_process_batches(tmp_path, process_co
 @pytest.mark.parametrize("skip", [1, 3])  # 3 batches of 2 cross the epoch boundary
 def test_resume_gives_the_identical_next_batch(tmp_path, skip):
     spec = _spec(tmp_path, num_threads=2,
-                 paths=(_write_corpus(tmp_path / "odd", num_files=11),))
+                 paths=(write_corpus(tmp_path / "odd", num_files=11),))
     assert data.num_sequences(spec, "train", seq_len=SEQ_LEN) % 2 == 1  # batches straddle epochs
     dataset = data.make_dataset(spec, "train", seq_len=SEQ_LEN, batch_size=2, seed=7)
     iterator = iter(dataset)
@@ -274,7 +262,7 @@ def test_domain_selection_keeps_ids_and_splits(tmp_path):
 
 
 def test_prepare_console_script(tmp_path):
-    pattern = _write_corpus(tmp_path / "corpus")
+    pattern = write_corpus(tmp_path / "corpus")
     config = tmp_path / "cfg.py"
     config.write_text("import ml_collections\n\ndef get_config(arg=None):\n"
                       "    config = ml_collections.ConfigDict()\n"
