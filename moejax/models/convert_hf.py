@@ -32,7 +32,7 @@ Qwen3-MoE `mlp`, `gate_proj`, `up_proj`, `down_proj`). HF's q/k/v rows are head-
 name, an expert index >= E, a rotary `inv_freq` buffer) or that is missing raises ValueError
 listing the names: expert weights are never dropped silently. The tables give the unrolled
 layout (`model.scan_layers=False`); a scanned model's stacks are filled layer by layer
-(`weights.stack_params`).
+(`layout.stack_params`).
 
 Streaming: `from_hf` reads each tensor when it converts it (`np.asarray` on a lazily read
 tensor, see `hf_dir.read_hf_dir`) and writes it into its place in the output, so the host holds
@@ -52,7 +52,7 @@ from flax import nnx
 
 from moejax.models.decoder import Decoder, DecoderSpec
 from moejax.models.hf_families import HFFamily, family_of, set_dotted
-from moejax.models.weights import abstract_params, stack_params, unstack_params
+from moejax.models.layout import abstract_params, stack_params, unstack_params
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,10 +14,8 @@ the Params and the router biases, since a selection bias changes which experts a
 picks); `write_export` writes one from a parameter dict (`moejax-hf import`). `load_decoder`
 builds a `Decoder` from any source; `load_params` puts a parameter dict into a live model.
 
-Parameter dicts (`nnx.to_pure_dict` structure) come in two layouts, the decoder's
-`model.scan_layers`: unrolled (`{"layers": {i: layer}}`) and scanned (`{"stacks": {s:
-{"layers": {j: stacked}}}}`, `decoder.layer_stacks`). `stack_params` / `unstack_params` move
-a dict between them; every reader returns the layout asked for.
+Parameter dicts come in the decoder's two layouts (`layout.py`: `stack_params`,
+`unstack_params`); every reader returns the layout asked for.
 
 Orbax is imported where a function needs it, so `import moejax.models` stays light.
 """
@@ -26,74 +24,27 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import json
 import logging
 import pathlib
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from moejax.models.checksums import verify_checksums
-from moejax.models.decoder import Decoder, DecoderSpec, decoder_spec_from_config, layer_stacks
+from moejax.models.decoder import Decoder, DecoderSpec, decoder_spec_from_config
+from moejax.models.layout import (
+    EXPORTED,
+    abstract_decoder,
+    abstract_params,
+    stack_params,
+)
 
 CHECKPOINTS = "checkpoints"  # a workdir's checkpoint directory
-EXPORTED = nnx.Not(nnx.RngState)  # what an export holds of a Decoder's variables
 
 
-# --- the two layouts ------------------------------------------------------------------------
-
-def _stack_trees(trees, count: int):
-    """Stacks `count` trees of equal structure leaf-wise on a new axis 0. NumPy leaves (a
-    checkpoint being converted) are copied into one preallocated array as each tree arrives,
-    so the layers never exist twice on the host; device arrays are stacked on device."""
-    trees = iter(trees)
-    first = next(trees)
-    if not isinstance(jax.tree.leaves(first)[0], np.ndarray):
-        return jax.tree.map(lambda *a: jnp.stack(a), first, *trees)
-    out = jax.tree.map(lambda a: np.empty((count, *a.shape), a.dtype), first)
-    for r, tree in enumerate(itertools.chain([first], trees)):
-        for stacked, leaf in zip(jax.tree.leaves(out), jax.tree.leaves(tree), strict=True):
-            stacked[r] = leaf
-    return out
-
-
-def unstack_params(spec: DecoderSpec, params: dict) -> dict:
-    """A Decoder parameter dict in either layout -> the unrolled one (`{"layers": {i: layer},
-    ...}`); arrays are sliced, not copied to the host."""
-    if "stacks" not in params:
-        return params
-    out = {k: v for k, v in params.items() if k != "stacks"}
-    out["layers"] = {}
-    for s, (first, unit, repeats) in enumerate(layer_stacks(spec)):
-        stack = params["stacks"][s]["layers"]
-        for r in range(repeats):
-            for j in range(unit):
-                out["layers"][first + r * unit + j] = jax.tree.map(lambda a, r=r: a[r],
-                                                                   stack[j])
-    return out
-
-
-def stack_params(spec: DecoderSpec, params: dict) -> dict:
-    """A Decoder parameter dict in either layout -> the layout of `spec.scan_layers`.
-
-    `params["layers"]` may be any mapping (e.g. layers converted on access): each layer is
-    read once, in depth order within each stack position."""
-    params = unstack_params(spec, params)
-    if not spec.scan_layers:
-        return params
-    out = {k: v for k, v in params.items() if k != "layers"}
-    layers = params["layers"]
-    out["stacks"] = {
-        s: {"layers": {j: _stack_trees((layers[first + r * unit + j] for r in range(repeats)),
-                                       repeats)
-                       for j in range(unit)}}
-        for s, (first, unit, repeats) in enumerate(layer_stacks(spec))}
-    return out
-
+# --- into a live model --------------------------------------------------------------------
 
 def load_params(model: Decoder, params: dict) -> None:
     """Loads a parameter dict (either layout, a subset of the model's variables allowed) into
@@ -112,19 +63,6 @@ def _subtree(current: dict, params: dict) -> dict:
     """The part of `current` with `params`'s keys (an HF source has no router biases)."""
     return {k: _subtree(current[k], v) if isinstance(v, dict) else current[k]
             for k, v in params.items()}
-
-
-def abstract_decoder(spec: DecoderSpec) -> Decoder:
-    """`Decoder(spec)` with ShapeDtypeStructs for arrays (nothing allocated); traced once
-    per spec object, a fresh module at every call (updating it leaves the kept one alone)."""
-    graphdef, state = spec._abstract_split  # noqa: SLF001 - the spec keeps it for this module
-    return nnx.merge(graphdef, state, copy=True)
-
-
-def abstract_params(spec: DecoderSpec, what=EXPORTED) -> dict:
-    """The variables `what` (default: an export's) of `Decoder(spec)` as ShapeDtypeStructs,
-    a pure dict in the layout of `spec.scan_layers`: a restore target."""
-    return nnx.to_pure_dict(nnx.state(abstract_decoder(spec), what))
 
 
 # --- exports --------------------------------------------------------------------------------

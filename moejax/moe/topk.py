@@ -56,7 +56,8 @@ def routed_experts_forward(x: jax.Array, routing: Routing, weights, spec: MoESpe
       (y [T, D], record with R = 1).
     """
     kind = ENGINES[spec.engine]
-    plan = kind.plan(routing.expert_idx, weights.w_gate.shape[0], spec, routing.dispatch)
+    plan = kind.plan(routing.expert_idx, weights.w_gate.shape[0], spec.capacity_factor,
+                     routing.dispatch)
     if engine is None:
         engine = kind.bind(spec)
     else:

@@ -16,7 +16,7 @@ from moejax.models.decoder import (
     decoder_spec_from_config,
     layer_stacks,
 )
-from moejax.models.weights import stack_params, unstack_params
+from moejax.models.layout import stack_params, unstack_params
 from moejax.moe.deepseek import DeepSeekMoE
 from tests.gradcheck import assert_directional_derivative
 from tests.moe.block_params import assert_record_matches, f64, routed_params, shared_params

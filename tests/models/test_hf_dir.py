@@ -19,7 +19,8 @@ from moejax.cli import hf as hf_cli
 from moejax.models import hf_dir, weights
 from moejax.models.convert_hf import from_hf, to_hf
 from moejax.models.decoder import Decoder
-from moejax.models.weights import load_params, stack_params
+from moejax.models.layout import stack_params
+from moejax.models.weights import load_params
 from tests.models.hf_helpers import FIXTURES, SPEC, hf_state_dict
 
 

@@ -12,7 +12,7 @@ from moejax.models import weights
 from moejax.models.convert_hf import from_hf
 from moejax.models.decoder import Decoder, decoder_spec_from_config
 from moejax.models.hf_dir import read_hf_dir, write_hf_dir
-from moejax.models.weights import stack_params
+from moejax.models.layout import stack_params
 from moejax.train.config_files import load_config
 from moejax.train.init_from import init_from
 from moejax.train.trainer import train_and_evaluate

@@ -11,14 +11,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import jax
 
 from moejax.moe.dispatch import DispatchPlan, capacity_for, make_plan
-
-if TYPE_CHECKING:  # spec.py imports the table: a type only
-    from moejax.moe.spec import MoESpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,14 +34,14 @@ class EngineKind:
     caps_capacity: bool = False
     spec_options: tuple[str, ...] = ()
 
-    def plan(self, expert_idx: jax.Array, num_experts: int, spec: MoESpec,
+    def plan(self, expert_idx: jax.Array, num_experts: int, capacity_factor: float,
              dispatch=None) -> DispatchPlan:
         """The dispatch plan this engine runs on (`dispatch.make_plan`).
 
         Args:
           expert_idx: [T, K] int chosen experts.
           num_experts: E.
-          spec: the layer's options (capacity_factor, read when `caps_capacity`).
+          capacity_factor: the layer's `moe.capacity_factor` (read when `caps_capacity`).
           dispatch: the router's `kernels.TopKDispatch` of these choices, or None.
 
         Returns:
@@ -54,10 +50,11 @@ class EngineKind:
         tokens, top_k = expert_idx.shape
         capacity = None
         if self.caps_capacity:
-            capacity = capacity_for(tokens, top_k, num_experts, spec.capacity_factor)
+            capacity = capacity_for(tokens, top_k, num_experts, capacity_factor)
         return make_plan(expert_idx, num_experts, capacity, dispatch)
 
-    def bind(self, spec: MoESpec) -> Callable:
-        """`run` with its `spec_options` read from `spec`: an engine of the plain contract."""
+    def bind(self, spec) -> Callable:
+        """`run` with its `spec_options` read from `spec` (the layer's MoESpec, which imports
+        this table, hence no annotation): an engine of the plain contract."""
         options = {name: getattr(spec, name) for name in self.spec_options}
         return functools.partial(self.run, **options) if options else self.run
