@@ -1,7 +1,14 @@
-"""moejax-prepare: `moejax-prepare --config configs/NAME.py[:arg] --out DIR [--overwrite]`.
+"""moejax-prepare: `moejax-prepare --config configs/NAME.py[:arg] --out DIR [--config.a.b=value]`.
 
-Tokenizes the text corpus of `config.data` into ArrayRecord shards (`moejax.data.shards`);
-train on them with `--config.data.corpus=arrayrecord --config.data.paths=DIR`.
+Tokenizes the text corpus of `config.data` with `config.data.tokenizer` ("bytes", or a Hugging
+Face tokenizer.json or a directory holding one; override it like any option:
+`--config.data.tokenizer=PATH`) into ArrayRecord shards (`moejax.data.shards`), in `--workers`
+processes (default: one per CPU for a subword tokenizer; bytes, and 0: in this process), and
+prints one line per split (documents, tokens, bytes, bytes/token). Train on them with
+`--config.data.corpus=arrayrecord --config.data.paths=DIR`.
+
+Exit status: 0 written; 2 a bad flag or option, an unreadable corpus or tokenizer, or an
+existing index without `--overwrite` (one line naming it).
 """
 
 from __future__ import annotations
@@ -13,25 +20,49 @@ from ml_collections import config_flags
 
 from moejax.cli._command import run_command
 from moejax.data.corpus import data_spec_from_config
-from moejax.data.shards import prepare
+from moejax.data.shards import INDEX_FILE, prepare
 
-USAGE = "moejax-prepare --config configs/NAME.py[:arg] --out DIR [--overwrite]"
+USAGE = ("moejax-prepare --config configs/NAME.py[:arg] --out DIR [--config.data.tokenizer=PATH] "
+         "[--workers N] [--overwrite]")
 FLAGS = flags.FlagValues()
 config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).",
                                 flag_values=FLAGS)
 flags.DEFINE_string("out", None, "Directory for the ArrayRecord shards and index.json.",
                     flag_values=FLAGS)
 flags.DEFINE_bool("overwrite", False, "Replace an existing prepared corpus.", flag_values=FLAGS)
+flags.DEFINE_integer("workers", None, "Tokenizer processes (default: one per CPU for a "
+                     "subword tokenizer; for bytes, and 0: in this process).", lower_bound=0,
+                     flag_values=FLAGS)
+flags.DEFINE_bool("progress", True, "Show a progress bar (only on a terminal).",
+                  flag_values=FLAGS)
 flags.mark_flags_as_required(["config", "out"], flag_values=FLAGS)
 
 
-def main(options: flags.FlagValues) -> int:
-    spec = data_spec_from_config(options.config.get("data"))
-    index = prepare(spec, options.out, overwrite=options.overwrite)
+def summary(index: dict) -> list[str]:
+    """The lines printed after a prepare: one per split, then the tokenizer and domains."""
+    lines = []
     for split, entry in index["splits"].items():
-        print(f"{split}: {entry['documents']} documents, {entry['tokens']} tokens -> "
-              f"{entry['records']}")
-    print(f"{len(index['domain_names'])} domains; index: {options.out}/index.json")
+        per_token = entry["bytes"] / entry["tokens"] if entry["tokens"] else 0.0
+        lines.append(f"{split}: {entry['documents']} documents, {entry['tokens']} tokens, "
+                     f"{entry['bytes']} bytes, {per_token:.2f} bytes/token -> "
+                     f"{entry['records']}")
+    tokenizer = index["tokenizer"]
+    lines.append(f"tokenizer {tokenizer['name']} (fingerprint {tokenizer['fingerprint']}, "
+                 f"vocab_size {index['vocab_size']}, eos_id {index['eos_id']}); "
+                 f"{len(index['domain_names'])} domains")
+    return lines
+
+
+def main(options: flags.FlagValues) -> int:
+    try:
+        spec = data_spec_from_config(options.config.get("data"))
+        index = prepare(spec, options.out, overwrite=options.overwrite, workers=options.workers,
+                        progress=options.progress)
+    except (ValueError, OSError) as error:  # FileNotFoundError, FileExistsError among them
+        print(f"moejax-prepare: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(summary(index)))
+    print(f"index: {options.out}/{INDEX_FILE}")
     return 0
 
 

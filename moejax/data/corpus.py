@@ -28,10 +28,13 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-from moejax.data.sources import SOURCES, Document
+from moejax.data.sources import RECORD_SOURCES, SOURCES, Document
+from moejax.data.tokenizer import Tokenizer, load_tokenizer
+from moejax.data.tokens import TokenizedDocument, tokenize
 from moejax.options import check_choice, spec_from_mapping
 
 CORPORA = (*SOURCES, "arrayrecord")
+LOSS_ON = ("all", "completion")
 SPLITS = ("train", "validation")
 
 
@@ -54,6 +57,18 @@ class DataSpec:
         the split (each chunk is a document of its own).
       num_threads: grain reader threads that prepare batches ahead (0: synchronous).
       prefetch_buffer_size: batches prepared ahead of the consumer.
+      tokenizer: "bytes", or a Hugging Face `tokenizer.json` or a directory holding one
+        (`moejax.data.tokenizer.load_tokenizer`).
+      prompt_field, completion_field: record keys of an instruction record (JSONL, parquet,
+        a saved dataset): the text is prompt + completion, the completion its trained span.
+      messages_field: record key of a chat (a list of {"role", "content"}), rendered with the
+        tokenizer's chat template; the assistant turns are its trained spans.
+      loss_on: "all" (every token is a target) or "completion" (only the trained spans of
+        instruction records and chats; plain documents still train on every token).
+      mixture: {domain pattern: weight}: the training split's token share of the domains each
+        pattern matches, relative to one another (unmatched domains: weight 1 each... see
+        `pipeline.mixture_repeats`); empty: the corpus's own proportions.
+      accept_changed_data: resume although the data files changed since the checkpoint.
     """
 
     corpus: str = "stdlib"
@@ -66,6 +81,13 @@ class DataSpec:
     chunk_bytes: int = 1 << 20
     num_threads: int = 1
     prefetch_buffer_size: int = 4
+    tokenizer: str = "bytes"
+    prompt_field: str | None = None
+    completion_field: str | None = None
+    messages_field: str | None = None
+    loss_on: str = "all"
+    mixture: tuple[tuple[str, float], ...] = ()
+    accept_changed_data: bool = False
 
     def __post_init__(self):
         paths = (self.paths,) if isinstance(self.paths, str | os.PathLike) else self.paths
@@ -74,22 +96,43 @@ class DataSpec:
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         check_choice("data.corpus", self.corpus, CORPORA)
+        check_choice("data.loss_on", self.loss_on, LOSS_ON)
+        mixture = self.mixture.items() if hasattr(self.mixture, "items") else self.mixture
+        object.__setattr__(self, "mixture", tuple(sorted((str(k), float(v)) for k, v in mixture)))
+        bad = [f"{k}={v}" for k, v in self.mixture if not (v > 0 and v < float("inf"))]
+        if bad:
+            raise ValueError(f"data.mixture weights must be finite and > 0: {', '.join(bad)}")
+        if (self.prompt_field is None) != (self.completion_field is None):
+            raise ValueError(f"data.prompt_field={self.prompt_field!r}, data.completion_field="
+                             f"{self.completion_field!r}: set both or neither")
         if self.corpus == "stdlib" and self.paths:
             raise ValueError(f"data.paths={self.paths} is not used by data.corpus='stdlib'; "
-                             "leave it empty or pick corpus 'files', 'jsonl' or 'arrayrecord'")
+                             f"leave it empty or pick another corpus ({', '.join(CORPORA[1:])})")
+        one_directory = self.corpus in ("arrayrecord", "hf_dataset")
         if self.corpus != "stdlib" and not self.paths:
             raise ValueError(f"data.paths is empty; data.corpus={self.corpus!r} needs files or "
-                             "globs" + (" (one directory)" if self.corpus == "arrayrecord" else ""))
-        if self.corpus == "arrayrecord" and len(self.paths) != 1:
-            raise ValueError(f"data.paths={self.paths}; data.corpus='arrayrecord' takes exactly "
-                             "one directory written by moejax-prepare")
+                             "globs" + (" (one directory)" if one_directory else ""))
+        if one_directory and len(self.paths) != 1:
+            raise ValueError(f"data.paths={self.paths}; data.corpus={self.corpus!r} takes exactly "
+                             "one directory (written by moejax-prepare, or by a dataset's "
+                             "save_to_disk)")
         if self.corpus == "arrayrecord" and (self.domains or self.exclude_domains):
             raise ValueError("data.domains / data.exclude_domains select documents of a text "
                              "corpus; for data.corpus='arrayrecord' set them when preparing "
                              "the directory (moejax-prepare)")
-        if self.domain_field is not None and self.corpus != "jsonl":
-            raise ValueError(f"data.domain_field={self.domain_field!r} is only used by "
-                             f"data.corpus='jsonl', not {self.corpus!r}")
+        for name in ("domain_field", "prompt_field", "completion_field", "messages_field"):
+            if getattr(self, name) is not None and self.corpus not in RECORD_SOURCES:
+                raise ValueError(f"data.{name}={getattr(self, name)!r} is only used by the "
+                                 f"record corpora ({', '.join(RECORD_SOURCES)}), not "
+                                 f"data.corpus={self.corpus!r}")
+        if self.messages_field is not None and self.prompt_field is not None:
+            raise ValueError(f"data.messages_field={self.messages_field!r} and "
+                             f"data.prompt_field={self.prompt_field!r}: a record is a chat or a "
+                             "prompt and completion, set one")
+        if self.messages_field is not None and self.tokenizer == "bytes":
+            raise ValueError(f"data.messages_field={self.messages_field!r} renders chats with the "
+                             "tokenizer's chat template: set data.tokenizer to a Hugging Face "
+                             "tokenizer directory, not 'bytes'")
         if self.validation_every < 2:
             raise ValueError(f"data.validation_every={self.validation_every}; allowed: >= 2")
         if self.chunk_bytes < 1024:
@@ -97,6 +140,19 @@ class DataSpec:
         if self.num_threads < 0 or self.prefetch_buffer_size < 0:
             raise ValueError(f"data.num_threads={self.num_threads}, data.prefetch_buffer_size="
                              f"{self.prefetch_buffer_size}; allowed: >= 0")
+
+    @functools.cached_property
+    def _tokenizer(self) -> Tokenizer:
+        """`data.tokenizer` loaded once for this spec object (`pipeline.tokenizer_of`)."""
+        return load_tokenizer(self.tokenizer)
+
+    @functools.cached_property
+    def _tokenized(self) -> dict[str, list[TokenizedDocument]]:
+        """Both splits of the selected documents tokenized once for this spec object."""
+        table = self._document_table
+        ids = {name: i for i, name in enumerate(table.domain_names)}
+        return {split: tokenize(self._tokenizer, table.select(self, split), ids)
+                for split in SPLITS}
 
     @functools.cached_property
     def _document_table(self) -> DocumentTable:
@@ -162,11 +218,22 @@ def _keeps(spec: DataSpec, doc: Document, validation: frozenset[str] | None,
 
 
 def _chunks(doc: Document, chunk_bytes: int) -> Iterator[Document]:
+    """`doc`, or its chunks `<name>#<i>` of at most `chunk_bytes` bytes, each cut at a UTF-8
+    character boundary, with the trained spans that fall into each."""
     if len(doc.text) <= chunk_bytes:
         yield doc
         return
-    for i, start in enumerate(range(0, len(doc.text), chunk_bytes)):
-        yield Document(f"{doc.name}#{i}", doc.text[start:start + chunk_bytes], doc.domain)
+    start, i = 0, 0
+    while start < len(doc.text):
+        end = min(start + chunk_bytes, len(doc.text))
+        while end < len(doc.text) and end > start + 1 and doc.text[end] & 0xC0 == 0x80:
+            end -= 1  # not inside a multi-byte character
+        spans = tuple((max(a, start) - start, min(b, end) - start) for a, b in doc.trained
+                      if a < end and b > start)
+        # a chunk of an instruction record without a trained span trains on nothing
+        trained = spans or (((0, 0),) if doc.trained else ())
+        yield Document(f"{doc.name}#{i}", doc.text[start:end], doc.domain, trained)
+        start, i = end, i + 1
 
 
 def _source_chunks(spec: DataSpec) -> Iterator[Document]:
@@ -230,6 +297,11 @@ class DocumentTable(NamedTuple):
         if split is not None:
             check_split(split)
         return [d for d in self.documents if _keeps(spec, d, self.validation, split)]
+
+    def tokenized(self, spec: DataSpec, split: str) -> list[TokenizedDocument]:
+        """`select(spec, split)` tokenized with `data.tokenizer`, once per spec object."""
+        check_split(split)
+        return spec._tokenized[split]  # noqa: SLF001 - kept on the spec
 
 
 def read_table(spec: DataSpec, *, texts: bool = True) -> DocumentTable:

@@ -4,6 +4,8 @@ import pathlib
 
 import numpy as np
 
+from moejax.data.tokenizer import train_bpe
+
 DOMAINS = ("alpha", "beta", "gamma")
 NUM_FILES = 12
 
@@ -19,3 +21,12 @@ def write_corpus(root: pathlib.Path, num_files: int = NUM_FILES, seed: int = 0,
         size = int(rng.integers(*sizes))
         (folder / f"doc{i:02d}.txt").write_bytes(rng.integers(32, 127, size, np.uint8).tobytes())
     return str(root / "**" / "*.txt")
+
+
+def write_tokenizer(directory: pathlib.Path, vocab_size: int = 300,
+                    texts: tuple[str, ...] = ()) -> pathlib.Path:
+    """A byte-level BPE (`tokenizer.train_bpe`) trained on `texts` (or a built-in sample), its
+    specials "<|endoftext|>" (EOS) and "<|pad|>"; returns `directory`."""
+    sample = texts or ("def main():\n    return 0\n", "The café served crème brûlée. " * 3,
+                       "import numpy as np\nx = np.zeros(3)\n", "Ünïcödé 日本語 text 🙂 ok")
+    return train_bpe(list(sample) * 20, directory, vocab_size, pad="<|pad|>")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from moejax.data import corpus, pipeline, sources
-from moejax.data.sources import files, jsonl, stdlib
+from moejax.data.sources import files, hf_dataset, jsonl, parquet, stdlib
 from moejax.train.config_files import load_config
 from moejax.train.trainer import train_and_evaluate
 from tests.data.helpers import DOMAINS, write_corpus
@@ -32,8 +32,9 @@ def reads(monkeypatch):
 
 
 def test_the_source_table_names_each_text_corpus_once():
-    assert dict(sources.SOURCES) == {"stdlib": stdlib, "files": files, "jsonl": jsonl}
-    assert corpus.CORPORA == ("stdlib", "files", "jsonl", "arrayrecord")
+    assert dict(sources.SOURCES) == {"stdlib": stdlib, "files": files, "jsonl": jsonl,
+                                     "parquet": parquet, "hf_dataset": hf_dataset}
+    assert corpus.CORPORA == ("stdlib", "files", "jsonl", "parquet", "hf_dataset", "arrayrecord")
     for module in sources.SOURCES.values():
         assert callable(module.documents) and callable(module.describe)
     with pytest.raises(TypeError):

@@ -15,6 +15,9 @@ import pytest
 from moejax.data import corpus
 from moejax.data import pipeline as data
 from moejax.data.sources import Document
+from moejax.data.sources import paths as source_paths
+from moejax.data.tokenizer import BYTE_TOKENIZER
+from moejax.data.tokens import tokenize
 from tests.data.helpers import DOMAINS, write_corpus
 
 SEQ_LEN = 15  # windows of 16 tokens
@@ -100,9 +103,16 @@ def test_packing_edges():
     rng = np.random.default_rng(1)
     docs = [Document(f"d{i}", rng.integers(0, 256, n, np.uint8).tobytes(), f"x{i % 3}")
             for i, n in enumerate(sizes)]
-    windows = data.PackedSequences(data.MemoryDocuments(docs, {"x0": 0, "x1": 1, "x2": 2}),
-                                   SEQ_LEN + 1)
+    docs[2] = docs[2]._replace(trained=((3, 9), (20, 3 * SEQ_LEN + 5)))  # ends trained
+    docs[3] = docs[3]._replace(trained=((0, 2),))  # ends untrained
+    tokenized = tokenize(BYTE_TOKENIZER, docs, {"x0": 0, "x1": 1, "x2": 2})
+    windows = data.PackedSequences(data.MemoryDocuments(tokenized), SEQ_LEN + 1, data.EOS_ID,
+                                   train_all=False)
     stream = [t for d in docs for t in [*d.text, data.EOS_ID]]
+    nbytes = [b for d in docs for b in [1] * len(d.text) + [0]]
+    trained = [t for d in docs for t in
+               [any(a <= j < b for a, b in d.trained) or not d.trained for j in range(len(d.text))]
+               + [not d.trained or d.trained[-1][1] == len(d.text)]]
     labels = [i % 3 for i, d in enumerate(docs) for _ in range(len(d.text) + 1)]
     document = [i for i, d in enumerate(docs) for _ in range(len(d.text) + 1)]
     assert len(windows) == len(stream) // (SEQ_LEN + 1) and windows.num_tokens == len(stream)
@@ -110,6 +120,8 @@ def test_packing_edges():
         edge = slice(i * (SEQ_LEN + 1), (i + 1) * (SEQ_LEN + 1))
         assert windows[i]["tokens"].tolist() == stream[edge]
         assert windows[i]["domains"].tolist() == labels[edge]
+        assert windows[i]["token_bytes"].tolist() == nbytes[edge]
+        assert windows[i]["trained"].tolist() == trained[edge]
         # segments number the window's documents 1, 2, ... (EOS with the document it ends)
         docs_here = document[edge]
         want = [len(set(docs_here[:j + 1])) for j in range(len(docs_here))]
@@ -207,7 +219,7 @@ def test_jsonl_source(tmp_path):
     topics = data.DataSpec(corpus="jsonl", paths=(pattern,), domain_field="topic")
     assert data.domain_names(topics) == ["greet", "noun", "py"]
     missing = data.DataSpec(corpus="jsonl", paths=(pattern,), text_field="body")
-    with pytest.raises(ValueError, match=r"data.text_field='body'.*b.jsonl:1"):
+    with pytest.raises(ValueError, match=r"data.text_field='body'.*b.jsonl line 1"):
         corpus.documents(missing)
 
 
@@ -309,10 +321,10 @@ def test_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=f"the {split} split is empty.*validation_every=20"):
         data.make_dataset(one, split, seq_len=2, batch_size=1, seed=0)
 
-    def unreadable(self):
+    def unreadable(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(pathlib.Path, "read_bytes", unreadable)
+    monkeypatch.setattr(source_paths, "open", unreadable, raising=False)  # the sources' open
     with pytest.raises(ValueError, match="data.paths: cannot read .*Permission denied"):
         corpus.documents(spec)
 

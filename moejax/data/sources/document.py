@@ -6,13 +6,16 @@ from typing import NamedTuple
 
 
 class Document(NamedTuple):
-    """One document of a source: relative name, raw text bytes and domain name.
+    """One document of a source: relative name, raw text bytes, domain name, trained spans.
 
     `name` is machine-independent and decides the train/validation split; `domain` labels the
     document for per-domain statistics (its id is its position among the source's sorted
-    domain names).
+    domain names). `trained` lists the byte spans `(start, end)` of `text` whose tokens the
+    loss reads (an instruction record's completion, a chat's assistant turns); empty: all of
+    it (plain text).
     """
 
     name: str
     text: bytes
     domain: str
+    trained: tuple[tuple[int, int], ...] = ()
