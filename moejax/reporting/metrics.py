@@ -25,7 +25,8 @@ METRICS_FILE = "metrics.jsonl"
 
 # --- The metric names (docs/methods.md section 6) ---
 STEP = "step"
-LOSS = "loss"  # train LM loss, nats / token
+LOSS = "loss"  # train LM loss, nats / target token (the trained targets with data.loss_on)
+TRAINED_TOKENS = "trained_tokens"  # targets the loss read this step (data.loss_on="completion")
 TOTAL_LOSS = "total_loss"  # LM loss plus the weighted regularizers
 GRAD_NORM = "grad_norm"
 AUX = "aux/"  # prefix: each regularizer, aux/<name> and aux/<name>/per_router [R]
@@ -42,9 +43,11 @@ ROUTING_DROPPED_FRACTION = ROUTING + "dropped_fraction"  # [R]
 ROUTING_PATHWAY_ENTROPY = ROUTING + "pathway_entropy"  # [R - 1]
 ROUTING_TRANSITIONS = ROUTING + "transitions"  # [R - 1, E, E] counts
 ROUTING_TOKENS_PER_EXPERT = ROUTING + "tokens_per_expert"  # [R, E]
-VAL_LOSS = "val_loss"
-VAL_BITS_PER_BYTE = "val_bits_per_byte"
-VAL_PERPLEXITY = "val_perplexity"
+VAL_LOSS = "val_loss"  # nats per evaluated target token
+VAL_BITS_PER_BYTE = "val_bits_per_byte"  # bits per UTF-8 byte those tokens cover
+VAL_PERPLEXITY = "val_perplexity"  # per token
+EVAL_TOKENS = "eval/tokens"  # target tokens the evaluation read
+EVAL_BYTES = "eval/bytes"  # UTF-8 bytes they cover
 TOP1_DISABLED = "_top1_disabled"  # suffix: evaluated with each token's top-1 expert disabled
 VAL_LOSS_TOP1_DISABLED = VAL_LOSS + TOP1_DISABLED
 EVAL_DOMAIN_LOSS = "eval/domain_loss"  # [domains], NaN for a domain the batches do not hold
@@ -54,6 +57,9 @@ EVAL_ROUTING_DOMAIN_COUNTS = "eval/routing/domain_counts"  # [R, E, domains]
 EVAL_ROUTING_DOMAIN_NMI = "eval/routing/domain_nmi"  # [R]
 EVAL_ROUTING_DROPPED_FRACTION = "eval/routing/dropped_fraction"  # [R]
 EVAL_ROUTING_DROPPED_FRACTION_TOP1_DISABLED = EVAL_ROUTING_DROPPED_FRACTION + TOP1_DISABLED
+DATA_MIXTURE_PATTERNS = "data/mixture_patterns"  # [patterns] str, with data.mixture only
+DATA_MIXTURE_TARGETS = "data/mixture_targets"  # [patterns] the weights, normalised
+DATA_MIXTURE_SHARES = "data/mixture_shares"  # [patterns] realised training token shares
 
 # --- How a list value becomes one number ---
 MEAN = "mean"  # over routers (the default)

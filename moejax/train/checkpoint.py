@@ -64,6 +64,8 @@ class RestoredInfo:
       data_state: the data iterator state (dict or bytes, as saved), or None.
       config: the saved config as a plain JSON dict.
       directory: the step directory restored from.
+      data_fingerprint: {input file: "size:sha256"} the run read when it saved, or None (a
+        checkpoint written before fingerprints were kept).
     """
 
     step: int
@@ -71,6 +73,7 @@ class RestoredInfo:
     data_state: dict | list | bytes | None
     config: dict
     directory: pathlib.Path
+    data_fingerprint: dict | None = None
 
 
 def _warn(message: str, *args) -> None:
@@ -176,7 +179,8 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, *, model: nnx.Module, optimizer: nnx.Optimizer, config,
-             rng_key: jax.Array | None = None, data_state=None, force: bool = False) -> bool:
+             rng_key: jax.Array | None = None, data_state=None, force: bool = False,
+             data_fingerprint: dict | None = None) -> bool:
         """Saves the whole training state as step `step`.
 
         Asynchronous when the Checkpointer was built with `async_save` (device arrays are
@@ -191,6 +195,8 @@ class Checkpointer:
           rng_key: a typed or raw PRNG key array, or None.
           data_state: data iterator state, JSON-serialisable or bytes, or None.
           force: save regardless of Orbax's policy, and block until done.
+          data_fingerprint: the input files the run reads ({name: "size:sha256"}), kept in
+            the step's meta so that a resume can tell changed data.
 
         Returns:
           True if a checkpoint was written; False if Orbax skipped the step (at or below the
@@ -201,7 +207,8 @@ class Checkpointer:
             model=ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(model))),
             optimizer=ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(optimizer))),
             meta=ocp.args.JsonSave({"format": FORMAT_VERSION, "step": step,
-                                    "rng_key": _encode_rng(rng_key)}),
+                                    "rng_key": _encode_rng(rng_key),
+                                    "data_fingerprint": data_fingerprint}),
             data_state=ocp.args.JsonSave(_encode_data_state(data_state)),
             config=ocp.args.JsonSave(config_json(config)))
         self.wait()  # Orbax waits for the previous save anyway; this also seals it
@@ -260,7 +267,8 @@ class Checkpointer:
             nnx.update(optimizer, restored["optimizer"])
         return RestoredInfo(step=step, rng_key=_decode_rng(restored["meta"]["rng_key"]),
                             data_state=_decode_data_state(restored["data_state"]),
-                            config=restored["config"], directory=self.directory / str(step))
+                            config=restored["config"], directory=self.directory / str(step),
+                            data_fingerprint=restored["meta"].get("data_fingerprint"))
 
     def _set_aside(self, steps: list[int]) -> None:
         """Moves unreadable step directories out of Orbax's sight (process 0 only)."""

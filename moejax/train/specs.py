@@ -138,12 +138,14 @@ class RunSpecs:
 
 
 def specs_from_config(config) -> RunSpecs:
-    """Builds every spec of `config` and checks that the losses fit the model; an unknown
-    key or a bad value anywhere raises ValueError naming it, before any work is done."""
+    """Builds every spec of `config` and checks that the losses fit the model and that the
+    model's vocabulary covers the tokenizer's (and prepared shards were written by it); an
+    unknown key or a bad value anywhere raises ValueError naming it, before any work."""
     model, loss = _model_and_loss(decoder_spec_from_config(config.model),
                                   loss_spec_from_config(config.get("loss")))
-    return RunSpecs(model=model, loss=loss, train=train_spec_from_config(config),
-                    data=pipeline.data_spec_from_config(config.get("data")),
+    data = pipeline.data_spec_from_config(config.get("data"))
+    pipeline.check_tokenizer(data, model.vocab_size)
+    return RunSpecs(model=model, loss=loss, train=train_spec_from_config(config), data=data,
                     mesh=spec_from_mapping(MeshSpec, config.get("mesh"), "mesh"),
                     seed=config.get("seed", 0))
 

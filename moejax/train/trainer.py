@@ -19,6 +19,9 @@ import numpy as np
 import tqdm
 
 from moejax.data import pipeline
+from moejax.data.fingerprint import changed_files, data_fingerprint
+from moejax.data.tokenizer import save_tokenizer
+from moejax.models import weights
 from moejax.models.param_count import model_flops_per_token
 from moejax.options import flat_config
 from moejax.parallel import batch_sharding
@@ -73,26 +76,27 @@ def evaluate(model, data_spec, train: TrainSpec, seed: int, num_domains: int, sh
             batch_size=_host_batch(train.batch_size), seed=seed,
             process_index=jax.process_index(), process_count=jax.process_count(),
             shuffle=True))
-        losses, counts, dropped, domain_sum, domain_tokens = [], 0.0, [], 0.0, 0.0
+        sums, counts, dropped, domain_sum, domain_tokens = np.zeros(3), 0.0, [], 0.0, 0.0
         for _ in range(train.eval_batches):
-            batch = next(batches)
-            tokens, domains, segments = (
-                jax.make_array_from_process_local_data(sharding, batch[name])
-                for name in ("tokens", "domains", "segments"))
-            out = step.eval_step(model, tokens, domains, num_domains, disable_top1,
-                                 segments=segments)
-            losses.append(float(out["loss"]))
+            batch = {name: jax.make_array_from_process_local_data(sharding, value)
+                     for name, value in next(batches).items()}
+            out = step.eval_step(model, batch["tokens"], batch["domains"], num_domains,
+                                 disable_top1, segments=batch["segments"],
+                                 token_bytes=batch["token_bytes"], trained=batch["trained"])
+            sums += [float(out[name]) for name in ("loss_sum", "tokens", "bytes")]
             domain_sum = domain_sum + np.asarray(out["domain_loss_sum"], np.float64)
             domain_tokens = domain_tokens + np.asarray(out["domain_tokens"], np.float64)
             counts = counts + np.asarray(out.get("domain_counts", 0.0))
             if "dropped_fraction" in out:
                 dropped.append(np.asarray(out["dropped_fraction"]))
         suffix = schema.TOP1_DISABLED if disable_top1 else ""
-        results[schema.VAL_LOSS + suffix] = float(np.mean(losses))
+        loss_sum, tokens, nbytes = sums
+        results[schema.VAL_LOSS + suffix] = loss_sum / max(tokens, 1.0)
         if dropped:  # [R] per router, mean over the batches
             results[schema.EVAL_ROUTING_DROPPED_FRACTION + suffix] = np.mean(dropped, axis=0)
         if not disable_top1:
-            results[schema.VAL_BITS_PER_BYTE] = results[schema.VAL_LOSS] / math.log(2.0)
+            results[schema.VAL_BITS_PER_BYTE] = loss_sum / math.log(2.0) / max(nbytes, 1.0)
+            results[schema.EVAL_TOKENS], results[schema.EVAL_BYTES] = int(tokens), int(nbytes)
             results[schema.VAL_PERPLEXITY] = math.exp(results[schema.VAL_LOSS])
             with np.errstate(invalid="ignore", divide="ignore"):
                 results[schema.EVAL_DOMAIN_LOSS] = np.where(domain_tokens > 0,
@@ -113,17 +117,13 @@ def _host_batch(batch: int) -> int:
 
 def _check_data(data_spec, train: TrainSpec, vocab_size: int) -> None:
     """Both splits hold data, the training split at least one batch of distinct windows, and
-    the model's vocabulary holds the byte-level corpora's ids.
+    the model's vocabulary holds the tokenizer's ids.
 
     Raises:
       ValueError: naming the split, its size and the options that decide it.
     """
     pipeline.check_domain_selection(data_spec)
-    if data_spec.corpus != "arrayrecord" and vocab_size < pipeline.VOCAB_SIZE:
-        raise ValueError(f"model.vocab_size={vocab_size} cannot embed the byte-level corpus "
-                         f"(data.corpus={data_spec.corpus!r}: ids 0..{pipeline.VOCAB_SIZE - 1});"
-                         " use a model with >= 259 ids or pre-tokenized data "
-                         "(data.corpus='arrayrecord')")
+    pipeline.check_tokenizer(data_spec, vocab_size)
     for split, needed, what in (("train", train.batch_size, "train.batch_size"),
                                 ("validation", 1, "one")):
         windows = pipeline.num_sequences(data_spec, split, seq_len=train.seq_len)
@@ -140,11 +140,48 @@ def _check_data(data_spec, train: TrainSpec, vocab_size: int) -> None:
                 ", ..." if len(missing) > 8 else "")
 
 
+def _check_same_data(restored, fingerprint: dict, data_spec) -> None:
+    """A resumed run reads the files its checkpoint was written on (their sizes and SHA-256),
+    unless `data.accept_changed_data`.
+
+    Raises:
+      ValueError: naming each added, removed or changed file.
+    """
+    if restored.data_fingerprint is None or restored.data_fingerprint == fingerprint:
+        return
+    changed = changed_files(restored.data_fingerprint, fingerprint)
+    if data_spec.accept_changed_data:
+        logging.getLogger(__name__).warning("resuming on changed data files (accepted by "
+                                            "data.accept_changed_data): %s", ", ".join(changed))
+        return
+    raise ValueError(f"the data files changed since the checkpoint {restored.directory} was "
+                     f"written: {', '.join(changed)}; the data order would silently differ. "
+                     "Restore the files, or pass --config.data.accept_changed_data=True")
+
+
+def _data_fields(data_spec, workdir: pathlib.Path) -> dict:
+    """Keeps the run's tokenizer files in `<workdir>/tokenizer/` (exports and moejax-sample
+    read them there) and returns what the metrics record of the data: the mixture's patterns,
+    target and realised token shares of the training split."""
+    tokenizer = pipeline.tokenizer_of(data_spec)
+    if jax.process_index() == 0:
+        save_tokenizer(tokenizer, workdir / weights.TOKENIZER)
+    mixture = pipeline.mixture_of(data_spec)
+    if mixture is None:
+        return {}
+    print("data.mixture, training token shares (target -> realised): " + ", ".join(
+        f"{p} {t:.3f} -> {r:.3f}" for p, t, r in zip(mixture.patterns, mixture.targets,
+                                                       mixture.shares, strict=True)), flush=True)
+    return {schema.DATA_MIXTURE_PATTERNS: list(mixture.patterns),
+            schema.DATA_MIXTURE_TARGETS: mixture.targets,
+            schema.DATA_MIXTURE_SHARES: mixture.shares}
+
+
 # a resumed run must keep these (the state's shapes and meaning, the data order); other
 # changed options are allowed and named in a warning, e.g. a longer train.steps
 RESUME_MUST_MATCH = ("model.", "data.", "seed", "train.batch_size", "train.seq_len")
 RESUME_MAY_CHANGE_SILENTLY = ("mesh.", "train.progress", "train.report", "train.tensorboard",
-                              "train.steps")
+                              "train.steps", "data.accept_changed_data")
 
 
 def _check_resume_config(saved: dict, config, directory) -> None:
@@ -157,7 +194,8 @@ def _check_resume_config(saved: dict, config, directory) -> None:
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "<unset>")
                      != new.get(k, "<unset>"))
     # a key only one side has (an option added since the checkpoint was written) is noted only
-    fatal = [k for k in changed if k.startswith(RESUME_MUST_MATCH) and k in old and k in new]
+    fatal = [k for k in changed if k.startswith(RESUME_MUST_MATCH) and k in old and k in new
+             and not k.startswith(RESUME_MAY_CHANGE_SILENTLY)]
     if fatal:
         listed = "; ".join(f"{k}={old.get(k, '<unset>')!r} there, {new.get(k, '<unset>')!r} here"
                            for k in fatal)
@@ -251,6 +289,7 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
 
     # Data: checked, then the per-host shard of the training stream, and the domain names.
     _check_data(data_spec, train_cfg, model_spec.vocab_size)
+    data_fields = _data_fields(data_spec, workdir)  # logged with every evaluation
     train_batches = iter(pipeline.make_dataset(
         data_spec, "train", seq_len=train_cfg.seq_len,
         batch_size=_host_batch(train_cfg.batch_size),
@@ -273,7 +312,9 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
         _check_resume_config(saved_config, config, checkpointer.directory)
     restored = checkpointer.restore_latest(model, optimizer)
     start = 0
+    fingerprint = data_fingerprint(data_spec)
     if restored is not None:
+        _check_same_data(restored, fingerprint, data_spec)
         start = restored.step
         train_batches.set_state(restored.data_state)
         print(f"resumed from step {start} ({restored.directory})", flush=True)
@@ -283,11 +324,13 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
 
     def save(step_number, force=False):
         checkpointer.save(step_number, model=model, optimizer=optimizer, config=config,
-                          data_state=train_batches.get_state(), force=force)
+                          data_state=train_batches.get_state(), force=force,
+                          data_fingerprint=fingerprint)
 
     # Loop. metrics.jsonl keeps the rows up to the restored step: every step appears once.
     writer = MetricsWriter(workdir, tensorboard=train_cfg.tensorboard, keep_through_step=start)
     tokens_per_step = train_cfg.batch_size * train_cfg.seq_len
+    masked = data_spec.loss_on == "completion"  # else every target: the flags are all set
     flops_per_token = model_flops_per_token(model_spec, train_cfg.seq_len)
     peak = peak_tflops(override=train_cfg.peak_tflops)
     profile = _Profile(train_cfg.profile_steps, workdir / "profile")
@@ -301,15 +344,15 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
             profile.before(step_number)
             step_started = time.perf_counter()
             batch = next(train_batches)
-            tokens, segments = (
+            tokens, segments, trained = (
                 jax.make_array_from_process_local_data(tokens_sharding, batch[name])
-                for name in ("tokens", "segments"))
+                for name in ("tokens", "segments", "trained"))
             last = step_number == train_cfg.steps
             logged = (step_number % train_cfg.log_every == 0 or last
                       or step_number % train_cfg.eval_every == 0)
             metrics = step.train_step(model, optimizer, tokens, loss_spec,
                                       train_cfg.grad_accumulation, np.bool_(logged),
-                                      segments=segments)
+                                      segments=segments, trained=trained if masked else None)
             if unchecked is not None:  # the previous step's flags, read while this one runs
                 _check_finite(*unchecked, checkpointer)
             stopping = stop.signal  # read once: a signal arriving later waits for the next step
@@ -330,7 +373,7 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
             if step_number % train_cfg.eval_every == 0 or last:
                 metrics.update(evaluate(model, data_spec, train_cfg, specs.seed,
                                         len(domain_names), tokens_sharding),
-                               **{schema.EVAL_DOMAIN_NAMES: domain_names})
+                               **{schema.EVAL_DOMAIN_NAMES: domain_names}, **data_fields)
             if logged or stopping is not None:  # a signal's row has no routing metrics
                 if not logged:
                     metrics = {k: v for k, v in metrics.items()

@@ -329,3 +329,48 @@ def test_export_errors_and_cli(tmp_path, capsys):
     assert export_cli.main([*argv, "--overwrite", "--step", "1"]) == 0
     assert export_cli.main(["moejax-export", "--out", str(tmp_path / "o")]) == 2
     assert "workdir" in capsys.readouterr().err
+
+
+def test_the_tokenizer_travels_with_the_export(tmp_path):
+    """A run with a subword data.tokenizer keeps its files in <workdir>/tokenizer (as the
+    trainer does); the export copies them into its root; `tokenizer_dir` finds them there,
+    falls back to the path the config names, and is None for a byte-level run."""
+    from moejax.data.tokenizer import load_tokenizer, save_tokenizer
+    from tests.data.helpers import write_tokenizer
+
+    tokenizer = load_tokenizer(write_tokenizer(tmp_path / "tok"))
+    config = _config()
+    config.data = ml_collections.ConfigDict({"tokenizer": str(tmp_path / "tok")})
+    model, optimizer = _build(config)
+    with checkpoint.Checkpointer(tmp_path / "work", async_save=False) as checkpointer:
+        _save(checkpointer, 1, model, optimizer, config)
+    work = tmp_path / "work"
+    assert save_tokenizer(tokenizer, work / weights.TOKENIZER) == ["tokenizer.json",
+                                                                   "tokenizer_config.json"]
+    assert weights.tokenizer_dir(work) == work / weights.TOKENIZER
+    assert weights.tokenizer_dir(work / "checkpoints" / "1") == work / weights.TOKENIZER
+    assert weights.run_config(work) == json.loads(config.to_json_best_effort())
+    out = weights.export(work, tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "params", "tokenizer.json",
+                                                     "tokenizer_config.json"]
+    assert weights.tokenizer_dir(out) == out
+    assert load_tokenizer(out).fingerprint == tokenizer.fingerprint
+    shutil.rmtree(work / weights.TOKENIZER)  # a workdir from before the trainer kept them
+    assert weights.tokenizer_dir(work) == tmp_path / "tok"
+    shutil.rmtree(tmp_path / "tok")
+    with pytest.raises(FileNotFoundError, match="data.tokenizer="):
+        weights.tokenizer_dir(work)
+    assert weights.tokenizer_dir(out) == out  # the export has its own copy
+
+
+def test_a_byte_level_run_has_no_tokenizer_dir(two_steps, tmp_path):
+    _copy(two_steps, tmp_path / "work")  # its config has no data section
+    assert weights.tokenizer_dir(tmp_path / "work") is None
+    out = weights.export(tmp_path / "work", tmp_path / "export")
+    assert weights.tokenizer_dir(out) is None
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "data": {"tokenizer": "bytes"}}))
+    (out / "tokenizer.json").write_text("{}")  # stale: the config says bytes
+    assert weights.tokenizer_dir(out) is None
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        weights.tokenizer_dir(tmp_path)

@@ -81,7 +81,7 @@ def test_a_fresh_run_starts_from_the_export(tmp_path, capsys):
 def test_a_vocabulary_smaller_than_the_byte_corpus_is_refused(tmp_path):
     config = _tiny(steps=1)
     config.model.vocab_size = 64  # e.g. an imported model trained on another tokenizer
-    with pytest.raises(ValueError, match=r"model\.vocab_size=64 cannot embed the byte-level "
-                                         r"corpus \(data\.corpus='stdlib': ids 0\.\.258\)"):
+    with pytest.raises(ValueError, match=r"model\.vocab_size=64 cannot embed every id of "
+                                         r"data\.tokenizer='bytes' \(ids 0\.\.258\)"):
         train_and_evaluate(config, tmp_path)
     assert not (tmp_path / "checkpoints").exists()

@@ -139,4 +139,54 @@ def test_eval_step_loss_per_domain_against_numpy():
     np.testing.assert_allclose(out["domain_loss_sum"], sums, rtol=1e-5)
     np.testing.assert_array_equal(out["domain_tokens"], counts)
     assert counts[3] == 0 and counts[:3].all()
-    np.testing.assert_allclose(float(out["loss"]), sums.sum() / counts.sum(), rtol=1e-5)
+    np.testing.assert_allclose(float(out["loss_sum"]), sums.sum(), rtol=1e-5)
+    assert float(out["tokens"]) == float(out["bytes"]) == counts.sum()  # one byte each
+
+
+def _loss_ref(logits, targets):
+    """float64 next-token losses [B, S] by a plain loop."""
+    logits = np.asarray(logits, np.float64)
+    out = np.zeros(targets.shape)
+    for b in range(targets.shape[0]):
+        for s in range(targets.shape[1]):
+            row = logits[b, s]
+            out[b, s] = np.log(np.exp(row - row.max()).sum()) + row.max() - row[targets[b, s]]
+    return out
+
+
+def test_eval_step_reads_trained_targets_and_their_bytes():
+    """With trained flags and token bytes, the sums cover the trained targets only, and the
+    bytes are those targets' UTF-8 bytes (bits per byte = loss_sum / ln 2 / bytes)."""
+    model, tokens = _model(), _tokens()
+    rng = np.random.default_rng(2)
+    trained = jnp.asarray(rng.integers(0, 2, tokens.shape), jnp.int32)
+    token_bytes = jnp.asarray(rng.integers(0, 5, tokens.shape), jnp.int32)
+    domains = jnp.zeros_like(tokens)
+    out = step.eval_step(model, tokens, domains, 1, token_bytes=token_bytes, trained=trained)
+    losses = _loss_ref(model(tokens[:, :-1])[0], np.asarray(tokens[:, 1:]))
+    read = np.asarray(trained[:, 1:], bool)
+    np.testing.assert_allclose(float(out["loss_sum"]), losses[read].sum(), rtol=1e-5)
+    assert float(out["tokens"]) == read.sum()
+    assert float(out["bytes"]) == np.asarray(token_bytes[:, 1:])[read].sum()
+
+
+def test_masked_loss_is_the_mean_over_the_step_s_trained_targets():
+    """data.loss_on="completion": the LM loss (and so the update) is the mean over the trained
+    targets of the whole step, the same with 2 micro-batches as with one, equal to NumPy."""
+    model, tokens = _model(), jnp.asarray(np.random.default_rng(0).integers(0, 19, (4, 9)),
+                                          jnp.int32)
+    trained = np.random.default_rng(3).integers(0, 2, tokens.shape).astype(np.int32)
+    trained[0] = 0  # a row without a trained target
+    losses = _loss_ref(model(tokens[:, :-1])[0], np.asarray(tokens[:, 1:]))
+    want = losses[trained[:, 1:] > 0].mean()
+    params = {}
+    for micro_batches in (1, 2):
+        model = _model()
+        optimizer = nnx.Optimizer(model, optax.sgd(0.5), wrt=nnx.Param)
+        metrics = step.train_step(model, optimizer, tokens, LossSpec(), micro_batches,
+                                  trained=jnp.asarray(trained))
+        np.testing.assert_allclose(float(metrics["loss"]), want, rtol=1e-5)
+        assert int(metrics["trained_tokens"]) == (trained[:, 1:] > 0).sum()
+        params[micro_batches] = nnx.state(model, nnx.Param)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 params[1], params[2])

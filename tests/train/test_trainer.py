@@ -39,6 +39,7 @@ TRAIN_FIELDS = {"step", "loss", "total_loss", "grad_norm", "learning_rate", "tok
                     "load_min", "pathway_entropy", "specialization", "tokens_per_expert",
                     "topk_mass", "transitions"))}
 EVAL_FIELDS = {"val_loss", "val_bits_per_byte", "val_perplexity", "val_loss_top1_disabled",
+               "eval/tokens", "eval/bytes",
                "eval/domain_names", "eval/domain_loss", "eval/domain_tokens",
                "eval/routing/domain_counts", "eval/routing/domain_nmi",
                "eval/routing/dropped_fraction", "eval/routing/dropped_fraction_top1_disabled"}
