@@ -1,7 +1,9 @@
 """moejax-export: `moejax-export --workdir DIR --out DIR [--step N] [--overwrite]`.
 
 Writes the model variables of a training checkpoint (no optimizer or data state) as a plain
-Orbax pytree `DIR/params` plus `DIR/config.json`; see `moejax.models.weights.export`.
+Orbax pytree `DIR/params` plus `DIR/config.json`, with the run's tokenizer files (the
+workdir's tokenizer/, for a subword `data.tokenizer`) beside them; see
+`moejax.models.weights.export`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ USAGE = "moejax-export --workdir DIR --out DIR [--step N] [--overwrite]"
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("workdir", None, "Training workdir, its checkpoints/ directory or one "
                     "step directory.", flag_values=FLAGS)
-flags.DEFINE_string("out", None, "Directory to write params/ and config.json to.",
-                    flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Directory to write params/, config.json and the "
+                    "tokenizer's files to.", flag_values=FLAGS)
 flags.DEFINE_integer("step", None, "Step to export (default: newest readable).",
                      flag_values=FLAGS)
 flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.", flag_values=FLAGS)
@@ -33,7 +35,7 @@ def _export(options: flags.FlagValues) -> int:
         print(f"moejax-export: --out {options.out} is not empty; pass --overwrite to replace "
               "it", file=sys.stderr)
         return 1
-    except (FileNotFoundError, RuntimeError) as error:
+    except (FileNotFoundError, RuntimeError, ValueError) as error:
         print(f"moejax-export: {error}", file=sys.stderr)
         return 1
     print(f"exported to {out}")

@@ -11,11 +11,22 @@ loading it into a model upcasts to the model's float32 parameters).
 `export` writes config.json and safetensors in the hub's per-expert layout, which
 `AutoModelForCausalLM.from_pretrained` loads; `--dtype auto` keeps the export's dtype (a
 training workdir's float32). See `moejax/models/hf_dir.py`.
+
+The tokenizer and the generation settings travel with the weights. `import` copies the
+tokenizer's files (`TOKENIZER_FILES`) and generation_config.json into the export's root and
+keeps what config.json says that moejax does not model (`hf_dir.HF_KEPT`: the context length
+and the special ids) under the export config's "hf" key. `export` writes them back: the
+tokenizer's files (`weights.tokenizer_dir` of --from: the export's root, the workdir's
+tokenizer/), config.json with the kept context length (else 32768) and special ids (a kept
+id, else the tokenizer's; a byte-level moejax model's are 257, 258, 256), and the imported
+generation_config.json, else one with those ids, so that `AutoTokenizer.from_pretrained`
+loads the directory and `generate` stops at the end-of-text token.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import sys
 
@@ -23,9 +34,17 @@ import jax
 from absl import flags
 
 from moejax.cli._command import run_command
-from moejax.models import weights
+from moejax.data.tokenizer import (
+    BYTES,
+    TOKENIZER_FILES,
+    VOCAB_SIZE,
+    Tokenizer,
+    load_tokenizer,
+    save_tokenizer,
+)
+from moejax.models import hf_dir, weights
 from moejax.models.convert_hf import from_hf, to_hf
-from moejax.models.hf_dir import read_hf_dir, write_hf_dir
+from moejax.models.hf_dir import GENERATION_CONFIG, KEPT, read_hf_dir, write_hf_dir
 
 USAGE = ("moejax-hf import --hf DIR --out EXPORT [--overwrite] | moejax-hf export --from "
          "EXPORT_OR_WORKDIR --out DIR [--dtype auto|float32|bfloat16] [--max_shard_gb N] "
@@ -78,29 +97,63 @@ def _import(options: flags.FlagValues) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"moejax-hf: {error}", file=sys.stderr)
         return 1
+    source = pathlib.Path(options.hf).expanduser()
+    files = [source / name for name in (*TOKENIZER_FILES, GENERATION_CONFIG)
+             if (source / name).is_file()]
+    config = {"model": dataclasses.asdict(spec), KEPT: hf_dir.read_kept(source)}
     out = pathlib.Path(options.out).expanduser().resolve()
-    weights.write_export(out, {"model": dataclasses.asdict(spec)}, params,
-                            overwrite=options.overwrite)
+    weights.write_export(out, config, params, overwrite=options.overwrite, files=files)
     print(f"imported {options.hf} to {out}")
     return 0
+
+
+def _tokenizer(source: str, vocab_size: int, imported: bool) -> Tokenizer | None:
+    """The model's tokenizer; the byte-level one for a moejax model of the byte vocabulary
+    without one; else None."""
+    directory = weights.tokenizer_dir(source)
+    if directory is not None:
+        return load_tokenizer(directory)
+    return load_tokenizer(BYTES) if vocab_size == VOCAB_SIZE and not imported else None
+
+
+def _hf_settings(source: str, vocab_size: int) -> tuple[dict, dict | None, Tokenizer | None]:
+    """--from -> (the `HF_KEPT` values to write, the generation config, the tokenizer)."""
+    path = pathlib.Path(source).expanduser().resolve()
+    config = weights.run_config(path)
+    kept = hf_dir.read_kept(path) if config is None else dict(config.get(KEPT) or {})
+    tokenizer = _tokenizer(source, vocab_size, imported=config is None or KEPT in config)
+    if tokenizer is not None:
+        ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+               "pad_token_id": tokenizer.pad_id}
+        kept.update({key: value for key, value in ids.items() if kept.get(key) is None})
+    if (path / GENERATION_CONFIG).is_file():  # an import's (or an HF directory's) own
+        return kept, json.loads((path / GENERATION_CONFIG).read_text()), tokenizer
+    generation = {key: kept[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")
+                  if kept.get(key) is not None}
+    return kept, generation or None, tokenizer
 
 
 def _export(options: flags.FlagValues) -> int:
     if _refuse_non_empty(options.out, options.overwrite):
         return 1
+    source = options["from"].value
     try:
-        model = weights.load_decoder(options["from"].value)
+        model = weights.load_decoder(source)
         tensors = to_hf(model)
+        kept, generation, tokenizer = _hf_settings(source, model.spec.vocab_size)
     except (FileNotFoundError, RuntimeError, ValueError) as error:
         print(f"moejax-hf: {error}", file=sys.stderr)
         return 1
     dtype = options.dtype
     if dtype == "auto":
-        stored = weights.exported_dtypes(options["from"].value)
+        stored = weights.exported_dtypes(source)
         dtype = "bfloat16" if stored == {"bfloat16"} else "float32"
     out = write_hf_dir(tensors, model.spec, options.out, dtype=dtype,
-                       max_shard_bytes=int(options.max_shard_gb * 2**30))
-    print(f"exported {options['from'].value} to {out}")
+                       max_shard_bytes=int(options.max_shard_gb * 2**30), kept=kept,
+                       generation=generation)
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, out)
+    print(f"exported {source} to {out}")
     return 0
 
 

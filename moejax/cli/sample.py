@@ -3,9 +3,13 @@
   moejax-sample (--export DIR | --workdir DIR) (--prompt TEXT | --prompt_ids 1,2,3)
                 [--max_new_tokens 64] [--temperature 0] [--top_p 1] [--seed 0]
 
-Prints the new text (byte-level models: vocabulary 259, as the built-in corpus trains) and
-the token ids, prompt first. `--prompt` needs the byte-level vocabulary; a model imported
-from Hugging Face takes `--prompt_ids` from its own tokenizer. See `moejax.generate`.
+Prints the new text and the token ids, prompt first. The text is encoded and decoded with the
+model's tokenizer (`moejax.models.weights.tokenizer_dir`: an export's root, a workdir's
+tokenizer/, or the path its config's data.tokenizer names), else byte by byte when the
+model has the byte-level vocabulary (259, as the built-in corpus trains); a model with
+neither takes `--prompt_ids` and prints only the ids. Generation runs `--max_new_tokens`
+steps (it does not stop at the end-of-text token); ids the tokenizer does not have (a
+vocabulary padded beyond it) decode to nothing. See `moejax.generate`.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import numpy as np
 from absl import flags
 
 from moejax.cli._command import run_command
-from moejax.data.tokenizer import VOCAB_SIZE, decode, encode
+from moejax.data.tokenizer import BYTES, VOCAB_SIZE, Tokenizer, load_tokenizer
 from moejax.models.generate import generate
-from moejax.models.weights import load_decoder
+from moejax.models.weights import load_decoder, tokenizer_dir
 
 USAGE = ("moejax-sample (--export DIR | --workdir DIR) (--prompt TEXT | --prompt_ids 1,2,3) "
          "[--max_new_tokens N] [--temperature T] [--top_p P] [--seed S]")
@@ -27,7 +31,8 @@ flags.DEFINE_string("export", None, "A moejax export directory (moejax-export, m
                     "import).", flag_values=FLAGS)
 flags.DEFINE_string("workdir", None, "A training workdir: its newest readable checkpoint.",
                     flag_values=FLAGS)
-flags.DEFINE_string("prompt", None, "Prompt text (byte-level models).", flag_values=FLAGS)
+flags.DEFINE_string("prompt", None, "Prompt text, encoded with the model's tokenizer (or "
+                    "bytes, for a byte-level model).", flag_values=FLAGS)
 flags.DEFINE_list("prompt_ids", None, "Prompt token ids, comma-separated.", flag_values=FLAGS)
 flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate.", flag_values=FLAGS)
 flags.DEFINE_float("temperature", 0.0, "0: greedy; > 0: sample.", flag_values=FLAGS)
@@ -38,14 +43,43 @@ flags.mark_flags_as_mutual_exclusive(["prompt", "prompt_ids"], required=True,
                                      flag_values=FLAGS)
 
 
-def _sample(options: flags.FlagValues) -> int:
+def _tokenizer(source: str, vocab_size: int, needed: bool) -> Tokenizer | None:
+    """The model's tokenizer, the byte-level one for the byte vocabulary, else None.
+
+    A tokenizer the config names but that cannot be found is an error only when `needed`
+    (--prompt); with --prompt_ids the ids are printed without text."""
     try:
-        model = load_decoder(options.export or options.workdir)
+        directory = tokenizer_dir(source)
+    except FileNotFoundError:
+        if needed:
+            raise
+        return None
+    if directory is not None:
+        return load_tokenizer(directory)
+    return load_tokenizer(BYTES) if vocab_size == VOCAB_SIZE else None
+
+
+def _encode(tokenizer: Tokenizer | None, text: str, vocab_size: int) -> np.ndarray:
+    """int32 [N] ids of the --prompt text."""
+    if tokenizer is None:
+        raise ValueError(f"--prompt needs a byte-level model (vocab_size={VOCAB_SIZE}) or a "
+                         f"tokenizer; this one has vocab_size={vocab_size} and no tokenizer: "
+                         "pass --prompt_ids")
+    ids = tokenizer.encode(text)
+    if ids.size and ids.max() >= vocab_size:
+        raise ValueError(f"--prompt gives token id {ids.max()}, beyond the model's "
+                         f"vocab_size={vocab_size} (tokenizer {tokenizer.name})")
+    return ids
+
+
+def _sample(options: flags.FlagValues) -> int:
+    source = options.export or options.workdir
+    try:
+        model = load_decoder(source)
+        vocab_size = model.spec.vocab_size
+        tokenizer = _tokenizer(source, vocab_size, needed=options.prompt is not None)
         if options.prompt is not None:
-            if model.spec.vocab_size != VOCAB_SIZE:
-                raise ValueError(f"--prompt needs a byte-level model (vocab_size={VOCAB_SIZE})"
-                                 f", this one has {model.spec.vocab_size}: pass --prompt_ids")
-            prompt = encode(options.prompt)
+            prompt = _encode(tokenizer, options.prompt, vocab_size)
         else:
             prompt = np.asarray([int(i) for i in options.prompt_ids], np.int32)
         out = generate(model, prompt[None], options.max_new_tokens, options.temperature,
@@ -54,8 +88,9 @@ def _sample(options: flags.FlagValues) -> int:
         print(f"moejax-sample: {error}", file=sys.stderr)
         return 1
     ids = np.asarray(out.tokens[0])
-    if model.spec.vocab_size == VOCAB_SIZE:
-        print(decode(ids[len(prompt):]))
+    if tokenizer is not None:
+        new = ids[len(prompt):]
+        print(tokenizer.decode(new[new < tokenizer.vocab_size]))
     print("ids:", ",".join(map(str, ids)))
     return 0
 

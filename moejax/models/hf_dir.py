@@ -16,7 +16,11 @@ A directory as `save_pretrained` writes it: `config.json` plus `model.safetensor
   (`mlp.gate`, `mlp.experts.gate_up_proj [E, 2F, D]` = gate rows then up rows,
   `mlp.experts.down_proj [E, D, F]`), which `per_expert_layout` renames and slices.
 - `write_hf_dir`: the per-expert layout (what transformers itself saves), in the model's
-  float32 or a given dtype, sharded above `max_shard_bytes` with an index.
+  float32 or a given dtype, sharded above `max_shard_bytes` with an index, and a
+  `generation_config.json` when given one.
+- `HF_KEPT` / `kept_keys`: what config.json says that moejax does not model but an export
+  must write back (the context length, the special token ids). `moejax-hf import` keeps them
+  under the export config's `KEPT` key ("hf"), and `hf_config_from_spec` writes them.
 
 The tensor mapping itself is `convert_hf.from_hf` / `to_hf`.
 """
@@ -45,6 +49,11 @@ from moejax.models.hf_families import (
 from moejax.options import check_choice
 
 INDEX = "model.safetensors.index.json"
+GENERATION_CONFIG = "generation_config.json"
+# config.json keys moejax does not model but an export writes back, and where an export's
+# config.json keeps them (`moejax-hf import`)
+HF_KEPT = ("max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id")
+KEPT = "hf"
 _FUSED = re.compile(r"^model\.layers\.(\d+)\.mlp\.(gate\.weight|experts\.gate_up_proj|"
                     r"experts\.down_proj)$")
 
@@ -87,9 +96,31 @@ def spec_from_hf_config(hf: Mapping, **overrides) -> DecoderSpec:
     return spec
 
 
-def hf_config_from_spec(spec: DecoderSpec, torch_dtype: str = "float32") -> dict:
+def kept_keys(hf: Mapping) -> dict:
+    """An HF config.json dict -> {key: value or None} for each of `HF_KEPT`."""
+    return {key: hf.get(key) for key in HF_KEPT}
+
+
+def read_kept(directory) -> dict:
+    """`kept_keys` of an HF directory's config.json."""
+    return kept_keys(json.loads((pathlib.Path(directory).expanduser() / "config.json")
+                                .read_text()))
+
+
+def hf_config_from_spec(spec: DecoderSpec, torch_dtype: str = "float32", *,
+                        max_position_embeddings: int | None = None,
+                        bos_token_id: int | None = None, eos_token_id: int | list | None = None,
+                        pad_token_id: int | None = None) -> dict:
     """DecoderSpec -> an HF `config.json` dict of its family (`model.hf_family`; v4 and v5
     rope keys both written).
+
+    Args:
+      spec: the model.
+      torch_dtype: the stored tensors' dtype, written as `torch_dtype` and `dtype`.
+      max_position_embeddings: the context length to declare (moejax's RoPE has no limit of
+        its own); None writes 32768 (`COMMON_WRITTEN`), used only when nothing says otherwise.
+      bos_token_id, eos_token_id, pad_token_id: the special ids (an imported config's, or the
+        tokenizer's), each written when not None (eos may be a list, as HF allows).
 
     Raises:
       ValueError: an option the family cannot express, named.
@@ -100,6 +131,11 @@ def hf_config_from_spec(spec: DecoderSpec, torch_dtype: str = "float32") -> dict
               "rope_parameters": {"rope_type": "default", "rope_theta": spec.rope_theta},
               **COMMON_WRITTEN, **family.written, "torch_dtype": torch_dtype,
               "dtype": torch_dtype}
+    if max_position_embeddings is not None:
+        config["max_position_embeddings"] = int(max_position_embeddings)
+    ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id,
+           "pad_token_id": pad_token_id}
+    config.update({key: value for key, value in ids.items() if value is not None})
     config.update({key.hf[0]: dotted(spec, key.ours) for key in (*COMMON_KEYS, *family.keys)
                    if key.write})
     if family.dense_layout is not None:
@@ -195,11 +231,16 @@ def read_hf_dir(directory, **overrides) -> tuple[DecoderSpec, dict[str, StoredTe
 
 
 def write_hf_dir(tensors: Mapping[str, np.ndarray], spec: DecoderSpec, out,
-                 *, dtype: str = "float32", max_shard_bytes: int = 5 * 2**30) -> pathlib.Path:
+                 *, dtype: str = "float32", max_shard_bytes: int = 5 * 2**30,
+                 kept: Mapping | None = None, generation: Mapping | None = None) -> pathlib.Path:
     """Writes config.json and the tensors (per-expert HF names, e.g. `to_hf`) as
     safetensors in `dtype` ("float32" or "bfloat16"), split into shards of at most
     `max_shard_bytes` (a larger tensor gets a shard of its own) with an index when more
-    than one. Returns the directory."""
+    than one. Returns the directory.
+
+    `kept` ({`HF_KEPT` key: value}; other keys ignored) goes into config.json (see
+    `hf_config_from_spec`); `generation`, when given, is written as generation_config.json
+    (what `generate` reads: its eos_token_id stops generation)."""
     from safetensors.numpy import save_file
 
     kinds = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
@@ -226,6 +267,9 @@ def write_hf_dir(tensors: Mapping[str, np.ndarray], spec: DecoderSpec, out,
     if len(shards) > 1:
         (out / INDEX).write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+    kept = {key: (kept or {}).get(key) for key in HF_KEPT}
     (out / "config.json").write_text(
-        json.dumps(hf_config_from_spec(spec, dtype), indent=2) + "\n")
+        json.dumps(hf_config_from_spec(spec, dtype, **kept), indent=2) + "\n")
+    if generation is not None:
+        (out / GENERATION_CONFIG).write_text(json.dumps(dict(generation), indent=2) + "\n")
     return out

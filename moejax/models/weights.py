@@ -14,6 +14,13 @@ the Params and the router biases, since a selection bias changes which experts a
 picks); `write_export` writes one from a parameter dict (`moejax-hf import`). `load_decoder`
 builds a `Decoder` from any source; `load_params` puts a parameter dict into a live model.
 
+The tokenizer travels with the weights: a workdir keeps its run's tokenizer files in
+`<workdir>/tokenizer/` (the trainer writes them for a subword `data.tokenizer`), `export`
+copies them into the export's root (beside config.json, where `load_tokenizer(export)` and
+`AutoTokenizer.from_pretrained` find them), and `tokenizer_dir(source)` says where any
+source's tokenizer is (None: a byte-level model). This module passes paths only; reading a
+tokenizer is `moejax.data.tokenizer`'s.
+
 Parameter dicts come in the decoder's two layouts (`layout.py`: `stack_params`,
 `unstack_params`); every reader returns the layout asked for.
 
@@ -27,7 +34,8 @@ import functools
 import json
 import logging
 import pathlib
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterable
 
 import jax
 from flax import nnx
@@ -42,6 +50,8 @@ from moejax.models.layout import (
 )
 
 CHECKPOINTS = "checkpoints"  # a workdir's checkpoint directory
+TOKENIZER = "tokenizer"  # a workdir's tokenizer files (the trainer's `save_tokenizer`)
+BYTES = "bytes"  # data.tokenizer of a byte-level model (moejax.data.tokenizer.BYTES)
 
 
 # --- into a live model --------------------------------------------------------------------
@@ -71,15 +81,27 @@ def is_export(path: pathlib.Path) -> bool:
     return (path / "config.json").is_file() and (path / "params").exists()
 
 
-def write_export(out: pathlib.Path, config: dict, params: dict, *, overwrite: bool) -> None:
+def write_export(out: pathlib.Path, config: dict, params: dict, *, overwrite: bool,
+                 files: Iterable[pathlib.Path] = ()) -> None:
     """Writes an export directory: `params` (a Decoder's variables as a pure dict, plain
-    Orbax) and `config.json` (a config dict with at least its "model" section)."""
+    Orbax), `config.json` (a config dict with at least its "model" section) and a copy of
+    each of `files` (e.g. the tokenizer's) under its own name in the root.
+
+    Raises:
+      ValueError: a file named config.json or params.
+    """
     import orbax.checkpoint as ocp
 
+    files = [pathlib.Path(file) for file in files]
+    clashes = [str(file) for file in files if file.name in ("config.json", "params")]
+    if clashes:
+        raise ValueError(f"an export keeps its own config.json and params/; cannot copy {clashes}")
     out.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(out / "params", params, force=overwrite)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for file in files:
+        shutil.copyfile(file, out / file.name)
 
 
 def load_exported(out_dir, *, scan_layers: bool | None = None) -> tuple[DecoderSpec, dict]:
@@ -168,8 +190,7 @@ def _restore_step_weights(manager, step: int) -> tuple[dict, dict]:
     import orbax.checkpoint as ocp
 
     verify_checksums(pathlib.Path(manager.directory) / str(step))
-    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    config = config["config"]
+    config = _restore_step_config(manager, step)
     model = abstract_decoder(decoder_spec_from_config(config["model"]))
     target = nnx.to_pure_dict(nnx.state(model))  # the model item: every Variable, RNGs too
     restored = manager.restore(
@@ -187,25 +208,41 @@ def load_checkpoint(source, *, step: int | None = None) -> tuple[int, dict, dict
         checkpoint.
       RuntimeError: no candidate step restores.
     """
-    import orbax.checkpoint as ocp
-
     root, step_in_path = _checkpoint_root(source)
     step = step if step is not None else step_in_path
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-    with ocp.CheckpointManager(root, options=options) as manager:
-        steps = manager.all_steps()
-        if not steps or (step is not None and step not in steps):
-            wanted = "" if step is None else f" at step {step}"
-            raise FileNotFoundError(f"no checkpoint{wanted} in {root} (steps: {sorted(steps)})")
+    with _read_only_manager(root) as manager:
         restore_one = functools.partial(_restore_step_weights, manager)
-        step, (config, params), _ = first_good(
-            [step] if step is not None else steps, restore_one, root)
+        step, (config, params), _ = first_good(_steps(manager, root, step), restore_one, root)
     return step, config, params
+
+
+def _read_only_manager(root: pathlib.Path):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    return ocp.CheckpointManager(root, options=options)
+
+
+def _steps(manager, root: pathlib.Path, step: int | None) -> list[int]:
+    """[step], or every step of the manager; FileNotFoundError when there is none."""
+    steps = manager.all_steps()
+    if not steps or (step is not None and step not in steps):
+        wanted = "" if step is None else f" at step {step}"
+        raise FileNotFoundError(f"no checkpoint{wanted} in {root} (steps: {sorted(steps)})")
+    return [step] if step is not None else list(steps)
+
+
+def _restore_step_config(manager, step: int) -> dict:
+    import orbax.checkpoint as ocp
+
+    restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return restored["config"]
 
 
 def export(source, out_dir, *, step: int | None = None, overwrite: bool = False) -> pathlib.Path:
     """Writes `<out_dir>/params` (plain Orbax pytree) and `<out_dir>/config.json` from a
-    training workdir's step (`load_checkpoint`).
+    training workdir's step (`load_checkpoint`), and copies the files of the workdir's
+    `tokenizer/` (if any) into `out_dir`.
 
     Returns:
       The absolute out_dir.
@@ -218,12 +255,85 @@ def export(source, out_dir, *, step: int | None = None, overwrite: bool = False)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"export directory {out} is not empty (pass overwrite=True)")
     step, config, params = load_checkpoint(source, step=step)
-    write_export(out, config, params, overwrite=overwrite)
+    kept = _workdir(source) / TOKENIZER
+    files = sorted(p for p in kept.iterdir() if p.is_file()) if kept.is_dir() else []
+    write_export(out, config, params, overwrite=overwrite, files=files)
     logging.getLogger(__name__).info("exported step %d of %s to %s", step, source, out)
     return out
 
 
+def _workdir(source) -> pathlib.Path:
+    """The workdir of a workdir, its checkpoints/ directory or one step directory."""
+    root, _ = _checkpoint_root(source)
+    return root.parent if root.name == CHECKPOINTS else root
+
+
 # --- any source -----------------------------------------------------------------------------
+
+def run_config(source) -> dict | None:
+    """The moejax config dict of an export (its config.json) or of a training workdir (or its
+    checkpoints/ or one step directory: that step's, else the newest readable step's);
+    None for a Hugging Face directory (its config.json is HF's).
+
+    Raises:
+      FileNotFoundError / RuntimeError: as `load_weights`.
+    """
+    path = pathlib.Path(source).expanduser().resolve()
+    if is_export(path):
+        return json.loads((path / "config.json").read_text())
+    if (path / "config.json").is_file():
+        return None
+    root, step = _checkpoint_root(path)
+    with _read_only_manager(root) as manager:
+        restore_one = functools.partial(_restore_step_config, manager)
+        _, config, _ = first_good(_steps(manager, root, step), restore_one, root)
+    return config
+
+
+def tokenizer_dir(source) -> pathlib.Path | None:
+    """Where the tokenizer of a model is: a path `moejax.data.tokenizer.load_tokenizer`
+    reads, or None for a byte-level model.
+
+    - an export: its root when it holds a tokenizer.json (`export` and `moejax-hf import`
+      put the files there);
+    - a training workdir (or its checkpoints/ or one step directory): `<workdir>/tokenizer`
+      when it holds a tokenizer.json;
+    - a Hugging Face directory: itself when it holds a tokenizer.json, else None;
+    - otherwise the run config's `data.tokenizer` (`run_config`): None when it is "bytes" or
+      absent (a model imported without tokenizer files, a byte-level run); else that path
+      (a tokenizer.json or a directory holding one), e.g. a workdir from before the trainer
+      kept the files. An export whose config says "bytes" is byte-level whatever its root
+      holds.
+
+    Raises:
+      FileNotFoundError: the config names a tokenizer that is neither kept nor at its path;
+        `source` is no model.
+    """
+    path = pathlib.Path(source).expanduser().resolve()
+    if is_export(path):
+        config, home = json.loads((path / "config.json").read_text()), path
+        if _data_tokenizer(config) == BYTES:
+            return None
+    elif (path / "config.json").is_file():  # a Hugging Face directory
+        return path if (path / "tokenizer.json").is_file() else None
+    else:
+        config, home = None, _workdir(path) / TOKENIZER
+    if (home / "tokenizer.json").is_file():
+        return home
+    name = _data_tokenizer(run_config(path) if config is None else config)
+    if name in (None, BYTES):
+        return None
+    named = pathlib.Path(name).expanduser()
+    if named.is_file() or (named / "tokenizer.json").is_file():
+        return named
+    raise FileNotFoundError(f"{path}: its tokenizer (data.tokenizer={name!r}) is neither kept "
+                            f"in {home} nor at that path")
+
+
+def _data_tokenizer(config: dict) -> str | None:
+    data = config.get("data") or {}
+    return data.get("tokenizer") if isinstance(data, dict) else None
+
 
 def load_weights(source, *, scan_layers: bool | None = None) -> tuple[DecoderSpec, dict]:
     """An export, a training workdir (its newest readable step) or a Hugging Face directory

@@ -46,3 +46,47 @@ def test_errors_name_the_option(tmp_path, capsys):
     assert sample.main(["moejax-sample", "--export", str(tmp_path / "ex"), "--prompt_ids", "3",
                         "--top_p", "0"]) == 1
     assert "top_p=0.0" in capsys.readouterr().err
+
+
+def test_prompt_text_goes_through_the_exports_tokenizer(tmp_path, capsys):
+    """An export with a subword tokenizer in its root: --prompt is encoded with it and the
+    continuation decoded with it; --prompt_ids gives the same text."""
+    from moejax.data.tokenizer import load_tokenizer
+    from tests.data.helpers import write_tokenizer
+
+    spec = decoder_spec_from_config(dict(SPEC, vocab_size=300))
+    model = _export(tmp_path / "ex", spec)
+    write_tokenizer(tmp_path / "ex")
+    tokenizer = load_tokenizer(tmp_path / "ex")
+    text = "def main():"
+    prompt = tokenizer.encode(text)
+    assert len(prompt) < len(text.encode())  # subwords, not bytes
+    want = np.asarray(generate(model, prompt[None], 3).tokens[0])
+    argv = ["moejax-sample", "--export", str(tmp_path / "ex"), "--max_new_tokens", "3"]
+    assert sample.main([*argv, "--prompt", text]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    ids = [int(i) for i in printed[-1].removeprefix("ids: ").split(",")]
+    assert ids == want.tolist() and tokenizer.decode(ids[:len(prompt)]) == text
+    assert "\n".join(printed[:-1]) == tokenizer.decode(want[len(prompt):])
+    assert sample.main([*argv, "--prompt_ids", ",".join(map(str, prompt))]) == 0
+    assert capsys.readouterr().out.splitlines() == printed
+
+
+def test_a_tokenizer_the_model_cannot_use_or_find_is_named(tmp_path, capsys):
+    from tests.data.helpers import write_tokenizer
+
+    _export(tmp_path / "ex", decoder_spec_from_config(SPEC))  # 259 < the tokenizer's 300
+    write_tokenizer(tmp_path / "ex")
+    assert sample.main(["moejax-sample", "--export", str(tmp_path / "ex"), "--prompt",
+                        "def main():"]) == 1
+    assert "beyond the model's vocab_size=259" in capsys.readouterr().err
+    spec = decoder_spec_from_config(dict(SPEC, vocab_size=300))
+    model = Decoder(spec, rngs=nnx.Rngs(3))
+    config = {"model": dataclasses.asdict(spec), "data": {"tokenizer": str(tmp_path / "gone")}}
+    weights.write_export(tmp_path / "lost", config,
+                         nnx.to_pure_dict(nnx.state(model, nnx.Param)), overwrite=False)
+    argv = ["moejax-sample", "--export", str(tmp_path / "lost"), "--max_new_tokens", "2"]
+    assert sample.main([*argv, "--prompt", "x"]) == 1
+    assert "data.tokenizer=" in capsys.readouterr().err
+    assert sample.main([*argv, "--prompt_ids", "5,6"]) == 0  # ids only
+    assert capsys.readouterr().out.splitlines()[0].startswith("ids: 5,6,")

@@ -212,3 +212,113 @@ def test_fixture_import_export_round_trip_is_bit_exact(tmp_path, family):
     assert spec == hf_dir.read_hf_dir(FIXTURES / family)[0]
     assert back.keys() == per_expert.keys()
     assert all(np.array_equal(back[k], per_expert[k]) for k in per_expert)
+
+
+def _tokenizer_hf_dir(path, tensors, spec, *, kept=None, eos_token=None, generation=None):
+    """An HF directory with a subword tokenizer (write_tokenizer: <|endoftext|> = 0,
+    <|pad|> = 1), optionally another eos token and a generation_config.json."""
+    from tests.data.helpers import write_tokenizer
+
+    hf_dir.write_hf_dir(tensors, spec, path, kept=kept, generation=generation)
+    write_tokenizer(path)
+    if eos_token is not None:
+        config = json.loads((path / "tokenizer_config.json").read_text())
+        (path / "tokenizer_config.json").write_text(json.dumps({**config,
+                                                                "eos_token": eos_token}))
+    return path
+
+
+def _import_export(tmp_path, source):
+    assert hf_cli.main(["moejax-hf", "import", "--hf", str(source), "--out",
+                        str(tmp_path / "ex")]) == 0
+    assert hf_cli.main(["moejax-hf", "export", "--from", str(tmp_path / "ex"), "--out",
+                        str(tmp_path / "out")]) == 0
+    return tmp_path / "ex", tmp_path / "out"
+
+
+def test_import_export_keeps_the_tokenizer_generation_config_and_special_ids(tmp_path):
+    """The tokenizer files and generation_config.json travel through an export; config.json's
+    context length and special ids are kept under "hf" and written back."""
+    from moejax.data.tokenizer import TOKENIZER_FILES, load_tokenizer
+
+    spec = dataclasses.replace(_spec(), vocab_size=300)
+    kept = {"max_position_embeddings": 40960, "bos_token_id": None, "eos_token_id": 0,
+            "pad_token_id": 1}
+    generation = {"bos_token_id": 0, "eos_token_id": [0, 1], "max_length": 77}
+    source = _tokenizer_hf_dir(tmp_path / "hf", hf_state_dict(6, spec=spec), spec, kept=kept,
+                               generation=generation)
+    export, out = _import_export(tmp_path, source)
+    assert json.loads((export / "config.json").read_text())["hf"] == kept
+    assert weights.tokenizer_dir(export) == export
+    assert load_tokenizer(export).eos_id == 0
+    files = [name for name in TOKENIZER_FILES if (source / name).is_file()]
+    assert files == ["tokenizer.json", "tokenizer_config.json"]
+    for name in (*files, hf_dir.GENERATION_CONFIG):
+        assert (out / name).read_bytes() == (source / name).read_bytes(), name
+    config = json.loads((out / "config.json").read_text())
+    assert {k: config.get(k) for k in kept} == kept and "bos_token_id" not in config
+    assert hf_dir.read_hf_dir(out, scan_layers=False)[0] == spec
+    text = "def main():\n    return café"
+    assert load_tokenizer(out).decode(load_tokenizer(out).encode(text)) == text
+    # nothing kept and no generation_config.json: the ids come from the tokenizer, 32768 stays
+    source = _tokenizer_hf_dir(tmp_path / "bare", hf_state_dict(6, spec=spec), spec)
+    _, out = _import_export(tmp_path / "bare_run", source)
+    assert json.loads((out / hf_dir.GENERATION_CONFIG).read_text()) == {"eos_token_id": 0,
+                                                                        "pad_token_id": 1}
+    config = json.loads((out / "config.json").read_text())
+    assert (config["max_position_embeddings"], config["eos_token_id"],
+            config["pad_token_id"]) == (32768, 0, 1)
+
+
+def test_an_exported_byte_level_model_declares_the_byte_specials(tmp_path):
+    """A moejax-trained byte-level model (no tokenizer, vocabulary 259) gets 257/258/256;
+    an imported model without ids gets none (the fixtures' round trip keeps theirs)."""
+    spec = dataclasses.replace(_spec(), vocab_size=259)
+    model = Decoder(spec, rngs=nnx.Rngs(0))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    weights.write_export(tmp_path / "ex", {"model": dataclasses.asdict(spec)}, params,
+                         overwrite=False)
+    assert weights.tokenizer_dir(tmp_path / "ex") is None
+    assert hf_cli.main(["moejax-hf", "export", "--from", str(tmp_path / "ex"), "--out",
+                        str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / hf_dir.GENERATION_CONFIG).read_text()) == {
+        "bos_token_id": 257, "eos_token_id": 258, "pad_token_id": 256}
+    assert not (tmp_path / "out" / "tokenizer.json").exists()
+    _, out = _import_export(tmp_path / "qwen", FIXTURES / "qwen3_moe_fused")
+    config = json.loads((out / "config.json").read_text())
+    assert config["max_position_embeddings"] == 64 and "eos_token_id" not in config
+    assert not (out / hf_dir.GENERATION_CONFIG).exists()
+
+
+def test_transformers_generate_stops_at_the_exported_eos(tmp_path):
+    """Live check: after import and export, AutoTokenizer loads the directory and greedy
+    `generate` stops at the tokenizer's end-of-text token (here the token moejax's greedy
+    continuation gives third), as moejax's own greedy output truncated there."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from tokenizers import Tokenizer
+
+    from tests.data.helpers import write_tokenizer
+
+    spec = dataclasses.replace(_spec(), vocab_size=300)
+    tensors = hf_state_dict(7, spec=spec)
+    prompt = Tokenizer.from_file(str(write_tokenizer(tmp_path / "t") / "tokenizer.json"))
+    eos_token_of = prompt.id_to_token
+    prompt = np.asarray(prompt.encode("def main").ids, np.int32)
+    model = Decoder(spec, rngs=nnx.Rngs(0))
+    load_params(model, from_hf(tensors, spec))
+    greedy = np.asarray(moejax.generate(model, prompt[None], max_new_tokens=8).tokens[0])
+    new = greedy[len(prompt):]
+    eos = int(new[2])
+    stop = len(prompt) + int(np.flatnonzero(new == eos)[0]) + 1
+    source = _tokenizer_hf_dir(tmp_path / "hf", tensors, spec, eos_token=eos_token_of(eos))
+    _, out = _import_export(tmp_path, source)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert tokenizer.eos_token_id == eos
+    assert tokenizer.decode(tokenizer("def main")["input_ids"]) == "def main"
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert hf_model.generation_config.eos_token_id == eos
+    with torch.no_grad():
+        got = hf_model.generate(torch.tensor(prompt[None].astype(np.int64)), max_new_tokens=8,
+                                do_sample=False)
+    assert got[0].tolist() == greedy[:stop].tolist()
