@@ -63,10 +63,12 @@ def get_config(arg=None):
     config.model.moe.router.jitter = 0.0  # multiplicative input jitter in training
 
     config.data = ml_collections.ConfigDict()  # maps onto moejax.data.pipeline.DataSpec
-    config.data.corpus = "stdlib"  # "stdlib", "files", "jsonl" or "arrayrecord" (moejax-prepare)
-    config.data.paths = ()  # files/globs ("files", "jsonl") or the prepared dir ("arrayrecord")
-    config.data.text_field = "text"  # JSONL key of the document text
-    # JSONL key of the domain name; None: the file's parent directory name
+    # "stdlib", "files" (text, .gz/.zst too), "jsonl" (.gz/.zst too), "parquet", "hf_dataset"
+    # (a dataset's save_to_disk directory) or "arrayrecord" (moejax-prepare's shards)
+    config.data.corpus = "stdlib"
+    config.data.paths = ()  # files/globs, or the one directory ("hf_dataset", "arrayrecord")
+    config.data.text_field = "text"  # record key of the document text
+    # record key of the domain name; None: the file's parent directory name
     config.data.domain_field = ml_collections.config_dict.placeholder(str)
     config.data.domains = ()  # shell patterns of the domains to read (both splits); (): all
     config.data.exclude_domains = ()  # shell patterns of domains to leave out
@@ -74,6 +76,20 @@ def get_config(arg=None):
     config.data.chunk_bytes = 1 << 20  # longer documents are cut into chunks before the split
     config.data.num_threads = 1  # grain reader threads preparing batches ahead (0: synchronous)
     config.data.prefetch_buffer_size = 4  # batches prepared ahead
+    # unset (None) options below take their moejax.data.corpus.DataSpec defaults
+    # "bytes" (default) or a Hugging Face tokenizer.json / a directory holding one
+    config.data.tokenizer = ml_collections.config_dict.placeholder(str)
+    # record keys of instruction data: prompt + completion, or a chat rendered with the
+    # tokenizer's chat template
+    config.data.prompt_field = ml_collections.config_dict.placeholder(str)
+    config.data.completion_field = ml_collections.config_dict.placeholder(str)
+    config.data.messages_field = ml_collections.config_dict.placeholder(str)
+    # "all" (default: every token is a target) or "completion" (instruction data's answers)
+    config.data.loss_on = ml_collections.config_dict.placeholder(str)
+    # ((domain pattern, weight), ...): the training split's token shares; (): the corpus's own
+    config.data.mixture = ()
+    # resume although the data files changed since the checkpoint (default False)
+    config.data.accept_changed_data = ml_collections.config_dict.placeholder(bool)
 
     config.mesh = ml_collections.ConfigDict()  # maps onto moejax.parallel.MeshSpec
     config.mesh.data = -1  # data-parallel axis (-1: all devices not used by the others)

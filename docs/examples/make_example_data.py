@@ -1,7 +1,7 @@
 """Example data for README's "Train on your own data": a gzipped JSONL corpus and a tokenizer.
 
-Writes OUT/docs.jsonl.gz (one record per module of the running Python's standard library that
-has a docstring: {"text": its docstring, "package": its top-level package}) and
+Writes OUT/docs.jsonl.gz (one record per docstring of 200 characters or more in the running
+Python's standard library: {"text": the docstring, "package": its top-level package}) and
 OUT/tokenizer/ (a byte-level BPE `tokenizer.json` trained on those texts with the `tokenizers`
 library, `moejax.data.tokenizer.train_bpe`, and a tokenizer_config.json naming its end-of-text
 token): the two things a user
@@ -19,17 +19,22 @@ from moejax.data.tokenizer import train_bpe
 
 
 def docstrings():
+    """{"text", "package"} for every docstring of 200 characters or more (modules, classes,
+    functions) of the standard library's sources, tests left out."""
     root = pathlib.Path(sysconfig.get_paths()["stdlib"])
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root)
         if relative.parts[0] in ("test", "site-packages", "idlelib") or "tests" in relative.parts:
             continue
         try:
-            text = ast.get_docstring(ast.parse(path.read_bytes()))
+            tree = ast.parse(path.read_bytes())
         except (SyntaxError, ValueError):
             continue
-        if text and len(text) > 200:
-            yield {"text": text, "package": relative.parts[0].removesuffix(".py")}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                text = ast.get_docstring(node)
+                if text and len(text) >= 200:
+                    yield {"text": text, "package": relative.parts[0].removesuffix(".py")}
 
 
 def main():

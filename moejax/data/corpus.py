@@ -65,9 +65,10 @@ class DataSpec:
         tokenizer's chat template; the assistant turns are its trained spans.
       loss_on: "all" (every token is a target) or "completion" (only the trained spans of
         instruction records and chats; plain documents still train on every token).
-      mixture: {domain pattern: weight}: the training split's token share of the domains each
-        pattern matches, relative to one another (unmatched domains: weight 1 each... see
-        `pipeline.mixture_repeats`); empty: the corpus's own proportions.
+      mixture: {domain pattern: weight} or ((pattern, weight), ...): the training split's
+        token share of the domains each pattern matches, relative to one another; every
+        selected domain must match exactly one pattern (`moejax.data.mixture`); empty: the
+        corpus's own proportions.
       accept_changed_data: resume although the data files changed since the checkpoint.
     """
 
@@ -162,11 +163,13 @@ class DataSpec:
 
 
 def data_spec_from_config(data_config) -> DataSpec:
-    """`config.data` (a mapping, or None for the defaults) -> DataSpec.
+    """`config.data` (a mapping, or None for the defaults) -> DataSpec; an unset (None)
+    option takes the DataSpec default.
 
     An unknown key raises ValueError naming it.
     """
-    return spec_from_mapping(DataSpec, data_config, "data")
+    values = {k: v for k, v in dict(data_config or {}).items() if v is not None}
+    return spec_from_mapping(DataSpec, values, "data")
 
 
 def check_split(split: str) -> None:

@@ -157,3 +157,27 @@ def test_prepare_command_takes_the_tokenizer_override(tmp_path, capsys, monkeypa
     assert command(f"--config={missing}", "--overwrite") == 2
     error = capsys.readouterr().err
     assert error.startswith("moejax-prepare: data.tokenizer=") and error.count("\n") == 1
+
+
+def test_windows_end_documents_with_the_tokenizer_s_eos_and_shards_name_their_tokenizer(
+        tmp_path):
+    """The packing puts the tokenizer's EOS after every document (never the byte EOS 258),
+    from text and from shards alike; shards prepared with one tokenizer are refused under
+    another, naming both."""
+    from moejax.data import pipeline
+
+    spec = _bpe_spec(tmp_path)
+    eos = load_tokenizer(spec.tokenizer).eos_id
+    shards.prepare(spec, tmp_path / "p", workers=0)
+    prepared = corpus.DataSpec(corpus="arrayrecord", paths=(str(tmp_path / "p"),),
+                               tokenizer=spec.tokenizer)
+    for source in (spec, prepared):
+        windows = pipeline.packed_sequences(source, "train", seq_len=15)
+        ends = np.concatenate([windows[i]["tokens"] for i in range(len(windows))])
+        documents = pipeline.load_documents(source, "train")
+        assert (ends == eos).sum() >= len(documents) - 1 and not (ends == 258).any()
+    with pytest.raises(ValueError, match=r"data.paths='.*p' was prepared with tokenizer '.*"
+                                         r"tokenizer' \(fingerprint [0-9a-f]{16}\), but "
+                                         r"data.tokenizer='bytes' has fingerprint bytes"):
+        pipeline.check_tokenizer(corpus.DataSpec(corpus="arrayrecord",
+                                                 paths=(str(tmp_path / "p"),)), 320)

@@ -37,7 +37,7 @@ def _config(tmp_path, steps=2):
                        loss_on="completion", validation_every=4, num_threads=0,
                        tokenizer=str(write_tokenizer(tmp_path / "tok", texts=tuple(
                            r["prompt"] + r["completion"] for r in _records()))))
-    config.data.mixture = {"chat": 3.0, "code": 1.0}
+    config.data.mixture = (("chat", 3.0), ("code", 1.0))
     return config
 
 
