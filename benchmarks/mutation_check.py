@@ -252,7 +252,7 @@ MUTANTS = (
             "and_shards_name_their_tokenizer",)),
     Mutant("changed_data_resumes", "a resume on changed data files goes on silently",
            "moejax/train/trainer.py",
-           "        _check_same_data(restored, fingerprint, data_spec)\n", "        pass\n",
+           "        run_data.check_same_data(restored, fingerprint, data_spec)\n", "        pass\n",
            ("tests/train/test_real_text.py::test_a_resume_on_changed_data_stops_naming_the_file",)),
     Mutant("mixture_ignored", "data.mixture leaves the training split as it is",
            "moejax/data/pipeline.py", "    if split == \"train\" and spec.mixture:\n",

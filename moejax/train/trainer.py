@@ -19,22 +19,19 @@ import numpy as np
 import tqdm
 
 from moejax.data import pipeline
-from moejax.data.fingerprint import changed_files, data_fingerprint
-from moejax.data.tokenizer import save_tokenizer
-from moejax.models import weights
+from moejax.data.fingerprint import data_fingerprint
 from moejax.models.param_count import model_flops_per_token
 from moejax.options import flat_config
 from moejax.parallel import batch_sharding
-from moejax.regularizers import nmi_from_counts
 from moejax.reporting import metrics as schema
 from moejax.reporting.metrics import MetricsWriter
 from moejax.reporting.report import write_report
-from moejax.train import step
+from moejax.train import run_data, step
 from moejax.train.accounting import peak_tflops, utilisation
 from moejax.train.checkpoint import Checkpointer, config_json
 from moejax.train.init_from import init_from
 from moejax.train.optim import learning_rate_schedule
-from moejax.train.specs import RunSpecs, TrainSpec, specs_from_config
+from moejax.train.specs import RunSpecs, specs_from_config
 from moejax.train.state import mesh_and_engine, sharded_model_and_optimizer
 from moejax.train.workdir_lock import workdir_lock
 
@@ -56,125 +53,6 @@ class _StopRequest:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-
-
-def evaluate(model, data_spec, train: TrainSpec, seed: int, num_domains: int, sharding) -> dict:
-    """Validation loss (overall, and `eval/domain_loss` [num_domains] per domain of the predicted
-    token, NaN for a domain the batches do not hold, over `eval/domain_tokens` tokens), bits
-    per byte, expert-by-domain counts
-    and NMI, and the token-slots dropped by capacity per router, on fixed batches.
-
-    With `train.eval_top1_disabled`, also the loss with each token's top-1 expert disabled in
-    every router (CartesianMoE's robustness test). Each process reads its part of every
-    batch; `sharding` assembles the global batch.
-    """
-    results = {}
-    modes = [False, True] if train.eval_top1_disabled else [False]
-    for disable_top1 in modes:
-        batches = iter(pipeline.make_dataset(
-            data_spec, "validation", seq_len=train.seq_len,
-            batch_size=_host_batch(train.batch_size), seed=seed,
-            process_index=jax.process_index(), process_count=jax.process_count(),
-            shuffle=True))
-        sums, counts, dropped, domain_sum, domain_tokens = np.zeros(3), 0.0, [], 0.0, 0.0
-        for _ in range(train.eval_batches):
-            batch = {name: jax.make_array_from_process_local_data(sharding, value)
-                     for name, value in next(batches).items()}
-            out = step.eval_step(model, batch["tokens"], batch["domains"], num_domains,
-                                 disable_top1, segments=batch["segments"],
-                                 token_bytes=batch["token_bytes"], trained=batch["trained"])
-            sums += [float(out[name]) for name in ("loss_sum", "tokens", "bytes")]
-            domain_sum = domain_sum + np.asarray(out["domain_loss_sum"], np.float64)
-            domain_tokens = domain_tokens + np.asarray(out["domain_tokens"], np.float64)
-            counts = counts + np.asarray(out.get("domain_counts", 0.0))
-            if "dropped_fraction" in out:
-                dropped.append(np.asarray(out["dropped_fraction"]))
-        suffix = schema.TOP1_DISABLED if disable_top1 else ""
-        loss_sum, tokens, nbytes = sums
-        results[schema.VAL_LOSS + suffix] = loss_sum / max(tokens, 1.0)
-        if dropped:  # [R] per router, mean over the batches
-            results[schema.EVAL_ROUTING_DROPPED_FRACTION + suffix] = np.mean(dropped, axis=0)
-        if not disable_top1:
-            results[schema.VAL_BITS_PER_BYTE] = loss_sum / math.log(2.0) / max(nbytes, 1.0)
-            results[schema.EVAL_TOKENS], results[schema.EVAL_BYTES] = int(tokens), int(nbytes)
-            results[schema.VAL_PERPLEXITY] = math.exp(results[schema.VAL_LOSS])
-            with np.errstate(invalid="ignore", divide="ignore"):
-                results[schema.EVAL_DOMAIN_LOSS] = np.where(domain_tokens > 0,
-                                                            domain_sum / domain_tokens, np.nan)
-            results[schema.EVAL_DOMAIN_TOKENS] = domain_tokens.astype(np.int64)
-            if np.ndim(counts):
-                results[schema.EVAL_ROUTING_DOMAIN_COUNTS] = counts
-                results[schema.EVAL_ROUTING_DOMAIN_NMI] = nmi_from_counts(counts)
-    return results
-
-
-def _host_batch(batch: int) -> int:
-    hosts = jax.process_count()
-    if batch % hosts:
-        raise ValueError(f"train.batch_size={batch} is not divisible by {hosts} processes")
-    return batch // hosts
-
-
-def _check_data(data_spec, train: TrainSpec, vocab_size: int) -> None:
-    """Both splits hold data, the training split at least one batch of distinct windows, and
-    the model's vocabulary holds the tokenizer's ids.
-
-    Raises:
-      ValueError: naming the split, its size and the options that decide it.
-    """
-    pipeline.check_domain_selection(data_spec)
-    pipeline.check_tokenizer(data_spec, vocab_size)
-    for split, needed, what in (("train", train.batch_size, "train.batch_size"),
-                                ("validation", 1, "one")):
-        windows = pipeline.num_sequences(data_spec, split, seq_len=train.seq_len)
-        if windows < needed:
-            raise ValueError(f"the {split} split holds {windows} windows of train.seq_len + 1 = "
-                             f"{train.seq_len + 1} tokens, fewer than {what} ({needed}): use a "
-                             "larger corpus or a shorter train.seq_len")
-    if data_spec.corpus != "arrayrecord":
-        missing = pipeline.domains_without_validation(data_spec)
-        if missing:
-            logging.getLogger(__name__).warning(
-                "%d domains have no validation data (one document each, shorter than "
-                "data.chunk_bytes): %s%s", len(missing), ", ".join(missing[:8]),
-                ", ..." if len(missing) > 8 else "")
-
-
-def _check_same_data(restored, fingerprint: dict, data_spec) -> None:
-    """A resumed run reads the files its checkpoint was written on (their sizes and SHA-256),
-    unless `data.accept_changed_data`.
-
-    Raises:
-      ValueError: naming each added, removed or changed file.
-    """
-    if restored.data_fingerprint is None or restored.data_fingerprint == fingerprint:
-        return
-    changed = changed_files(restored.data_fingerprint, fingerprint)
-    if data_spec.accept_changed_data:
-        logging.getLogger(__name__).warning("resuming on changed data files (accepted by "
-                                            "data.accept_changed_data): %s", ", ".join(changed))
-        return
-    raise ValueError(f"the data files changed since the checkpoint {restored.directory} was "
-                     f"written: {', '.join(changed)}; the data order would silently differ. "
-                     "Restore the files, or pass --config.data.accept_changed_data=True")
-
-
-def _data_fields(data_spec, workdir: pathlib.Path) -> dict:
-    """Keeps the run's tokenizer files in `<workdir>/tokenizer/` (exports and moejax-sample
-    read them there) and returns what the metrics record of the data: the mixture's patterns,
-    target and realised token shares of the training split."""
-    tokenizer = pipeline.tokenizer_of(data_spec)
-    if jax.process_index() == 0:
-        save_tokenizer(tokenizer, workdir / weights.TOKENIZER)
-    mixture = pipeline.mixture_of(data_spec)
-    if mixture is None:
-        return {}
-    print("data.mixture, training token shares (target -> realised): " + ", ".join(
-        f"{p} {t:.3f} -> {r:.3f}" for p, t, r in zip(mixture.patterns, mixture.targets,
-                                                       mixture.shares, strict=True)), flush=True)
-    return {schema.DATA_MIXTURE_PATTERNS: list(mixture.patterns),
-            schema.DATA_MIXTURE_TARGETS: mixture.targets,
-            schema.DATA_MIXTURE_SHARES: mixture.shares}
 
 
 # a resumed run must keep these (the state's shapes and meaning, the data order); other
@@ -288,11 +166,11 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
     model_spec, loss_spec, train_cfg, data_spec = specs.model, specs.loss, specs.train, specs.data
 
     # Data: checked, then the per-host shard of the training stream, and the domain names.
-    _check_data(data_spec, train_cfg, model_spec.vocab_size)
-    data_fields = _data_fields(data_spec, workdir)  # logged with every evaluation
+    run_data.check_data(data_spec, train_cfg, model_spec.vocab_size)
+    data_fields = run_data.data_fields(data_spec, workdir)  # logged with every evaluation
     train_batches = iter(pipeline.make_dataset(
         data_spec, "train", seq_len=train_cfg.seq_len,
-        batch_size=_host_batch(train_cfg.batch_size),
+        batch_size=run_data.host_batch(train_cfg.batch_size),
         seed=specs.seed, process_index=jax.process_index(),
         process_count=jax.process_count()))
     domain_names = pipeline.domain_names(data_spec)
@@ -314,7 +192,7 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
     start = 0
     fingerprint = data_fingerprint(data_spec)
     if restored is not None:
-        _check_same_data(restored, fingerprint, data_spec)
+        run_data.check_same_data(restored, fingerprint, data_spec)
         start = restored.step
         train_batches.set_state(restored.data_state)
         print(f"resumed from step {start} ({restored.directory})", flush=True)
@@ -371,7 +249,7 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
                 bar.set_postfix(loss=f"{float(metrics[schema.LOSS]):.3f}",
                                 tok_s=f"{(step_number - start) * tokens_per_step / elapsed:.0f}")
             if step_number % train_cfg.eval_every == 0 or last:
-                metrics.update(evaluate(model, data_spec, train_cfg, specs.seed,
+                metrics.update(run_data.evaluate(model, data_spec, train_cfg, specs.seed,
                                         len(domain_names), tokens_sharding),
                                **{schema.EVAL_DOMAIN_NAMES: domain_names}, **data_fields)
             if logged or stopping is not None:  # a signal's row has no routing metrics
