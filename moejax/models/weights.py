@@ -290,6 +290,19 @@ def run_config(source) -> dict | None:
     return config
 
 
+def hf_record(source) -> dict | None:
+    """What a model's Hugging Face origin said that moejax does not model but an HF export
+    writes back (`hf_dir.HF_KEPT`: the context length, the special ids): an HF directory's
+    config.json values, or the record an export or a workdir keeps under its config's "hf"
+    key (`moejax-hf import`; a run started from such a model); None when there is none."""
+    from moejax.models import hf_dir
+
+    path = pathlib.Path(source).expanduser().resolve()
+    if not is_export(path) and (path / "config.json").is_file():
+        return hf_dir.read_kept(path)
+    return (run_config(path) or {}).get(hf_dir.KEPT)
+
+
 def tokenizer_dir(source) -> pathlib.Path | None:
     """Where the tokenizer of a model is: a path `moejax.data.tokenizer.load_tokenizer`
     reads, or None for a byte-level model.

@@ -18,9 +18,11 @@ from moejax.data import pipeline
 from moejax.data.fingerprint import changed_files
 from moejax.data.tokenizer import save_tokenizer
 from moejax.models import weights
+from moejax.models.hf_dir import KEPT
 from moejax.regularizers import nmi_from_counts
 from moejax.reporting import metrics as schema
 from moejax.train import step
+from moejax.train.checkpoint import config_json
 from moejax.train.specs import TrainSpec
 
 
@@ -141,3 +143,16 @@ def data_fields(data_spec, workdir: pathlib.Path) -> dict:
     return {schema.DATA_MIXTURE_PATTERNS: list(mixture.patterns),
             schema.DATA_MIXTURE_TARGETS: mixture.targets,
             schema.DATA_MIXTURE_SHARES: mixture.shares}
+
+
+def kept_config(config, restored, init_from) -> dict:
+    """The config the checkpoints keep: this run's, plus under "hf" the Hugging Face record
+    (`weights.hf_record`: context length, special ids) of the model the run started from, so
+    that `moejax-hf export` of a fine-tuned run writes them back; a resumed run keeps its
+    checkpoint's."""
+    kept = config_json(config)
+    record = (restored.config.get(KEPT) if restored is not None
+              else weights.hf_record(init_from) if init_from else None)
+    if record:
+        kept[KEPT] = record
+    return kept

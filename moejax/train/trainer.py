@@ -59,7 +59,8 @@ class _StopRequest:
 # changed options are allowed and named in a warning, e.g. a longer train.steps
 RESUME_MUST_MATCH = ("model.", "data.", "seed", "train.batch_size", "train.seq_len")
 RESUME_MAY_CHANGE_SILENTLY = ("mesh.", "train.progress", "train.report", "train.tensorboard",
-                              "train.steps", "data.accept_changed_data")
+                              "train.steps", "data.accept_changed_data",
+                              "hf.")  # the HF record the checkpoints keep (run_data.kept_config)
 
 
 def _check_resume_config(saved: dict, config, directory) -> None:
@@ -199,9 +200,10 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
     elif train_cfg.init_from:  # fine-tuning: a fresh run starts from these weights
         init_from(model, train_cfg.init_from)
         print(f"initialised from {train_cfg.init_from}", flush=True)
+    kept_config = run_data.kept_config(config, restored, train_cfg.init_from)
 
     def save(step_number, force=False):
-        checkpointer.save(step_number, model=model, optimizer=optimizer, config=config,
+        checkpointer.save(step_number, model=model, optimizer=optimizer, config=kept_config,
                           data_state=train_batches.get_state(), force=force,
                           data_fingerprint=fingerprint)
 

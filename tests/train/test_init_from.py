@@ -60,13 +60,17 @@ def test_finetune_config_takes_a_qwen3_directorys_model_and_weights():
 
 def test_a_fresh_run_starts_from_the_export(tmp_path, capsys):
     """With a learning rate of 1e-9 the fine-tuned weights stay the source's (a random init
-    would be far off); a run that resumes ignores init_from."""
+    would be far off); a run that resumes ignores init_from. The source's Hugging Face record
+    (context length, special ids) is kept with the run's checkpoints, so an HF export of the
+    fine-tuned run writes it back."""
     config = _tiny(steps=1, learning_rate=1e-9)
     spec = decoder_spec_from_config(config.model)
     source = tmp_path / "a_export"  # seed 1: far from the run's own (seed 0) init
     params = nnx.to_pure_dict(nnx.state(Decoder(spec, rngs=nnx.Rngs(1)), nnx.Param))
-    weights.write_export(source, {"model": dataclasses.asdict(spec)}, params,
-                            overwrite=False)
+    record = {"max_position_embeddings": 40960, "bos_token_id": 257, "eos_token_id": 258,
+              "pad_token_id": None}
+    weights.write_export(source, {"model": dataclasses.asdict(spec), "hf": record}, params,
+                         overwrite=False)
     config.train.init_from = str(source)
     train_and_evaluate(config, tmp_path / "b")
     assert f"initialised from {source}" in capsys.readouterr().out
@@ -74,8 +78,11 @@ def test_a_fresh_run_starts_from_the_export(tmp_path, capsys):
     _, got = weights.load_exported(weights.export(tmp_path / "b", tmp_path / "b_export"))
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(jnp.asarray(g), jnp.asarray(w), atol=1e-6)
+    assert weights.hf_record(tmp_path / "b_export") == record
+    config.train.steps = 2
     train_and_evaluate(config, tmp_path / "b")  # resumes: its own checkpoint wins
     assert "initialised from" not in capsys.readouterr().out
+    assert weights.hf_record(tmp_path / "b") == record  # the resumed run's step 2 keeps it
 
 
 def test_a_vocabulary_smaller_than_the_byte_corpus_is_refused(tmp_path):
