@@ -4,16 +4,30 @@ Every command module defines `FLAGS = flags.FlagValues()` and its flags at impor
 `flag_values=FLAGS`), and a `main(flag_values) -> exit status`; its console-script entry
 point is `run()`, which calls `run_command`. A private `FlagValues` lets any two commands be
 imported in one process (tests do), although several define `--workdir` or `--config`.
+
+A `--config` file is Python run while the flags are parsed: any error it raises is one line
+naming it (exit status 2), and so is a call to `sys.exit` (`--config configs/x.py: the config
+file called sys.exit(0)`) and a file still running after CONFIG_SECONDS (60 s; SIGALRM, on
+the main thread only: `run_command` called from another thread sets no limit).
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from absl import flags, logging
 
 HELP_ARGS = ("--help", "-h", "--helpfull")
+CONFIG_SECONDS = 60  # the longest parsing the flags (running a --config file) may take
+
+
+class _ConfigTimeout(BaseException):
+    """Parsing ran past CONFIG_SECONDS (a BaseException: a config file's `except Exception`
+    does not swallow it)."""
 
 
 def parse(name: str, usage: str, flag_values: flags.FlagValues, argv: list[str]) -> int | None:
@@ -21,22 +35,60 @@ def parse(name: str, usage: str, flag_values: flags.FlagValues, argv: list[str])
 
     Returns:
       None when parsed; else the exit status after printing the help (0) or a one-line
-      usage error (2) naming the command.
+      usage error (2) naming the command: a bad flag, or a --config file that failed, called
+      `sys.exit` or ran longer than CONFIG_SECONDS.
     """
     if any(arg in HELP_ARGS for arg in argv[1:]):
         print(f"usage: {usage}\n\n{flag_values.get_help()}")
         return 0
     flag_values.unparse_flags()  # every call starts from the defaults
+    config = _config_path(argv)
+    where = f"--config {config}: the config file" if config else "parsing the flags"
     try:
+        with _time_limit(CONFIG_SECONDS):
+            message = _parse_or_error(flag_values, argv)
+    except _ConfigTimeout:
+        message = f"{where} ran longer than {CONFIG_SECONDS} s; stopped"
+    except SystemExit as exit_:
+        message = f"{where} called sys.exit({exit_.code!r})"
+    if message is None:
+        return None
+    print(f"{name}: {message}", file=sys.stderr)
+    return 2
+
+
+def _parse_or_error(flag_values: flags.FlagValues, argv: list[str]) -> str | None:
+    """Parses argv into flag_values: None, or the error as one line naming the option."""
+    try:
+        argv = _resolve_config(argv, flag_values)  # a shipped config's name -> its file
         extra = flag_values(argv)[1:]
         if extra:
             raise flags.Error(f"unexpected arguments: {' '.join(extra)}")
         for value in flag_values.flag_values_dict().values():
             getattr(value, "keys", None)  # a config file that failed to load raises here
     except Exception as error:  # noqa: BLE001 - a config file is user code: any error
-        print(f"{name}: {_one_line(error, argv[1:])}", file=sys.stderr)
-        return 2
+        return _one_line(error, argv[1:])
     return None
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raises _ConfigTimeout in the body once it has run `seconds` (SIGALRM; no limit off
+    the main thread, where no signal handler can be installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _ConfigTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -47,6 +99,22 @@ def _config_path(argv: list[str]) -> str | None:
         if arg == "--config" and i + 1 < len(argv):
             return argv[i + 1]
     return None
+
+
+def _resolve_config(argv: list[str], flag_values: flags.FlagValues) -> list[str]:
+    """argv with --config's value as a file (`config_files.resolve_config`: an existing file,
+    else a shipped config's name such as `default` or `default:arg`)."""
+    if "config" not in flag_values or _config_path(argv) is None:
+        return argv
+    from moejax.train import config_files  # only commands with --config get here
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            out[i] = "--config=" + config_files.resolve_config(arg.split("=", 1)[1])
+        elif arg == "--config" and i + 1 < len(out):
+            out[i + 1] = config_files.resolve_config(out[i + 1])
+    return out
 
 
 def _unknown_override(argv: list[str]) -> str | None:
@@ -80,6 +148,9 @@ def _one_line(error: BaseException, argv: list[str]) -> str:
         found = _unknown_override(argv)
         if found:
             return found
+    if "Traceback (most recent call last)" in text:  # a config file's own error, as
+        lines = [line.strip() for line in text.splitlines() if line.strip()]  # ml_collections
+        return f"--config {_config_path(argv)}: {lines[-1]}"  # reports it: its last line
     if isinstance(error, OSError) and "config" in text.lower():
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         return f"--config: cannot load {_config_path(argv)}: {lines[-1]}"

@@ -21,7 +21,7 @@ from types import MappingProxyType
 
 from moejax.experiments import stats
 from moejax.options import flat_config
-from moejax.train.config_files import load_config
+from moejax.train.config_files import SHIPPED, load_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,9 +232,9 @@ def _set(config, dotted: str, value) -> None:
 
 
 def default_config_dir() -> pathlib.Path:
-    """The checkout's configs/ (an editable install), else ./configs."""
-    beside_package = pathlib.Path(__file__).resolve().parents[2] / "configs"
-    return beside_package if beside_package.is_dir() else pathlib.Path("configs").resolve()
+    """The shipped configs (`moejax/configs/`, package data; the checkout's configs/ links to
+    it), wherever moejax is installed and whatever the working directory."""
+    return SHIPPED
 
 
 def variant_config(variant: Variant, *, seed: int, options: RunOptions = RunOptions()):
