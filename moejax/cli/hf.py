@@ -7,7 +7,11 @@
 `import` reads an HF directory (config.json, single or sharded safetensors, per-expert or
 fused layout) into a moejax export (`moejax.models.weights` reads it; so does `export` back), one
 tensor at a time and in the stored dtype (a bfloat16 checkpoint gives a bfloat16 export;
-loading it into a model upcasts to the model's float32 parameters).
+float16 and float64 tensors become float32; loading it into a model upcasts to the model's
+float32 parameters). The directory is untrusted: a config value of the wrong type or out of
+range, a config that names more layers or experts than the tensors hold, a tensor that is not
+a float or not finite, a file outside the directory: each stops the import with one line
+naming it (`hf_dir.py`, `convert_hf.py`).
 `export` writes config.json and safetensors in the hub's per-expert layout, which
 `AutoModelForCausalLM.from_pretrained` loads; `--dtype auto` keeps the export's dtype (a
 training workdir's float32). See `moejax/models/hf_dir.py`.
@@ -26,6 +30,7 @@ loads the directory and `generate` stops at the end-of-text token.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import sys
@@ -33,7 +38,8 @@ import sys
 import jax
 from absl import flags
 
-from moejax.cli._command import run_command
+from moejax.atomic import DirectoryBusyError, WriteError, quiet_while_writing
+from moejax.cli._command import HELP_ARGS, run_command
 from moejax.data.tokenizer import (
     BYTES,
     TOKENIZER_FILES,
@@ -70,12 +76,19 @@ flags.mark_flags_as_required(["from", "out"], flag_values=EXPORT)
 
 
 def _refuse_non_empty(out: str, overwrite: bool) -> bool:
-    path = pathlib.Path(out)
-    if path.exists() and any(path.iterdir()) and not overwrite:
+    path = pathlib.Path(out).expanduser()
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
         print(f"moejax-hf: --out {out} is not empty; pass --overwrite to replace it",
               file=sys.stderr)
         return True
     return False
+
+
+def _not_written(error: Exception) -> int:
+    """One line for a write that left --out as it was (not empty, another writer busy, a
+    full disk: `moejax.atomic`); returns 1."""
+    print(f"moejax-hf: {' '.join(str(error).split())}", file=sys.stderr)
+    return 1
 
 
 def _to_host_device(tree: dict) -> dict:
@@ -91,18 +104,24 @@ def _to_host_device(tree: dict) -> dict:
 def _import(options: flags.FlagValues) -> int:
     if _refuse_non_empty(options.out, options.overwrite):
         return 1
-    try:
-        spec, tensors = read_hf_dir(options.hf)
+    source = pathlib.Path(options.hf).expanduser()
+    try:  # the directory is untrusted: every check in hf_dir / convert_hf, one-line errors
+        spec, tensors = read_hf_dir(source)
         params = _to_host_device(from_hf(tensors, spec, dtype=None))  # one by one, dtype kept
+        files = [source / name for name in (*TOKENIZER_FILES, GENERATION_CONFIG)
+                 if (source / name).is_file()]
+        for file in files:  # copied under its own name, read where it leads (in the directory)
+            hf_dir.inside(source, file.name, "HF file")
+        config = {"model": dataclasses.asdict(spec), KEPT: hf_dir.read_kept(source)}
     except (FileNotFoundError, ValueError) as error:
         print(f"moejax-hf: {error}", file=sys.stderr)
         return 1
-    source = pathlib.Path(options.hf).expanduser()
-    files = [source / name for name in (*TOKENIZER_FILES, GENERATION_CONFIG)
-             if (source / name).is_file()]
-    config = {"model": dataclasses.asdict(spec), KEPT: hf_dir.read_kept(source)}
     out = pathlib.Path(options.out).expanduser().resolve()
-    weights.write_export(out, config, params, overwrite=options.overwrite, files=files)
+    try:
+        with quiet_while_writing():  # a failed write: one line, not Orbax's logs
+            weights.write_export(out, config, params, overwrite=options.overwrite, files=files)
+    except (FileExistsError, DirectoryBusyError, WriteError, ValueError) as error:
+        return _not_written(error)
     print(f"imported {options.hf} to {out}")
     return 0
 
@@ -141,18 +160,21 @@ def _export(options: flags.FlagValues) -> int:
         model = weights.load_decoder(source)
         tensors = to_hf(model)
         kept, generation, tokenizer = _hf_settings(source, model.spec.vocab_size)
+        dtype = options.dtype
+        if dtype == "auto":  # a workdir's (no export dtypes) and a mixed export's: float32
+            stored = weights.exported_dtypes(source)
+            dtype = "bfloat16" if stored == {"bfloat16"} else "float32"
     except (FileNotFoundError, RuntimeError, ValueError) as error:
         print(f"moejax-hf: {error}", file=sys.stderr)
         return 1
-    dtype = options.dtype
-    if dtype == "auto":
-        stored = weights.exported_dtypes(source)
-        dtype = "bfloat16" if stored == {"bfloat16"} else "float32"
-    out = write_hf_dir(tensors, model.spec, options.out, dtype=dtype,
-                       max_shard_bytes=int(options.max_shard_gb * 2**30), kept=kept,
-                       generation=generation)
-    if tokenizer is not None:
-        save_tokenizer(tokenizer, out)
+    # the tokenizer's files go into the directory before it is put in place
+    extra = None if tokenizer is None else functools.partial(save_tokenizer, tokenizer)
+    try:
+        out = write_hf_dir(tensors, model.spec, options.out, dtype=dtype,
+                           max_shard_bytes=int(options.max_shard_gb * 2**30), kept=kept,
+                           generation=generation, overwrite=options.overwrite, extra=extra)
+    except (FileExistsError, DirectoryBusyError, WriteError, ValueError) as error:
+        return _not_written(error)
     print(f"exported {source} to {out}")
     return 0
 
@@ -161,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     """Runs `moejax-hf import|export` for `argv` (program name first); returns the status."""
     argv = list(sys.argv if argv is None else argv)
     commands = {"import": (IMPORT, _import), "export": (EXPORT, _export)}
+    if len(argv) >= 2 and argv[1] in HELP_ARGS:  # the help of both commands
+        helps = [f"moejax-hf {name}:\n{flag_values.get_help()}"
+                 for name, (flag_values, _) in commands.items()]
+        print("\n\n".join([f"usage: {USAGE}", *helps]))
+        return 0
     if len(argv) < 2 or argv[1] not in commands:
         print(f"moejax-hf: the first argument must be 'import' or 'export'\nusage: {USAGE}",
               file=sys.stderr)

@@ -34,6 +34,12 @@ listing the names: expert weights are never dropped silently. The tables give th
 layout (`model.scan_layers=False`); a scanned model's stacks are filled layer by layer
 (`layout.stack_params`).
 
+Untrusted input: before anything is sized by the spec, `from_hf` compares its layer and expert
+counts with the indices in the tensor names, then the expected names and shapes with the
+tensors lazily (never a list as long as the config says), and it refuses each tensor that is
+not float16 / bfloat16 / float32 / float64 or holds a NaN or an infinity, naming it, as it
+converts it (one tensor at a time).
+
 Streaming: `from_hf` reads each tensor when it converts it (`np.asarray` on a lazily read
 tensor, see `hf_dir.read_hf_dir`) and writes it into its place in the output, so the host holds
 the converted parameters once, in the tensors' own dtype when asked (`dtype=None`).
@@ -43,7 +49,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 
 import jax
@@ -51,7 +58,7 @@ import numpy as np
 from flax import nnx
 
 from moejax.models.decoder import Decoder, DecoderSpec
-from moejax.models.hf_families import HFFamily, family_of, set_dotted
+from moejax.models.hf_families import COMMON_KEYS, HFFamily, family_of, set_dotted
 from moejax.models.layout import abstract_params, stack_params, unstack_params
 
 
@@ -119,6 +126,13 @@ LAYOUTS = MappingProxyType({
 })
 
 
+# the stored dtypes a tensor may have; dtype=None keeps KEPT_DTYPES, the others become float32
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+KEPT_DTYPES = ("bfloat16", "float32")
+_SHOWN = 20  # missing tensor names listed in an error
+_LAYER = re.compile(r"model\.layers\.(\d{1,9})\.")
+
+
 def dims(spec: DecoderSpec) -> dict[str, int]:
     """The tables' dimension symbols for `spec`."""
     return {"V": spec.vocab_size, "D": spec.d_model, "N": spec.num_heads,
@@ -130,11 +144,15 @@ def _shape(row: Tensor, sizes: Mapping[str, int]) -> tuple[int, ...]:
     return tuple(math.prod(sizes[s] for s in axis.split("*")) for axis in row.shape)
 
 
-def _names(row: Tensor, family: HFFamily, num_experts: int, prefix: str = "") -> list[str]:
-    """The HF names of one row: one, or one per routed expert."""
+def _names(row: Tensor, family: HFFamily, num_experts: int, prefix: str = "") -> Iterator[str]:
+    """The HF names of one row: one, or one per routed expert (made one at a time)."""
     gate, up, down = family.experts
     name = prefix + row.hf.format(moe=family.moe, gate=gate, up=up, down=down, e="{e}")
-    return [name.format(e=e) for e in range(num_experts)] if "{e}" in row.hf else [name]
+    if "{e}" not in row.hf:
+        yield name
+        return
+    for e in range(num_experts):
+        yield name.format(e=e)
 
 
 def _layer_rows(spec: DecoderSpec, i: int) -> list[Tensor]:
@@ -148,27 +166,85 @@ def _rows(spec: DecoderSpec):
         yield from ((f"model.layers.{i}.", row) for row in _layer_rows(spec, i))
 
 
+def _expected(spec: DecoderSpec) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """(HF tensor name, torch shape) of every tensor of `spec`, made one at a time."""
+    family, sizes = family_of(spec), dims(spec)
+    for prefix, row in _rows(spec):
+        shape = _shape(row, sizes)
+        for name in _names(row, family, spec.moe.num_experts, prefix):
+            yield name, shape
+
+
 def expected_shapes(spec: DecoderSpec) -> dict[str, tuple[int, ...]]:
     """HF tensor name -> torch shape for this spec (its family: `model.hf_family`)."""
-    family, sizes = family_of(spec), dims(spec)
-    return {name: _shape(row, sizes) for prefix, row in _rows(spec)
-            for name in _names(row, family, spec.moe.num_experts, prefix)}
+    return dict(_expected(spec))
+
+
+def _check_counts(tensors: Mapping, spec: DecoderSpec) -> None:
+    """The spec may not have more layers or routed experts than the tensor names hold
+    (experts checked where names have any), checked before anything is sized by them; fewer
+    are named as unexpected tensors by `_check_names_and_shapes`."""
+    family = family_of(spec)
+    expert = re.compile(rf"model\.layers\.\d{{1,9}}\.{re.escape(family.moe)}\.experts\."
+                        r"(\d{1,9})\.")
+    keys = {key.ours: key for key in (*COMMON_KEYS, *family.keys)}
+    for option, count, pattern, what in (("num_layers", spec.num_layers, _LAYER, "layers"),
+                                         ("moe.num_experts", spec.moe.num_experts, expert,
+                                          "experts")):
+        found = {int(match[1]) for match in map(pattern.match, tensors) if match}
+        if (found or what == "layers") and count > len(found):
+            held = f" (indices {min(found)} to {max(found)})" if found else ""
+            raise ValueError(
+                f"{family.title} config {'/'.join(keys[option].hf)}={count} (model.{option}) "
+                f"but the tensors hold {len(found)} {what}{held}")
 
 
 def _check_names_and_shapes(tensors: Mapping, spec: DecoderSpec) -> None:
-    expected = expected_shapes(spec)
+    """Every expected tensor present with its shape and no other, compared lazily: at most
+    len(tensors) + `_SHOWN` + 1 expected names are made, whatever the spec says."""
+    _check_counts(tensors, spec)
     title = family_of(spec).title
-    unexpected = sorted(set(tensors) - set(expected))
-    missing = sorted(set(expected) - set(tensors))
-    if unexpected or missing:
+    matched, missing, wrong = set(), [], []
+    for name, shape in _expected(spec):
+        if name not in tensors:
+            missing.append(name)
+            if len(missing) > _SHOWN:
+                break
+            continue
+        matched.add(name)
+        if tuple(np.shape(tensors[name])) != shape:
+            wrong.append(f"{name}: {tuple(np.shape(tensors[name]))} != {shape}")
+    if missing or len(matched) < len(tensors):
+        listed = (f"unexpected {sorted(set(tensors) - matched)}, missing {sorted(missing)}"
+                  if len(missing) <= _SHOWN else f"missing {missing[:_SHOWN]} and more")
         raise ValueError(
             f"{title} state dict does not match the spec (E={spec.moe.routed_experts}, "
-            f"layers={spec.num_layers}): unexpected {unexpected}, missing {missing}"
+            f"layers={spec.num_layers}): {listed}"
         )
-    wrong = [f"{name}: {tuple(np.shape(tensors[name]))} != {shape}"
-             for name, shape in expected.items() if tuple(np.shape(tensors[name])) != shape]
     if wrong:
         raise ValueError(f"{title} tensors with the wrong shape: {wrong}")
+
+
+def _read(tensors: Mapping, name: str, dtype) -> np.ndarray:
+    """One tensor as a NumPy array of `dtype` (None: its own, float16 and float64 as
+    float32), after checking that it is a float and, converted, finite.
+
+    Raises:
+      ValueError: another dtype (int8, bool, ...) or a NaN / infinity, naming the tensor.
+    """
+    value = np.asarray(tensors[name])
+    if value.dtype.name not in FLOAT_DTYPES:
+        raise ValueError(f"HF tensor {name} has dtype {value.dtype.name}; allowed: "
+                         f"{', '.join(FLOAT_DTYPES)}")
+    if dtype is None:
+        dtype = value.dtype if value.dtype.name in KEPT_DTYPES else np.float32
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below
+        value = value.astype(dtype, copy=False)
+    finite = np.isfinite(value)
+    if not finite.all():
+        raise ValueError(f"HF tensor {name} holds {finite.size - np.count_nonzero(finite)} "
+                         f"non-finite values (NaN or infinity) as {np.dtype(dtype).name}")
+    return value
 
 
 def _convert_rows(spec: DecoderSpec, rows, get, prefix: str) -> dict:
@@ -210,20 +286,22 @@ def from_hf(tensors: Mapping, spec: DecoderSpec, *, dtype=np.float32) -> dict:
         tensors must be converted to NumPy first.
       spec: the decoder's options, in the family of the tensors (`model.hf_family`).
       dtype: the parameters' dtype (float32: what `Decoder` holds); None keeps each tensor's
-        own (a bfloat16 checkpoint stays bfloat16, e.g. in `moejax-hf import`'s export).
+        own bfloat16 or float32 (a bfloat16 checkpoint stays bfloat16, e.g. in `moejax-hf
+        import`'s export) and makes float16 and float64 float32.
 
     Returns:
       The structure of `nnx.to_pure_dict(nnx.state(Decoder(spec), nnx.Param))`, in the layout
       of `spec.scan_layers`: load it with `weights.load_params(model, params)`.
 
     Raises:
-      ValueError: an option the family cannot express, or unexpected / missing / wrongly
-        shaped tensors.
+      ValueError: an option the family cannot express; layer or expert counts that are not
+        the tensors'; unexpected / missing / wrongly shaped tensors; a tensor not of a float
+        dtype or not finite (each named).
     """
     _check_names_and_shapes(tensors, spec)
 
     def get(name):
-        return np.asarray(tensors[name], dtype)
+        return _read(tensors, name, dtype)
 
     def layer(i):
         return _convert_rows(spec, _layer_rows(spec, i), get, f"model.layers.{i}.")

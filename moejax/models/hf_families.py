@@ -4,7 +4,7 @@ A family record holds everything the reader (`hf_dir.spec_from_hf_config`), the 
 (`hf_dir.hf_config_from_spec`) and the tensor table (`convert_hf.LAYER_TENSORS`) need:
 
 - `keys`: moejax option <-> config.json key (the HF default when the key is absent or null;
-  aliases that are read too);
+  aliases that are read too; the `KINDS` row its value must satisfy);
 - `requires`: moejax options the family fixes: set when reading, checked when writing (an
   option the family cannot express is an error naming it);
 - `dense_layout`: how config.json marks dense layers (a `DENSE_LAYOUTS` key; None: the
@@ -13,6 +13,11 @@ A family record holds everything the reader (`hf_dir.spec_from_hf_config`), the 
 - `written`: constant keys an export writes besides `COMMON_WRITTEN`;
 - `moe`, `experts`: the names of an MoE layer's module and of an expert's gate, up and down
   projections (the tensor table's `{moe}`, `{gate}`, `{up}`, `{down}`).
+
+config.json is untrusted input: every value read is checked against its key's kind (an
+integer >= 1 for a size, a finite number > 0, a bool, ...; `KINDS`) and `BOUNDS` (top-k at
+most the experts), each error one line naming the key and the value ("HF config
+num_experts_per_tok=2.5; allowed: an integer >= 1").
 
 A model is read as the family its config.json's `model_type` names and written as the family
 its spec names (`DecoderSpec.hf_family`); the family is never inferred from other options.
@@ -23,10 +28,41 @@ transformers (tests/fixtures/make_hf_fixtures.py).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
+from moejax.options import check_int, check_range
+
 _REQUIRED = object()
+
+
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r}; allowed: true or false")
+
+
+def _check_ids(name: str, value) -> None:
+    """A token id (an integer >= 0) or a non-empty list of them (eos), or None."""
+    if isinstance(value, list) and value:
+        for item in value:
+            check_int(f"{name} item", item, 0)
+    elif not isinstance(value, list):
+        check_int(name, value, 0, optional=True)
+    else:
+        raise ValueError(f"{name}=[]; allowed: a token id, a non-empty list of them, or null")
+
+
+# Key.kind -> check(name, value): what a config.json value must be (one-line ValueErrors
+# naming the key and the value, `moejax.options`'s wording)
+KINDS = MappingProxyType({
+    "size": check_int,  # an integer >= 1 (not a bool, a float or a string)
+    "positive": lambda name, value: check_range(name, value, 0.0, low_open=True),
+    "fraction": lambda name, value: check_range(name, value, 0.0, 1.0, high_open=True),
+    "bool": _check_bool,
+    "id": lambda name, value: check_int(name, value, 0, optional=True),
+    "ids": _check_ids,
+})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +76,7 @@ class Key:
         function of the config dict; absent: the key is required.
       cast: applied to the value read (e.g. bool, float); None keeps it.
       write: False: read only (another option writes the same config key).
+      kind: what a value in config.json must be, a `KINDS` key (checked before `cast`).
     """
 
     ours: str
@@ -47,13 +84,26 @@ class Key:
     default: object = _REQUIRED
     cast: Callable | None = None
     write: bool = True
+    kind: str = "size"
+
+    def source(self, hf: Mapping) -> str:
+        """The config.json key the value is read from (the first alias present)."""
+        return next((k for k in self.hf if hf.get(k) is not None), self.hf[0])
 
     def read(self, hf: Mapping):
-        value = next((hf[k] for k in self.hf if hf.get(k) is not None), None)
+        """The moejax value of this key in the config dict `hf`.
+
+        Raises:
+          ValueError: the key is required and absent, or its value is not of its kind.
+        """
+        name = self.source(hf)
+        value = hf.get(name)
         if value is None:
             if self.default is _REQUIRED:
                 raise ValueError(f"HF config has no {self.hf[0]!r} (moejax's model.{self.ours})")
             value = self.default(hf) if callable(self.default) else self.default
+        else:
+            KINDS[self.kind](f"HF config {name}", value)
         return value if self.cast is None else self.cast(value)
 
 
@@ -82,6 +132,8 @@ COMMON_KEYS = (
     Key("num_kv_heads", ("num_key_value_heads",), default=lambda hf: hf["num_attention_heads"]),
     Key("moe.top_k", ("num_experts_per_tok",)),
 )
+# (smaller, larger): moejax options whose config.json values must be ordered so
+BOUNDS = (("moe.top_k", "moe.num_experts"), ("num_kv_heads", "num_heads"))
 COMMON_UNSUPPORTED = MappingProxyType(
     {"tie_word_embeddings": False, "hidden_act": "silu", "attention_bias": False})
 COMMON_WRITTEN = MappingProxyType({
@@ -100,8 +152,9 @@ FAMILIES = MappingProxyType({
         keys=(Key("d_ff", ("intermediate_size",), write=False),
               Key("moe.d_hidden", ("intermediate_size",)),
               Key("moe.num_experts", ("num_local_experts",)),
-              Key("moe.router.jitter", ("router_jitter_noise",), default=0.0, cast=float),
-              Key("norm_eps", ("rms_norm_eps",), default=1e-5)),
+              Key("moe.router.jitter", ("router_jitter_noise",), default=0.0, cast=float,
+                  kind="fraction"),
+              Key("norm_eps", ("rms_norm_eps",), default=1e-5, kind="positive")),
         # every layer MoE, gates renormalised over the top-k
         requires={**TOPK_SOFTMAX, "qk_norm": False, "first_dense_layers": 0, "moe_every": 1,
                   "moe.router.normalize_gates": True},
@@ -115,8 +168,9 @@ FAMILIES = MappingProxyType({
               Key("moe.d_hidden", ("moe_intermediate_size",)),
               # the hub's configs say num_experts; transformers 5 writes num_local_experts
               Key("moe.num_experts", ("num_experts", "num_local_experts")),
-              Key("moe.router.normalize_gates", ("norm_topk_prob",), default=False, cast=bool),
-              Key("norm_eps", ("rms_norm_eps",), default=1e-6)),
+              Key("moe.router.normalize_gates", ("norm_topk_prob",), default=False, cast=bool,
+                  kind="bool"),
+              Key("norm_eps", ("rms_norm_eps",), default=1e-6, kind="positive")),
         requires={**TOPK_SOFTMAX, "qk_norm": True},  # per-head q/k RMSNorm
         dense_layout="sparse_step",
         unsupported={**COMMON_UNSUPPORTED, "use_sliding_window": False},
@@ -156,19 +210,39 @@ def family_of(spec) -> HFFamily:
 
 def _sparse_step_read(hf: Mapping, num_experts: int) -> dict:
     """Qwen's MoE layers (not in `mlp_only_layers`, `(i + 1) % decoder_sparse_step == 0`) as
-    moejax's first_dense_layers and moe_every."""
-    layers = hf["num_hidden_layers"]
-    step, dense = hf.get("decoder_sparse_step") or 1, set(hf.get("mlp_only_layers") or ())
-    moe = [i for i in range(layers) if num_experts > 0 and i not in dense and (i + 1) % step == 0]
-    if not moe:
+    moejax's first_dense_layers and moe_every. Works in time linear in `mlp_only_layers`:
+    never a list as long as `num_hidden_layers` (which a config may set to anything)."""
+    layers, step = hf["num_hidden_layers"], hf.get("decoder_sparse_step")
+    check_int("HF config decoder_sparse_step", step, optional=True)
+    _check_layer_list("mlp_only_layers", hf.get("mlp_only_layers"), layers)
+    step, dense = step or 1, set(hf.get("mlp_only_layers") or ())
+    candidates = range(step - 1, layers, step) if num_experts > 0 else range(0)
+    moe = (i for i in candidates if i not in dense)
+    first, second = next(moe, None), next(moe, None)  # at most len(dense) + 2 candidates
+    if first is None:
         return {"first_dense_layers": layers, "moe_every": 1}
-    every = moe[1] - moe[0] if len(moe) > 1 else (step if moe[0] + step >= layers else layers)
-    if moe != list(range(moe[0], layers, every)):
+    every = second - first if second is not None else (step if first + step >= layers
+                                                       else layers)
+    wanted = range(first, layers, every)  # a subset of candidates: MoE iff no dense one,
+    dense_candidates = {i for i in dense if i in candidates}  # and the others all dense
+    if (any(i in wanted for i in dense)
+            or len(dense_candidates) != len(candidates) - len(wanted)):
+        shown = list(itertools.islice((i for i in candidates if i not in dense), 13))
         raise ValueError(
             f"HF config mlp_only_layers={sorted(dense)} with decoder_sparse_step={step} puts "
-            f"MoE layers at {moe}; moejax needs them at first_dense_layers + k * moe_every "
-            "up to the last layer")
-    return {"first_dense_layers": moe[0], "moe_every": every}
+            f"MoE layers at {shown[:12]}{'...' if len(shown) > 12 else ''}; moejax needs them "
+            "at first_dense_layers + k * moe_every up to the last layer")
+    return {"first_dense_layers": first, "moe_every": every}
+
+
+def _check_layer_list(key: str, listed, layers: int) -> None:
+    """config.json's `key` must be null or a list of layer indices in [0, layers)."""
+    if listed is None:
+        return
+    if not isinstance(listed, list):
+        raise ValueError(f"HF config {key}={listed!r}; allowed: a list of layer indices")
+    for i in listed:
+        check_int(f"HF config {key} item", i, 0, layers - 1)
 
 
 def _sparse_step_write(spec) -> dict:
