@@ -6,8 +6,15 @@ be in flight and kill then), reruns the same command until it finishes, and comp
 final metrics row (loss, validation loss) with an uninterrupted run's, bit for bit, and checks
 that metrics.jsonl logs every step exactly once. Prints a table and writes JSON.
 
+With `--writers N`, it runs the writers trial instead: each of `--rounds` rounds starts N
+`moejax-export` processes at once to one new --out (from a tiny workdir) and counts that
+exactly one writes it, every other one refuses in one line (another writer holds the lock,
+or the export is already there) and the export is complete (it loads; no lock, temporary
+or old directory left beside it).
+
 Usage:
   python benchmarks/chaos.py [--trials 8] [--steps 12] [--seed 0] [--json PATH]
+  python benchmarks/chaos.py --writers 4 [--rounds 3] [--json PATH]
 """
 
 from __future__ import annotations
@@ -72,13 +79,102 @@ def _killed_run(workdir, steps, signum, delay, during_save) -> dict:
                 during_save=saving, returncode=process.returncode, output_tail=output[-300:])
 
 
+def _tiny_workdir(workdir: pathlib.Path) -> None:
+    """A workdir with one checkpoint step of a tiny model (what moejax-export reads)."""
+    import jax
+    import ml_collections
+    import optax
+    from flax import nnx
+
+    from moejax.models.decoder import Decoder, decoder_spec_from_config
+    from moejax.train.checkpoint import Checkpointer
+
+    model_config = {"vocab_size": 64, "d_model": 32, "num_layers": 2, "num_heads": 2,
+                    "num_kv_heads": 1, "d_ff": 48,
+                    "moe": {"num_experts": 4, "top_k": 2, "d_hidden": 32}}
+    config = ml_collections.ConfigDict({"seed": 0, "model": model_config, "train": {}})
+    model = Decoder(decoder_spec_from_config(config.model), rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    with Checkpointer(workdir, async_save=False) as checkpointer:
+        checkpointer.save(1, model=model, optimizer=optimizer, config=config,
+                          rng_key=jax.random.key(1), data_state={})
+
+
+_REFUSALS = ("is being written by another process (PID ", "is not empty; pass --overwrite")
+
+
+def _writers_round(workdir: pathlib.Path, out: pathlib.Path, writers: int) -> dict:
+    """N concurrent exports to `out` -> the round's counts and checks."""
+    from moejax.models.weights import load_exported
+
+    command = [sys.executable, "-m", "moejax.cli.export", "--workdir", str(workdir), "--out",
+               str(out)]
+    started = time.perf_counter()
+    processes = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(writers)]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    results = [(p.returncode, *output) for p, output in zip(processes, outputs, strict=True)]
+    seconds = time.perf_counter() - started
+    winners = [r for r in results if r[0] == 0]
+    refusals = [r for r in results if r[0] == 1 and r[2].count("\n") == 1
+                and r[2].startswith("moejax-export: ") and any(t in r[2] for t in _REFUSALS)]
+    try:
+        complete = load_exported(out)[0].num_layers == 2
+    except (FileNotFoundError, ValueError, RuntimeError):
+        complete = False
+    left = sorted(p.name for p in out.parent.iterdir() if p.name.startswith((".out", "out.")))
+    return dict(winners=len(winners), one_line_refusals=len(refusals),
+                busy=sum(_REFUSALS[0] in r[2] for r in refusals),
+                other=len(results) - len(winners) - len(refusals), complete=complete,
+                left_beside=left, seconds=round(seconds, 2),
+                ok=len(winners) == 1 and len(refusals) == writers - 1 and complete and not left,
+                stderr=[r[2][-300:] for r in results if r not in winners and r not in refusals])
+
+
+def writers_trial(writers: int, rounds: int, json_path: str) -> int:
+    """The `--writers` trial (module docstring); prints a table, writes JSON."""
+    with tempfile.TemporaryDirectory(prefix="moejax-chaos-writers-") as scratch:
+        scratch = pathlib.Path(scratch)
+        _tiny_workdir(scratch / "work")
+        print("round  winners  refused in one line (busy)  other  complete  left beside  s")
+        trials = []
+        for number in range(rounds):
+            (scratch / f"round_{number}").mkdir()
+            row = _writers_round(scratch / "work", scratch / f"round_{number}" / "out", writers)
+            trials.append(dict(round=number, **row))
+            print(f"{number:5d}  {row['winners']:7d}  {row['one_line_refusals']:19d} "
+                  f"({row['busy']})  {row['other']:5d}  {str(row['complete']):8s}  "
+                  f"{str(row['left_beside']):11s}  {row['seconds']:.1f}", flush=True)
+    passed = sum(t["ok"] for t in trials)
+    print(f"\n{passed} of {rounds} rounds of {writers} concurrent moejax-export: exactly one "
+          "wrote a complete export, every other refused in one line")
+    pathlib.Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(json_path).write_text(json.dumps(
+        {"date": time.strftime("%Y-%m-%d"), "writers": writers, "rounds": rounds,
+         "passed": passed, "trials": trials}, indent=2) + "\n")
+    return 0 if passed == rounds else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=str(ROOT / "benchmarks/results/chaos.json"))
+    parser.add_argument("--writers", type=int, default=0,
+                        help="run the writers trial with this many concurrent exports instead")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the writers trial")
+    parser.add_argument("--json", default=None, help="default: benchmarks/results/chaos.json "
+                        "(chaos_writers.json for --writers)")
     args = parser.parse_args()
+    if args.writers:
+        return writers_trial(args.writers, args.rounds, args.json or str(
+            ROOT / "benchmarks/results/chaos_writers.json"))
+    args.json = args.json or str(ROOT / "benchmarks/results/chaos.json")
+    return _kill_trials(args)
+
+
+def _kill_trials(args: argparse.Namespace) -> int:
+    """The kill-and-resume trials (module docstring): --trials, --steps, --seed, --json."""
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="moejax-chaos-") as scratch:
         scratch = pathlib.Path(scratch)

@@ -14,11 +14,11 @@ ALLOWED = {
     "kernels": ("moejax.kernels", "moejax.options"),
     "layers": ("moejax.layers", "moejax.options"),
     "moe": ("moejax.moe", "moejax.layers", "moejax.kernels", "moejax.record", "moejax.options"),
-    "models": _MODEL,
+    "models": (*_MODEL, "moejax.atomic"),
     "regularizers": ("moejax.regularizers", "moejax.record", "moejax.kernels",
                      "moejax.layers.dtypes", "moejax.options"),
     "parallel": ("moejax.parallel", "moejax.moe", "moejax.kernels", "moejax.options"),
-    "data": ("moejax.data", "moejax.options"),
+    "data": ("moejax.data", "moejax.options", "moejax.atomic"),
     "reporting": ("moejax.reporting", "moejax.options"),
     "train": (*_MODEL, "moejax.train", "moejax.parallel", "moejax.regularizers", "moejax.data",
               "moejax.reporting"),
@@ -26,6 +26,7 @@ ALLOWED = {
                     "moejax.reporting", "moejax.options"),
     "record.py": (),
     "options.py": (),
+    "atomic.py": (),  # directories written whole or not at all: a leaf every writer uses
     "__init__.py": ("moejax.models", "moejax.moe", "moejax.record"),
 }
 

@@ -7,8 +7,14 @@ processes (default: one per CPU for a subword tokenizer; bytes, and 0: in this p
 prints one line per split (documents, tokens, bytes, bytes/token). Train on them with
 `--config.data.corpus=arrayrecord --config.data.paths=DIR`.
 
-Exit status: 0 written; 2 a bad flag or option, an unreadable corpus or tokenizer, or an
-existing index without `--overwrite` (one line naming it).
+--out appears whole or not at all (`moejax.atomic`): a failure leaves the old prepared corpus
+(with `--overwrite`, replaced only once the new one is complete) or nothing.
+
+Exit status: 0 written; 1 nothing written (one line): another moejax-prepare is writing --out
+(its PID named), a full disk or another write error, a tokenizer process died; 2 a bad flag
+or option, an unreadable corpus or tokenizer, a data error (a line that is not UTF-8 or not
+JSON: the file and line named), or an existing index without `--overwrite` (one line
+naming it).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from moejax.atomic import WriteError
 from moejax.cli._command import run_command
 from moejax.data.corpus import data_spec_from_config
 from moejax.data.shards import INDEX_FILE, prepare
@@ -58,8 +65,11 @@ def main(options: flags.FlagValues) -> int:
         spec = data_spec_from_config(options.config.get("data"))
         index = prepare(spec, options.out, overwrite=options.overwrite, workers=options.workers,
                         progress=options.progress)
+    except (WriteError, RuntimeError) as error:  # DirectoryBusyError, a worker that died
+        print(f"moejax-prepare: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as error:  # FileNotFoundError, FileExistsError among them
-        print(f"moejax-prepare: {error}", file=sys.stderr)
+        print(f"moejax-prepare: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     print("\n".join(summary(index)))
     print(f"index: {options.out}/{INDEX_FILE}")

@@ -13,6 +13,11 @@ process) and writes:
     out_dir/validation.array_record     the same for the validation split
     out_dir/validation_lengths.npy
 
+The directory appears whole or not at all (`moejax.atomic.atomic_directory`): it is written
+into a temporary sibling, under a lock on `<out_dir>.lock`, and renamed into place when
+complete; with `overwrite` an old prepared corpus is replaced only then, so a failure (a
+data error, a full disk, a kill) leaves the old corpus readable, or nothing.
+
 index.json: {"format": FORMAT, "tokenizer": {"name": data.tokenizer as given, "fingerprint"},
 "vocab_size", "eos_id", "bos_id", "pad_id" (the tokenizer's), "domain_names" (position = id),
 "source" (the DataSpec fields that chose the documents), "splits": {split: {"records",
@@ -52,6 +57,7 @@ import numpy as np
 import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from moejax.atomic import atomic_directory
 from moejax.data.corpus import (
     SPLITS,
     DataSpec,
@@ -76,6 +82,7 @@ _BATCH_BYTES = 1 << 20  # a batch of documents sent to a worker: about this much
 _BATCH_DOCUMENTS = 512  # or this many documents
 _TOKENS_U16, _BYTES_ONE, _BYTES_U8, _ALL_TRAINED = 1, 2, 4, 8  # record flags
 _HEADER = 3  # int32 words: domain, n, flags
+_MARKS = (INDEX_FILE, "train.array_record", "validation.array_record")  # `overwrite` replaces
 
 _Batch = tuple[list[str], list[Document], dict[str, int]]  # splits, documents, their domain ids
 
@@ -135,8 +142,8 @@ def prepare(spec: DataSpec, out_dir: str | pathlib.Path, *, overwrite: bool = Fa
     Args:
       spec: a text corpus ("stdlib", "files" or "jsonl"); its `validation_every` fixes the
         split, its `tokenizer` the tokens.
-      out_dir: output directory, created if missing.
-      overwrite: replace an existing prepared corpus in `out_dir`.
+      out_dir: output directory, written whole or not at all (module docstring).
+      overwrite: replace a prepared corpus in `out_dir` (once the new one is complete).
       workers: tokenizer processes; 0: this process; None: os.cpu_count() for a subword
         tokenizer, 0 for bytes (a process costs more than byte tokenizing saves; see
         benchmarks/results/prepare_cpu.json).
@@ -147,7 +154,9 @@ def prepare(spec: DataSpec, out_dir: str | pathlib.Path, *, overwrite: bool = Fa
 
     Raises:
       ValueError: `spec.corpus` is "arrayrecord", the corpus is empty, or workers < 0.
-      FileExistsError: `out_dir` already holds an index and `overwrite` is False.
+      FileExistsError: `out_dir` already holds an index and `overwrite` is False (or, with
+        `overwrite`, is a non-empty directory that is no prepared corpus).
+      DirectoryBusyError, WriteError: as `atomic_directory` (another writer; a full disk).
     """
     if spec.corpus == "arrayrecord":
         raise ValueError("data.corpus='arrayrecord' is already prepared; prepare reads a text "
@@ -157,14 +166,20 @@ def prepare(spec: DataSpec, out_dir: str | pathlib.Path, *, overwrite: bool = Fa
     out = pathlib.Path(out_dir).expanduser().resolve()
     if (out / INDEX_FILE).exists() and not overwrite:
         raise FileExistsError(f"{out / INDEX_FILE} exists; pass overwrite=True (--overwrite)")
+    with atomic_directory(out, overwrite=overwrite, what="prepared corpus",
+                          marks=_MARKS) as directory:
+        return _prepare_into(directory, spec, workers, progress)
+
+
+def _prepare_into(out: pathlib.Path, spec: DataSpec, workers: int | None,
+                  progress: bool) -> dict:
+    """`prepare`'s work, into the (temporary) directory `out`; returns the index."""
     tokenizer = load_tokenizer(spec.tokenizer)
     if workers is None:
         workers = 0 if tokenizer.name == BYTES else os.cpu_count() or 1
     outline = read_table(spec, texts=False)  # first pass: names, domain ids and the split
     names = list(outline.domain_names)
     check_domain_selection(spec, names)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / INDEX_FILE).unlink(missing_ok=True)  # no index until the shards are whole
     batches = _batches(iter_documents(spec), outline.validation,
                        {name: i for i, name in enumerate(names)})
     bar = tqdm.tqdm(total=len(outline.select(spec)), unit="doc", dynamic_ncols=True,

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable
 import jax
 from flax import nnx
 
+from moejax.atomic import atomic_directory
 from moejax.models.checksums import verify_checksums
 from moejax.models.decoder import Decoder, DecoderSpec, decoder_spec_from_config
 from moejax.models.layout import (
@@ -52,6 +53,7 @@ from moejax.models.layout import (
 CHECKPOINTS = "checkpoints"  # a workdir's checkpoint directory
 TOKENIZER = "tokenizer"  # a workdir's tokenizer files (the trainer's `save_tokenizer`)
 BYTES = "bytes"  # data.tokenizer of a byte-level model (moejax.data.tokenizer.BYTES)
+_EXPORT = {"what": "moejax export", "marks": ("config.json", "params")}  # atomic_directory
 
 
 # --- into a live model --------------------------------------------------------------------
@@ -83,25 +85,30 @@ def is_export(path: pathlib.Path) -> bool:
 
 def write_export(out: pathlib.Path, config: dict, params: dict, *, overwrite: bool,
                  files: Iterable[pathlib.Path] = ()) -> None:
-    """Writes an export directory: `params` (a Decoder's variables as a pure dict, plain
-    Orbax), `config.json` (a config dict with at least its "model" section) and a copy of
-    each of `files` (e.g. the tokenizer's) under its own name in the root.
+    """Writes an export directory, whole or not at all (`moejax.atomic.atomic_directory`):
+    `params` (a Decoder's variables as a pure dict, plain Orbax), `config.json` (a config
+    dict with at least its "model" section) and a copy of each of `files` (e.g. the
+    tokenizer's) under its own name in the root. `overwrite` replaces an export only.
 
     Raises:
       ValueError: a file named config.json or params.
+      FileExistsError, DirectoryBusyError, WriteError: as `atomic_directory`.
     """
+    with atomic_directory(out, overwrite=overwrite, **_EXPORT) as directory:
+        _write_export_files(directory, config, params, files)
+
+
+def _write_export_files(directory: pathlib.Path, config: dict, params: dict, files) -> None:
     import orbax.checkpoint as ocp
 
     files = [pathlib.Path(file) for file in files]
-    clashes = [str(file) for file in files if file.name in ("config.json", "params")]
-    if clashes:
+    if clashes := [str(file) for file in files if file.name in _EXPORT["marks"]]:
         raise ValueError(f"an export keeps its own config.json and params/; cannot copy {clashes}")
-    out.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(out / "params", params, force=overwrite)
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        checkpointer.save(directory / "params", params)
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     for file in files:
-        shutil.copyfile(file, out / file.name)
+        shutil.copyfile(file, directory / file.name)
 
 
 def load_exported(out_dir, *, scan_layers: bool | None = None) -> tuple[DecoderSpec, dict]:
@@ -131,14 +138,20 @@ def load_exported(out_dir, *, scan_layers: bool | None = None) -> tuple[DecoderS
 
 def exported_dtypes(source) -> set[str]:
     """The dtypes an export directory stores its parameters in (empty for anything else,
-    e.g. a training workdir)."""
+    e.g. a training workdir). `source` may be relative (Orbax reads absolute paths only).
+
+    Raises:
+      ValueError: an export whose parameters' metadata does not read.
+    """
     import orbax.checkpoint as ocp
 
-    params = pathlib.Path(source).expanduser() / "params"
+    params = pathlib.Path(source).expanduser().resolve() / "params"
     if not params.exists():
         return set()
     with ocp.StandardCheckpointer() as checkpointer:
         tree = checkpointer.metadata(params).item_metadata
+    if tree is None:
+        raise ValueError(f"{params}: its metadata does not read, so its dtypes are unknown")
     return {str(leaf.dtype) for leaf in jax.tree.leaves(tree) if hasattr(leaf, "dtype")}
 
 
@@ -240,24 +253,23 @@ def _restore_step_config(manager, step: int) -> dict:
 
 
 def export(source, out_dir, *, step: int | None = None, overwrite: bool = False) -> pathlib.Path:
-    """Writes `<out_dir>/params` (plain Orbax pytree) and `<out_dir>/config.json` from a
-    training workdir's step (`load_checkpoint`), and copies the files of the workdir's
-    `tokenizer/` (if any) into `out_dir`.
+    """Writes `<out_dir>/params` (plain Orbax pytree), `<out_dir>/config.json` and the files
+    of the workdir's `tokenizer/` (if any) from a training workdir's step (`load_checkpoint`),
+    whole or not at all as `write_export` (its lock taken before the step is read).
 
     Returns:
       The absolute out_dir.
 
     Raises:
-      FileExistsError: `out_dir` is not empty and `overwrite` is False.
+      FileExistsError, DirectoryBusyError, WriteError: as `write_export`.
       FileNotFoundError / RuntimeError: as `load_checkpoint`.
     """
     out = pathlib.Path(out_dir).expanduser().resolve()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"export directory {out} is not empty (pass overwrite=True)")
-    step, config, params = load_checkpoint(source, step=step)
-    kept = _workdir(source) / TOKENIZER
-    files = sorted(p for p in kept.iterdir() if p.is_file()) if kept.is_dir() else []
-    write_export(out, config, params, overwrite=overwrite, files=files)
+    with atomic_directory(out, overwrite=overwrite, **_EXPORT) as directory:
+        step, config, params = load_checkpoint(source, step=step)
+        kept = _workdir(source) / TOKENIZER
+        files = sorted(p for p in kept.iterdir() if p.is_file()) if kept.is_dir() else []
+        _write_export_files(directory, config, params, files)
     logging.getLogger(__name__).info("exported step %d of %s to %s", step, source, out)
     return out
 
