@@ -10,14 +10,22 @@ JAX_PROCESS_ID environment variables), or `--distributed_cluster` under SLURM / 
 Kubernetes; see `moejax/parallel/distributed.py`.
 
 Exit status: 0 finished; 2 a bad flag or option (one line naming it, before any work where it
-can be checked up front); 3 the workdir is in use by another run; 4 a non-finite loss, gradient
-or state (the step was not saved; the line names the last good checkpoint); 128 + N stopped by
-signal N (143 for SIGTERM, 130 for Ctrl-C) after saving the step it arrived in, so rerunning
-the same command resumes. `--debug` adds the traceback to those one-line errors.
+can be checked up front), including a --workdir that cannot hold a run (a file, read-only, or
+its `checkpoints` a symlink to nothing; named before any data is read); 3 the workdir, or the
+checkpoints directory its `checkpoints` leads to, is in use by another run (named); 4 a
+non-finite loss, gradient or state (the step was not saved; the line names the last good
+checkpoint); 5 a checkpoint could not be written (Orbax skipped the save, or it failed: a full
+disk) or a metrics row could not (the row is then missing, never cut): the run stops there,
+and the line names the step and the last complete checkpoint, where a rerun resumes; 128 + N
+stopped by signal N (143 for SIGTERM, 130 for Ctrl-C) after saving the step it arrived in, so
+rerunning the same command resumes. `--debug` adds the traceback to those one-line errors;
+without it, Orbax's own error logs of a failed save are left out (the line says what failed).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import traceback
 
@@ -27,6 +35,7 @@ from ml_collections import config_flags
 from moejax.cli._command import run_command
 from moejax.models.param_count import count_parameters
 from moejax.parallel.distributed import distributed_spec, initialize_distributed
+from moejax.train.checkpoint import OutputWriteError
 from moejax.train.plan import compile_plan, format_plan
 from moejax.train.specs import RunSpecs, specs_from_config
 from moejax.train.trainer import NonFiniteError, StoppedBySignal, train_and_evaluate
@@ -80,8 +89,9 @@ def main(options: flags.FlagValues) -> int:
                                             options.process_id),
                            cluster=options.distributed_cluster)
     try:
-        train_and_evaluate(options.config, options.workdir, specs)
-    except (ValueError, FileNotFoundError, WorkdirBusyError, NonFiniteError,
+        with contextlib.nullcontext() if options.debug else _without_orbax_error_logs():
+            train_and_evaluate(options.config, options.workdir, specs)
+    except (ValueError, FileNotFoundError, WorkdirBusyError, NonFiniteError, OutputWriteError,
             StoppedBySignal) as error:
         if options.debug:
             traceback.print_exc()
@@ -94,7 +104,23 @@ def _exit_status(error: Exception) -> int:
     """EXIT_STATUS of a run that ended early (see the module docstring)."""
     if isinstance(error, StoppedBySignal):
         return 128 + error.signum
-    return {WorkdirBusyError: 3, NonFiniteError: 4}.get(type(error), 2)
+    return {WorkdirBusyError: 3, NonFiniteError: 4, OutputWriteError: 5}.get(type(error), 2)
+
+
+def _not_an_orbax_error(record: logging.LogRecord) -> bool:
+    """False for an error Orbax logs with its traceback (a failed save, which it raises too)."""
+    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+@contextlib.contextmanager
+def _without_orbax_error_logs():
+    """Leaves out Orbax's error logs: a failed save reaches the user as one line (exit 5)."""
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(_not_an_orbax_error)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(_not_an_orbax_error)
 
 
 def run():

@@ -12,6 +12,8 @@ reduction in `REDUCTIONS`. Only process 0 writes.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -166,9 +168,30 @@ def keep_rows_through(path: pathlib.Path, step: int) -> int:
     return dropped
 
 
+def _append_whole(fd: int, data: bytes) -> None:
+    """Appends `data` with one `write` (O_APPEND); a short or failed write (a full disk) is
+    undone, so the file never ends in a cut row.
+
+    Raises:
+      OSError: the write failed (ENOSPC for a short write); the file is as it was.
+    """
+    size = os.fstat(fd).st_size
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (wrote {written} of "
+                                        f"{len(data)} bytes)")
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise
+
+
 class MetricsWriter:
     """Appends one JSON object per logged step to `<workdir>/metrics.jsonl`.
 
+    A row is written whole or not at all (one `write` of the whole line, undone if cut short),
+    so a full disk leaves the row missing, never cut; `write` then raises the OSError.
     `keep_through_step`: the step the run starts from; rows after it are dropped first
     (`keep_rows_through`).
     """
@@ -182,7 +205,8 @@ class MetricsWriter:
                 logging.getLogger(__name__).warning(
                     "%s: dropped %d rows after step %d (the run continues from there)",
                     self.path, dropped, keep_through_step)
-        self._file = self.path.open("a") if self.active else None
+        self._fd = (os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                    if self.active else None)
         self._tensorboard = None
         if tensorboard and self.active:
             try:
@@ -193,12 +217,15 @@ class MetricsWriter:
             self._tensorboard = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
 
     def write(self, step: int, metrics: dict) -> dict:
-        """Writes {"step": step, **metrics}; returns the JSON-ready row."""
+        """Writes {"step": step, **metrics} whole; returns the JSON-ready row.
+
+        Raises:
+          OSError: the row could not be written (a full disk); the file holds no part of it.
+        """
         row = {STEP: int(step), **to_python(metrics)}
         if not self.active:
             return row
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        _append_whole(self._fd, (json.dumps(row) + "\n").encode())
         if self._tensorboard is not None:
             for name, value in row.items():
                 number = reduced(name, value)
@@ -208,8 +235,9 @@ class MetricsWriter:
         return row
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._tensorboard is not None:
             self._tensorboard.close()
 

@@ -17,6 +17,10 @@ Every finished step also gets `<step>/checksums.json` (train/checksums.py), writ
 of a run included) and verified before a restore or export; a step whose files do not match
 is unreadable.
 
+A save that Orbax skips (a step at or below the newest one it lists) or that fails (a full
+disk: at the save, or for an asynchronous save at the next save, `wait` or `close`) raises
+`OutputWriteError` naming that step and the last complete one, with the cause's one line.
+
 `Checkpointer.restore_latest` tries the newest step first; a step that does not restore
 (missing, truncated or altered files, a wrong step number) is logged as a warning and the next
 older one is tried. Unreadable steps newer than the one restored are moved to
@@ -31,11 +35,14 @@ Reading a step's model weights alone (an export, sampling, fine-tuning) is
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import functools
 import json
 import logging
+import os
 import pathlib
+import re
 import shutil
 import time
 from collections.abc import Mapping
@@ -74,6 +81,34 @@ class RestoredInfo:
     config: dict
     directory: pathlib.Path
     data_fingerprint: dict | None = None
+
+
+class OutputWriteError(RuntimeError):
+    """A step's output could not be written: its checkpoint (Orbax skipped or failed to
+    write it, e.g. a full disk) or its metrics row. The run stops at that step.
+
+    Attributes:
+      step: the step whose output is missing.
+      last_complete: the newest complete checkpoint before it (a rerun resumes there), or None.
+    """
+
+    def __init__(self, message: str, step: int | None, last_complete: int | None):
+        super().__init__(message)
+        self.step, self.last_complete = step, last_complete
+
+
+def one_line_reason(error: BaseException) -> str:
+    """The cause of a failed write in a few words: the OS error's text where one is known
+    (also inside TensorStore's messages, `[os_error_code='28']`), else the first line."""
+    for cause in (error, error.__cause__, error.__context__):
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno)
+        code = re.search(r"os_error_code='(\d+)'", str(cause or ""))
+        if code:
+            return os.strerror(int(code.group(1)))
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
 
 
 def _warn(message: str, *args) -> None:
@@ -159,6 +194,7 @@ class Checkpointer:
         self.directory = self.workdir / CHECKPOINTS
         self._async_save = async_save
         self._unsealed: set[int] = set()  # steps saved here whose checksums are not written
+        self._failure_reported = False  # Orbax re-raises a failed async save at every wait
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True)
@@ -199,8 +235,13 @@ class Checkpointer:
             the step's meta so that a resume can tell changed data.
 
         Returns:
-          True if a checkpoint was written; False if Orbax skipped the step (at or below the
-          newest saved step), or if `force` and the step is already on disk.
+          True if a checkpoint was written (or, asynchronously, is being written); False if
+          `force` and the step is already on disk.
+
+        Raises:
+          OutputWriteError: Orbax skipped the step (at or below the newest step it lists:
+            another run writing there?) or failed to write it, or the previous asynchronous
+            save failed; names that step and the last complete one.
         """
         step = int(step)
         items = ocp.args.Composite(
@@ -217,12 +258,41 @@ class Checkpointer:
                 logging.getLogger(__name__).info("step %d is already saved in %s", step,
                                                  self.directory)
                 return False
-        saved = self._manager.save(step, args=items, force=force)
-        if saved:
-            self._unsealed.add(step)
+        self._orbax_save(step, items, force)
+        self._unsealed.add(step)
         if force or not self._async_save:
             self.wait()  # seals it now; an async save is sealed by the next save, wait or close
-        return bool(saved)
+        return True
+
+    def _orbax_save(self, step: int, items, force: bool) -> None:
+        """Orbax's save of `step`; raises OutputWriteError if it fails or skips the step."""
+        try:
+            saved = self._manager.save(step, args=items, force=force)
+        except Exception as error:  # noqa: BLE001 - any failure of the write is reported
+            self._failure_reported = True
+            raise self.write_failed(step, one_line_reason(error)) from error
+        if not saved:
+            self._failure_reported = True
+            newest = self._manager.latest_step()
+            raise self.write_failed(step, f"Orbax skipped the save (the newest step it lists "
+                                          f"there is {newest}: another run writing there?)")
+
+    def last_complete(self, before: int | None = None) -> int | None:
+        """The newest finished step Orbax lists (below `before`, if given), or None."""
+        steps = [s for s in self._manager.all_steps() if before is None or s < before]
+        return max(steps, default=None)
+
+    def write_failed(self, step: int | None, reason: str,
+                     what: str = "checkpoint") -> OutputWriteError:
+        """The error for step `step`'s `what` not written: one line naming the step, the
+        reason and the last complete checkpoint (where a rerun resumes)."""
+        last = self.last_complete(before=step)
+        where = (f"step {last} ({self.directory / str(last)}), where a rerun resumes"
+                 if last is not None else "none: a rerun starts from scratch")
+        target = self.directory if what == "checkpoint" else self.workdir
+        return OutputWriteError(f"the {what} of step {step if step is not None else '?'} could "
+                                f"not be written to {target}: {reason}; the last complete "
+                                f"checkpoint is {where}", step, last)
 
     def saved_config(self) -> dict | None:
         """The config (plain JSON dict) of the newest step whose config reads; None if none."""
@@ -284,15 +354,35 @@ class Checkpointer:
             _warn("moved unreadable checkpoint step %d to %s", step, target)
         self._manager.reload()
 
-    def wait(self) -> None:
-        """Blocks until an asynchronous save has finished (re-raises its error), then writes
-        the checksums of the steps saved since the last wait."""
+    def _wait_and_seal(self) -> None:
         self._manager.wait_until_finished()
         self._seal()
+
+    def wait(self) -> None:
+        """Blocks until an asynchronous save has finished, then writes the checksums of the
+        steps saved since the last wait.
+
+        Raises:
+          OutputWriteError: that save (or its checksums) failed; names its step. Reported
+            once: Orbax's re-raising of the same failure at later waits is dropped.
+        """
+        try:
+            self._wait_and_seal()
+        except Exception as error:  # noqa: BLE001 - any failure of the write is reported
+            failed = max(self._unsealed, default=None)
+            self._unsealed.clear()
+            if failed is None and self._failure_reported:
+                return
+            self._failure_reported = True
+            raise self.write_failed(failed, one_line_reason(error)) from error
 
     def close(self) -> None:
         """Waits for pending saves (and seals them) and releases Orbax's threads."""
         self.wait()
+        if self._failure_reported:  # Orbax's close waits again, and re-raises the failure
+            with contextlib.suppress(Exception):
+                self._manager.close()
+            return
         self._manager.close()
 
     def __enter__(self) -> Checkpointer:

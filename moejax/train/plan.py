@@ -7,7 +7,12 @@ memory from XLA's `memory_analysis()` (arguments, outputs, temporaries, generate
 compiled step's FLOPs per device (`cost_analysis()`), the model's FLOPs per step
 (`model_flops_per_token`) and the compile time. Fake CPU devices make 8-device plans on one
 machine: `JAX_NUM_CPU_DEVICES=8 moejax-train ... --dry-run`. XLA:CPU's memory figures are for
-its own buffers, a guide to a GPU's, not a promise.
+its own buffers, a guide to a GPU's, not a promise. The plan also gives one device's memory
+(`device_memory`) and whether the step fits it.
+
+`check_memory(specs)`, which the trainer calls before it reads any data, refuses a batch the
+devices cannot hold, without compiling the step a second time on an ordinary run (see its
+docstring).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from moejax.models.param_count import model_flops_per_token
+from moejax.models.generate import device_memory_bytes
+from moejax.models.param_count import count_parameters, model_flops_per_token
 from moejax.parallel import batch_sharding
 from moejax.train import step
 from moejax.train.specs import RunSpecs
@@ -31,7 +37,8 @@ def compile_plan(specs: RunSpecs) -> dict:
     Returns:
       {"devices", "mesh", "compile_s", "argument_bytes", "output_bytes", "temp_bytes",
       "code_bytes", "peak_bytes" (arguments + outputs + temporaries - aliased, per device),
-      "xla_flops_per_device", "model_flops_per_step"}.
+      "xla_flops_per_device", "model_flops_per_step", "device_bytes" and "device_memory"
+      (`device_memory`: one device's memory, None where unknown, and what it is)}.
     """
     model_spec, loss_spec, train = specs.model, specs.loss, specs.train
     mesh, engine = mesh_and_engine(specs)
@@ -65,6 +72,7 @@ def compile_plan(specs: RunSpecs) -> dict:
         "xla_flops_per_device": float((cost or {}).get("flops", float("nan"))),
         "model_flops_per_step": model_flops_per_token(model_spec, train.seq_len)
         * train.batch_size * train.seq_len,
+        **dict(zip(("device_bytes", "device_memory"), device_memory(mesh), strict=True)),
     }
 
 
@@ -80,6 +88,86 @@ def format_plan(plan: dict) -> str:
         "donated arguments counted once)",
         f"  FLOPs per step: {plan['model_flops_per_step']:.3e} (model), "
         f"{plan['xla_flops_per_device']:.3e} per device (XLA's count)",
+        *_fit_line(plan),
     ])
+
+
+def _fit_line(plan: dict) -> list[str]:
+    """[the device's memory and whether the planned step fits it], or [] where unknown."""
+    if plan.get("device_bytes") is None:
+        return []
+    fits = plan["peak_bytes"] <= plan["device_bytes"]
+    return [f"  device memory: {plan['device_bytes'] / 2.0**30:.2f} GiB ({plan['device_memory']})"
+            f": {'the step fits' if fits else 'the step does NOT fit; lower train.batch_size'}"]
+
+
+def device_memory(mesh) -> tuple[int | None, str]:
+    """(bytes one device of `mesh` may use or None where unknown, what they are): an
+    accelerator's `bytes_limit`; for CPU devices the machine's physical RAM split evenly
+    between the mesh's devices in this process (fake CPU devices share it)."""
+    device = mesh.devices.flat[0]
+    memory = device_memory_bytes(device)
+    if memory is None or device.platform != "cpu":
+        return memory, f"{device.device_kind} bytes_limit"
+    local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+    return memory // local, f"this machine's RAM shared by {local} CPU device(s)"
+
+
+def memory_estimate(specs: RunSpecs) -> tuple[int, int]:
+    """(floor, estimate): bytes the train step needs over all devices, from the specs alone.
+
+    floor: what must be in memory at once: the float32 parameters and AdamW's two moments,
+    the int32 tokens and segments [B, S + 1], and for one micro-batch of T = B / A * S tokens
+    the logits [T, V] and each layer's input [T, D] (kept for the backward pass even under
+    full rematerialisation) in the compute dtype.
+    estimate: the floor plus the gradients and a transformer layer's activations for the
+    backward pass, (34 D + 5 N S) bytes per token at 16 bits (Korthikanti et al. 2022,
+    "Reducing Activation Recomputation in Large Transformer Models", section 4.1; one layer
+    under rematerialisation), and two more float32 copies of the logits (softmax, gradient).
+    A rough figure, which only decides whether XLA's plan is worth compiling.
+    """
+    model, train = specs.model, specs.train
+    params = count_parameters(model).total
+    itemsize = jnp.dtype(model.dtype).itemsize
+    micro_tokens = train.batch_size // train.grad_accumulation * train.seq_len
+    floor = (12 * params + 2 * 4 * train.batch_size * (train.seq_len + 1)
+             + micro_tokens * itemsize * (model.vocab_size + model.d_model * model.num_layers))
+    layer = (34 * model.d_model + 5 * model.num_heads * train.seq_len) * itemsize // 2
+    kept = layer * (model.num_layers if model.remat == "none" else 1)
+    return floor, floor + 4 * params + micro_tokens * (kept + 8 * model.vocab_size)
+
+
+def check_memory(specs: RunSpecs) -> None:
+    """Refuses a train step larger than the devices' memory, before any data is read.
+
+    Cheap on an ordinary run: `memory_estimate` from the specs alone, compared with one
+    device's memory (`device_memory`; its share of the total, the state and batch sharded
+    evenly over the mesh). Only when the rough estimate exceeds it is the step compiled from
+    shapes (`compile_plan`, nothing allocated; a second compile, as the trainer compiles its
+    own) and XLA's peak compared; when even the floor exceeds it, nothing is compiled.
+
+    Raises:
+      ValueError: naming train.batch_size, train.seq_len, the bytes needed per device and the
+        device's memory.
+    """
+    mesh, _ = mesh_and_engine(specs)
+    memory, where = device_memory(mesh)
+    if memory is None:
+        return
+    floor, estimate = (value / mesh.devices.size for value in memory_estimate(specs))
+    if floor > memory:
+        needed = f"at least {floor / 2.0**30:.2f} GiB per device (the state, the batch, the logits)"
+    elif estimate <= memory:
+        return
+    else:
+        peak = compile_plan(specs)["peak_bytes"]
+        if peak <= memory:
+            return
+        needed = f"{peak / 2.0**30:.2f} GiB per device (XLA's plan of the train step)"
+    train = specs.train
+    raise ValueError(f"train.batch_size={train.batch_size} with train.seq_len={train.seq_len} "
+                     f"needs {needed}, more than the {memory / 2.0**30:.2f} GiB of a device "
+                     f"({where}); lower train.batch_size or train.seq_len, or raise "
+                     "train.grad_accumulation")
 
 

@@ -1,8 +1,9 @@
 """The run's data: the evaluation, the checks before a run, the files a run keeps.
 
 `trainer.py` calls these: `check_data` before any work, `data_fields` (the tokenizer kept in
-the workdir, the mixture's shares), `check_same_data` on a resume, `evaluate` at every
-evaluation, `host_batch` for each host's rows.
+the workdir, the mixture's shares), `check_same_data` on a resume, `kept_config` (the config
+the checkpoints keep), `evaluate` at every evaluation, `write_row` for each metrics row,
+`host_batch` for each host's rows.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from moejax.models import weights
 from moejax.models.hf_dir import KEPT
 from moejax.regularizers import nmi_from_counts
 from moejax.reporting import metrics as schema
+from moejax.reporting.metrics import MetricsWriter
 from moejax.train import step
-from moejax.train.checkpoint import config_json
+from moejax.train.checkpoint import config_json, one_line_reason
 from moejax.train.specs import TrainSpec
 
 
@@ -145,14 +147,26 @@ def data_fields(data_spec, workdir: pathlib.Path) -> dict:
             schema.DATA_MIXTURE_SHARES: mixture.shares}
 
 
-def kept_config(config, restored, init_from) -> dict:
-    """The config the checkpoints keep: this run's, plus under "hf" the Hugging Face record
-    (`weights.hf_record`: context length, special ids) of the model the run started from, so
-    that `moejax-hf export` of a fine-tuned run writes them back; a resumed run keeps its
-    checkpoint's."""
+def kept_config(config, restored, train: TrainSpec) -> dict:
+    """The config the checkpoints keep: this run's, with `train.decay_steps` as resolved
+    (`optim.resolve_decay_steps`: the horizon a later resume keeps), plus under "hf" the
+    Hugging Face record (`weights.hf_record`: context length, special ids) of the model the
+    run started from, so that `moejax-hf export` of a fine-tuned run writes them back; a
+    resumed run keeps its checkpoint's."""
     kept = config_json(config)
+    kept.setdefault("train", {})["decay_steps"] = train.decay_steps
     record = (restored.config.get(KEPT) if restored is not None
-              else weights.hf_record(init_from) if init_from else None)
+              else weights.hf_record(train.init_from) if train.init_from else None)
     if record:
         kept[KEPT] = record
     return kept
+
+
+def write_row(writer: MetricsWriter, step_number: int, metrics: dict, checkpointer) -> dict:
+    """`writer.write`; a row the disk does not take (it is then missing, never cut) stops the
+    run with `OutputWriteError` naming the step and the last complete checkpoint."""
+    try:
+        return writer.write(step_number, metrics)
+    except OSError as error:
+        raise checkpointer.write_failed(step_number, one_line_reason(error),
+                                        what="metrics row") from error

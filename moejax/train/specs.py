@@ -13,9 +13,11 @@ import math
 
 from moejax.data import pipeline
 from moejax.models.decoder import DecoderSpec, decoder_spec_from_config
-from moejax.options import spec_from_mapping
+from moejax.options import check_choice, check_int, spec_from_mapping
 from moejax.parallel import MeshSpec
 from moejax.regularizers import LossSpec
+
+SCHEDULES = ("cosine", "wsd")  # train.schedule: the learning rate after the warmup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +31,23 @@ class TrainSpec:
       grad_accumulation: micro-batches per optimizer step; batch_size is split into this
         many equal micro-batches whose gradients are averaged.
       learning_rate: peak learning rate.
-      warmup_steps: linear warmup, then cosine decay to learning_rate * min_lr_ratio.
+      warmup_steps: linear warmup from 0 to learning_rate, then the schedule's decay.
       min_lr_ratio: final learning rate / peak.
+      schedule: the learning rate after the warmup (`moejax/train/optim.py`): "cosine"
+        (None: the default) decays along a cosine to learning_rate * min_lr_ratio at step
+        `decay_steps`; "wsd" (warmup-stable-decay) holds learning_rate, then decays linearly
+        over the last `cooldown_steps` before `decay_steps`. Both hold the final learning
+        rate after `decay_steps`.
+      decay_steps: the step at which the decay ends, apart from `steps`. None: the
+        `train.steps` of the run that started the workdir. The trainer resolves it when the
+        run starts (`optim.resolve_decay_steps`) and the checkpoints keep it in their config,
+        so a resume that changes `train.steps` changes no step's learning rate: a longer run
+        holds the final learning rate after the original horizon (the trainer warns, naming
+        the steps), a shorter one stops part way down. Setting it on a resume moves the
+        horizon (named in the resume warning); with "wsd", raising it before the cooldown
+        starts lengthens the stable phase and leaves every trained step's rate as it was.
+      cooldown_steps: "wsd" only: steps of the final linear decay (None: a fifth of
+        `decay_steps`, at least 1); it starts no earlier than the end of the warmup.
       weight_decay: AdamW weight decay (matrices only).
       b1, b2: AdamW betas.
       grad_clip: global-norm gradient clipping (0 = off).
@@ -60,6 +77,9 @@ class TrainSpec:
     learning_rate: float = 3e-3
     warmup_steps: int = 30
     min_lr_ratio: float = 0.1
+    schedule: str | None = None
+    decay_steps: int | None = None
+    cooldown_steps: int | None = None
     weight_decay: float = 0.1
     b1: float = 0.9
     b2: float = 0.95
@@ -101,9 +121,24 @@ class TrainSpec:
                           and 1 <= steps[0] <= steps[1]):
             raise ValueError(f"train.profile_steps={self.profile_steps!r}; allowed: () or "
                              "(first, last) with 1 <= first <= last")
+        self._check_schedule()
         if self.batch_size % self.grad_accumulation:
             raise ValueError(f"train.batch_size={self.batch_size} is not divisible by "
                              f"train.grad_accumulation={self.grad_accumulation}")
+
+
+    def _check_schedule(self) -> None:
+        """schedule None -> "cosine"; decay_steps and cooldown_steps None or >= 1, a cooldown
+        for "wsd" only."""
+        if self.schedule is None:
+            object.__setattr__(self, "schedule", "cosine")
+        check_choice("train.schedule", self.schedule, SCHEDULES)
+        check_int("train.decay_steps", self.decay_steps, optional=True)
+        check_int("train.cooldown_steps", self.cooldown_steps, optional=True)
+        if self.cooldown_steps is not None and self.schedule != "wsd":
+            raise ValueError(f"train.cooldown_steps={self.cooldown_steps} is the final decay "
+                             "of train.schedule='wsd'; train.schedule="
+                             f"{self.schedule!r} has none")
 
 
 def train_spec_from_config(config) -> TrainSpec:

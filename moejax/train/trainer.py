@@ -26,11 +26,11 @@ from moejax.parallel import batch_sharding
 from moejax.reporting import metrics as schema
 from moejax.reporting.metrics import MetricsWriter
 from moejax.reporting.report import write_report
-from moejax.train import run_data, step
+from moejax.train import plan, run_data, step
 from moejax.train.accounting import peak_tflops, utilisation
 from moejax.train.checkpoint import Checkpointer, config_json
 from moejax.train.init_from import init_from
-from moejax.train.optim import learning_rate_schedule
+from moejax.train.optim import learning_rate_schedule, resolve_decay_steps
 from moejax.train.specs import RunSpecs, specs_from_config
 from moejax.train.state import mesh_and_engine, sharded_model_and_optimizer
 from moejax.train.workdir_lock import workdir_lock
@@ -61,6 +61,7 @@ RESUME_MUST_MATCH = ("model.", "data.", "seed", "train.batch_size", "train.seq_l
 RESUME_MAY_CHANGE_SILENTLY = ("mesh.", "train.progress", "train.report", "train.tensorboard",
                               "train.steps", "data.accept_changed_data",
                               "hf.")  # the HF record the checkpoints keep (run_data.kept_config)
+DECAY_STEPS = "train.decay_steps"  # unset on a resume: the checkpoints' value, not a change
 
 
 def _check_resume_config(saved: dict, config, directory) -> None:
@@ -70,6 +71,8 @@ def _check_resume_config(saved: dict, config, directory) -> None:
       ValueError: a RESUME_MUST_MATCH option differs; names each, with both values.
     """
     old, new = flat_config(saved), flat_config(config_json(config))
+    if new.get(DECAY_STEPS) is None and DECAY_STEPS in old:  # unset: the checkpoints' is kept
+        new[DECAY_STEPS] = old[DECAY_STEPS]
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "<unset>")
                      != new.get(k, "<unset>"))
     # a key only one side has (an option added since the checkpoint was written) is noted only
@@ -150,14 +153,18 @@ def train_and_evaluate(config, workdir, specs: RunSpecs | None = None) -> dict:
     Returns the last metrics row written.
 
     Raises:
-      WorkdirBusyError: another run is training in `workdir` (`train/workdir_lock.py`).
+      WorkdirError: `workdir` is a file, read-only, or its `checkpoints` a dangling link.
+      WorkdirBusyError: another run is training in `workdir`, or into the checkpoints
+        directory it leads to (`train/workdir_lock.py`).
+      OutputWriteError: a step's checkpoint or metrics row could not be written (a full
+        disk, a save Orbax skipped); the run stopped there.
       NonFiniteError: a step's loss, gradient or updated parameters were not finite; that
         step was not saved, every saved step is finite.
       StoppedBySignal: SIGTERM/SIGINT; the step it arrived in was saved (no evaluation).
     """
     workdir = pathlib.Path(workdir).expanduser().resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     specs = specs if specs is not None else specs_from_config(config)
+    plan.check_memory(specs)  # a batch the devices cannot hold: one line, before any data
     with workdir_lock(workdir):
         return _train(config, specs, workdir)
 
@@ -176,6 +183,14 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
         process_count=jax.process_count()))
     domain_names = pipeline.domain_names(data_spec)
 
+    # The checkpoints' config, compared with this one's; it fixes the schedule's horizon.
+    checkpointer = Checkpointer(workdir, max_to_keep=train_cfg.max_to_keep,
+                                async_save=train_cfg.async_checkpoint)
+    saved_config = checkpointer.saved_config()
+    if saved_config is not None:
+        _check_resume_config(saved_config, config, checkpointer.directory)
+    train_cfg = resolve_decay_steps(train_cfg, saved_config)
+
     # Mesh, model and optimizer: the state is initialised in its shardings before any restore,
     # so a checkpoint written on another mesh restores onto this one.
     mesh, engine = mesh_and_engine(specs)
@@ -184,11 +199,6 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
     tokens_sharding = batch_sharding(mesh)
 
     # Restore: the latest good checkpoint, including the data iterator position.
-    checkpointer = Checkpointer(workdir, max_to_keep=train_cfg.max_to_keep,
-                                async_save=train_cfg.async_checkpoint)
-    saved_config = checkpointer.saved_config()
-    if saved_config is not None:
-        _check_resume_config(saved_config, config, checkpointer.directory)
     restored = checkpointer.restore_latest(model, optimizer)
     start = 0
     fingerprint = data_fingerprint(data_spec)
@@ -200,7 +210,7 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
     elif train_cfg.init_from:  # fine-tuning: a fresh run starts from these weights
         init_from(model, train_cfg.init_from)
         print(f"initialised from {train_cfg.init_from}", flush=True)
-    kept_config = run_data.kept_config(config, restored, train_cfg.init_from)
+    kept_config = run_data.kept_config(config, restored, train_cfg)
 
     def save(step_number, force=False):
         checkpointer.save(step_number, model=model, optimizer=optimizer, config=kept_config,
@@ -264,7 +274,7 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
                     metrics[schema.STEP_MS] = 1e3 * float(np.median(step_seconds))
                 metrics[schema.LEARNING_RATE] = float(
                     learning_rate_schedule(train_cfg)(step_number))
-                row = writer.write(step_number, metrics)
+                row = run_data.write_row(writer, step_number, metrics, checkpointer)
                 if schema.VAL_LOSS in metrics:
                     bar.write(f"step {step_number}: loss {row[schema.LOSS]:.3f}  val_loss "
                               f"{row[schema.VAL_LOSS]:.3f} "

@@ -1,13 +1,15 @@
-"""Optimizer: schedule shape, no decay on norms/biases, one object per optimizer setting."""
+"""Optimizer: schedule shape, no decay on norms/biases, one object per optimizer setting; the
+decay horizon apart from train.steps, kept on a resume."""
 
 import math
+import re
 
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from moejax.train.optim import learning_rate_schedule, make_optimizer
+from moejax.train.optim import learning_rate_schedule, make_optimizer, resolve_decay_steps
 from moejax.train.specs import TrainSpec
 
 
@@ -57,3 +59,50 @@ def test_equal_settings_share_one_transformation():
     assert make_optimizer(_config()) is make_optimizer(_config())
     assert make_optimizer(_config()) is not make_optimizer(_config(learning_rate=2e-2))
     assert make_optimizer(_config()) is make_optimizer(_config(report=True, log_every=3))
+    # the horizon, not train.steps: an extended run keeps its optimizer
+    assert make_optimizer(_config()) is make_optimizer(_config(steps=130, decay_steps=100))
+
+
+def test_decay_steps_sets_the_horizon_apart_from_steps_and_the_end_is_held():
+    """A run of 30 steps over a 20-step horizon: steps 1..20 as in the 20-step run, then the
+    final learning rate (not the cosine stretched over 30)."""
+    planned = learning_rate_schedule(_config(steps=20, warmup_steps=2))
+    extended = learning_rate_schedule(_config(steps=30, warmup_steps=2, decay_steps=20))
+    np.testing.assert_allclose([float(extended(s)) for s in range(21)],
+                               [float(planned(s)) for s in range(21)], rtol=1e-6)
+    np.testing.assert_allclose([float(extended(s)) for s in range(20, 31)], 1e-3, rtol=1e-5)
+
+
+def test_wsd_warms_up_holds_the_peak_then_decays_linearly():
+    schedule = learning_rate_schedule(_config(schedule="wsd", warmup_steps=10, steps=100,
+                                              cooldown_steps=20))
+    np.testing.assert_allclose(float(schedule(5)), 5e-3, rtol=1e-6)
+    np.testing.assert_allclose([float(schedule(s)) for s in (10, 50, 80)], 1e-2, rtol=1e-6)
+    np.testing.assert_allclose(float(schedule(90)), 1e-2 - 0.5 * 9e-3, rtol=1e-5)
+    np.testing.assert_allclose([float(schedule(s)) for s in (100, 130)], 1e-3, rtol=1e-5)
+    default = learning_rate_schedule(_config(schedule="wsd", warmup_steps=10, steps=100))
+    assert float(default(80)) == pytest.approx(1e-2) and float(default(81)) < 1e-2  # a fifth
+
+
+@pytest.mark.parametrize("saved, overrides, horizon", [
+    (None, {}, 30),  # a fresh run: its own steps
+    ({"train": {"steps": 20}}, {}, 20),  # written before the option: the steps it ran with
+    ({"train": {"steps": 25, "decay_steps": 20}}, {}, 20),  # kept through earlier resumes
+    ({"train": {"steps": 20, "decay_steps": 20}}, {"decay_steps": 40}, 40),  # told otherwise
+])
+def test_a_resume_keeps_the_horizon_of_the_run_that_started_it(saved, overrides, horizon,
+                                                                 caplog):
+    resolved = resolve_decay_steps(_config(steps=30, **overrides), saved)
+    assert resolved.decay_steps == horizon
+    past = saved is not None and not overrides
+    assert ("steps 21-30 train at the final learning rate 0.001" in caplog.text) == past
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"schedule": "linear"}, "train.schedule='linear'; allowed: cosine, wsd"),
+    ({"decay_steps": 0}, "train.decay_steps=0; allowed: an integer >= 1, or None"),
+    ({"cooldown_steps": 5}, "train.cooldown_steps=5 is the final decay of train.schedule='wsd'"),
+])
+def test_schedule_options_are_checked(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _config(**overrides)
