@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
 
 def check_known(cls, values, prefix: str) -> None:
@@ -26,6 +28,38 @@ def check_choice(name: str, value, allowed) -> None:
     (any collection; a mapping's keys are the choices)."""
     if value not in allowed:
         raise ValueError(f"{name}={value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+def check_int(name: str, value, minimum: int = 1, maximum: int | None = None, *,
+              optional: bool = False) -> None:
+    """Raises `ValueError("{name}={value!r}; allowed: an integer >= 1")` (or "in [a, b]")
+    unless `value` is an integer (a bool is not) in [minimum, maximum]; `optional`: None is
+    allowed too (", or None")."""
+    if optional and value is None:
+        return
+    is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not (is_int and value >= minimum and (maximum is None or value <= maximum)):
+        allowed = (f"an integer >= {minimum}" if maximum is None
+                   else f"an integer in [{minimum}, {maximum}]")
+        raise ValueError(f"{name}={value!r}; allowed: {allowed}{', or None' if optional else ''}")
+
+
+def check_range(name: str, value, low: float, high: float = math.inf, *,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Raises `ValueError("{name}={value!r}; allowed: a finite number > 0")` (or "in [a, b)")
+    unless `value` is a finite real number (a bool is not) from `low` to `high`, each end
+    excluded where `low_open` / `high_open`."""
+    is_real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    inside = is_real and math.isfinite(value) and (
+        (value > low if low_open else value >= low)
+        and (value < high if high_open else value <= high))
+    if not inside:
+        if high == math.inf:
+            allowed = f"a finite number {'>' if low_open else '>='} {low:g}"
+        else:
+            allowed = (f"a number in {'(' if low_open else '['}{low:g}, {high:g}"
+                       f"{')' if high_open else ']'}")
+        raise ValueError(f"{name}={value!r}; allowed: {allowed}")
 
 
 def spec_from_mapping(cls, mapping, prefix: str):

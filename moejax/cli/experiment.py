@@ -5,6 +5,11 @@
 
 The suites are in `moejax/experiments/suites.py`, the runner in `runner.py`, the reports in
 `suite_report.py`.
+
+Exit status: 0 done; 2 a bad flag or option (one line naming it); 3 a run directory is in use
+by another run, e.g. a second moejax-experiment on the same DIR (one line naming the run's
+directory and the holder of its lock, `moejax/train/workdir_lock.py`; the runs finished
+before it are kept, so rerunning the command later continues).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from moejax.cli._command import run_command
 from moejax.experiments.runner import run_suite
 from moejax.experiments.suite_report import write_suite_report, write_summary
 from moejax.experiments.suites import SUITES, RunOptions
+from moejax.train.workdir_lock import WorkdirBusyError
 
 # XLA options for --quick, set before the first computation: toy models are all compilation.
 # LLVM's optimisation off (about 30% less compile time), and XLA:CPU's loop emitters instead of
@@ -108,7 +114,11 @@ def _run(options: flags.FlagValues) -> int:
     run_options = RunOptions(quick=options.quick, config_dir=options.configs,
                              overrides=overrides)
     for suite in suites:
-        runs = run_suite(suite, options.workdir, seeds=seeds, options=run_options)
+        try:
+            runs = run_suite(suite, options.workdir, seeds=seeds, options=run_options)
+        except WorkdirBusyError as error:
+            print(f"moejax-experiment: {error}", file=sys.stderr)
+            return 3
         print(write_suite_report(suite, options.workdir, runs, run_options))
     print(write_summary(options.workdir, SUITES))
     return 0

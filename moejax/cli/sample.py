@@ -10,11 +10,20 @@ model has the byte-level vocabulary (259, as the built-in corpus trains); a mode
 neither takes `--prompt_ids` and prints only the ids. Generation runs `--max_new_tokens`
 steps (it does not stop at the end-of-text token); ids the tokenizer does not have (a
 vocabulary padded beyond it) decode to nothing. See `moejax.generate`.
+
+Checked before generation, each a one-line error with exit status 1: the prompt's ids lie in
+[0, vocab_size); the prompt plus --max_new_tokens fits the model's context length (its kept
+Hugging Face `max_position_embeddings`, else 32768, `generate.MAX_POSITIONS`) and the KV
+cache fits the device's memory; --temperature is 0 or a finite number >= 1e-4
+(`generate.MIN_TEMPERATURE`); --top_p is in (0, 1]; --seed in [0, 2**32 - 1]. The text is
+printed with control characters other than newline and tab escaped (`\\x00`, `\\x1b`), so
+a model's output cannot drive the terminal.
 """
 
 from __future__ import annotations
 
 import sys
+import unicodedata
 
 import numpy as np
 from absl import flags
@@ -22,7 +31,7 @@ from absl import flags
 from moejax.cli._command import run_command
 from moejax.data.tokenizer import BYTES, VOCAB_SIZE, Tokenizer, load_tokenizer
 from moejax.models.generate import generate
-from moejax.models.weights import load_decoder, tokenizer_dir
+from moejax.models.weights import hf_record, load_decoder, tokenizer_dir
 
 USAGE = ("moejax-sample (--export DIR | --workdir DIR) (--prompt TEXT | --prompt_ids 1,2,3) "
          "[--max_new_tokens N] [--temperature T] [--top_p P] [--seed S]")
@@ -72,6 +81,27 @@ def _encode(tokenizer: Tokenizer | None, text: str, vocab_size: int) -> np.ndarr
     return ids
 
 
+def _prompt_ids(items: list[str], vocab_size: int) -> np.ndarray:
+    """int32 [N] ids of --prompt_ids, each checked before the cast (which would wrap)."""
+    ids = []
+    for item in items:
+        value = int(item) if item.strip().lstrip("+-").isdigit() else None
+        if value is None or not 0 <= value < vocab_size:
+            raise ValueError(f"--prompt_ids: {item!r} is not a token id of this model; "
+                             f"allowed: integers in [0, {vocab_size - 1}] (model.vocab_size="
+                             f"{vocab_size})")
+        ids.append(value)
+    return np.asarray(ids, np.int32)
+
+
+def _printable(text: str) -> str:
+    """`text` with every control character but newline and tab (and any lone surrogate)
+    escaped as Python writes it in a string literal (NUL -> \\x00, ESC -> \\x1b)."""
+    return "".join(
+        char if char in "\n\t" or unicodedata.category(char) not in ("Cc", "Cs")
+        else repr(char)[1:-1] for char in text)
+
+
 def _sample(options: flags.FlagValues) -> int:
     source = options.export or options.workdir
     try:
@@ -81,16 +111,17 @@ def _sample(options: flags.FlagValues) -> int:
         if options.prompt is not None:
             prompt = _encode(tokenizer, options.prompt, vocab_size)
         else:
-            prompt = np.asarray([int(i) for i in options.prompt_ids], np.int32)
+            prompt = _prompt_ids(options.prompt_ids, vocab_size)
+        positions = (hf_record(source) or {}).get("max_position_embeddings")
         out = generate(model, prompt[None], options.max_new_tokens, options.temperature,
-                       options.top_p, options.seed)
+                       options.top_p, options.seed, max_positions=positions)
     except (FileNotFoundError, RuntimeError, ValueError) as error:
         print(f"moejax-sample: {error}", file=sys.stderr)
         return 1
     ids = np.asarray(out.tokens[0])
     if tokenizer is not None:
         new = ids[len(prompt):]
-        print(tokenizer.decode(new[new < tokenizer.vocab_size]))
+        print(_printable(tokenizer.decode(new[new < tokenizer.vocab_size])))
     print("ids:", ",".join(map(str, ids)))
     return 0
 

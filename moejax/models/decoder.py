@@ -35,7 +35,7 @@ from moejax.moe.deepseek import DeepSeekMoE
 from moejax.moe.router import RouterSpec
 from moejax.moe.spec import MoESpec
 from moejax.moe.topk import TopKMoE
-from moejax.options import check_choice, check_known, spec_from_mapping
+from moejax.options import check_choice, check_int, check_known, check_range, spec_from_mapping
 from moejax.record import concat_records
 
 # model.remat: what the backward pass may keep of each layer's forward (the rest is recomputed)
@@ -113,12 +113,13 @@ class DecoderSpec:
         check_choice("model.remat", self.remat, REMAT_POLICIES)
         check_choice("model.dtype", self.dtype, DTYPES)
         check_choice("model.hf_family", self.hf_family, FAMILIES)
+        self._check_sizes()
         if self.head_dim is None and self.d_model % self.num_heads:
             raise ValueError(
                 f"model.d_model={self.d_model} is not divisible by model.num_heads="
                 f"{self.num_heads} (or set model.head_dim)"
             )
-        if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
+        if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"model.num_heads={self.num_heads} is not a multiple of model.num_kv_heads="
                 f"{self.num_kv_heads}"
@@ -126,11 +127,18 @@ class DecoderSpec:
         if self.resolved_head_dim % 2:
             raise ValueError(f"model.head_dim={self.resolved_head_dim} must be even (RoPE "
                              "rotates pairs of coordinates)")
-        if not 0 <= self.first_dense_layers <= self.num_layers or self.moe_every < 1:
-            raise ValueError(
-                f"model.first_dense_layers={self.first_dense_layers} must be in [0, num_layers="
-                f"{self.num_layers}] and model.moe_every={self.moe_every} >= 1"
-            )
+
+    def _check_sizes(self) -> None:
+        """Every size an integer >= 1 and the float options finite and > 0, each error naming
+        its option ("model.d_model=-32; allowed: an integer >= 1"), before any shape uses
+        them."""
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
+                     "d_ff", "moe_every"):
+            check_int(f"model.{name}", getattr(self, name))
+        check_int("model.head_dim", self.head_dim, optional=True)
+        check_int("model.first_dense_layers", self.first_dense_layers, 0, self.num_layers)
+        check_range("model.rope_theta", self.rope_theta, 0.0, low_open=True)
+        check_range("model.norm_eps", self.norm_eps, 0.0, low_open=True)
 
     @functools.cached_property
     def _abstract_split(self):

@@ -7,19 +7,37 @@ structure `Decoder.__call__(..., cache=)` takes (stacked over depth in the scann
 the stacks' `nnx.scan` carries it) and that every call returns updated: the model holds no
 cache and is not changed. Routing is deterministic (router jitter off, on a copy of the model
 inside the jit) and each new token's expert choices come back per router.
+
+Checked before anything is compiled or allocated (`ValueError` naming the value): the prompt's
+ids lie in [0, vocab_size); max_new_tokens >= 1 and prompt + new tokens fit the model's
+positions (`max_positions`: a Hugging Face model's `max_position_embeddings`, else
+MAX_POSITIONS, 32768, the context length an HF export declares by default) and, with the
+weights, the device's memory (`device_memory_bytes`); temperature is 0 (greedy) or a finite
+number >= MIN_TEMPERATURE (1e-4; a far smaller one, e.g. 1e-40, is flushed to 0 in float32
+or overflows the logits / temperature to inf, and the samples were garbage); top_p in (0, 1];
+seed in [0, 2**32 - 1].
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import os
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from moejax.layers.attention import KVCache, empty_kv_cache
 from moejax.models.decoder import DecoderSpec, layer_stacks
+from moejax.models.hf_families import COMMON_WRITTEN
+from moejax.options import check_int
+
+# prompt + new tokens when the model declares no context length (an HF export's default)
+MAX_POSITIONS = COMMON_WRITTEN["max_position_embeddings"]
+MIN_TEMPERATURE = 1e-4  # the smallest sampling temperature (0 is greedy)
 
 
 class Generation(NamedTuple):
@@ -70,39 +88,92 @@ def sample(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) 
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-def _check(prompt, max_new_tokens: int, temperature: float, top_p: float, vocab: int):
+def device_memory_bytes(device=None) -> int | None:
+    """Memory of `device` (default: the first local one) in bytes: an accelerator's
+    `memory_stats()["bytes_limit"]`; for a CPU device the machine's physical RAM (which every
+    CPU device of the process shares); None when the platform does not say."""
+    device = device or jax.local_devices()[0]
+    if device.platform == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, OSError, ValueError):
+            return None
+    try:
+        return (device.memory_stats() or {}).get("bytes_limit")
+    except (NotImplementedError, RuntimeError):
+        return None
+
+
+def cache_bytes(spec: DecoderSpec, batch: int, length: int, itemsize: int) -> int:
+    """Bytes of `init_cache(spec, batch, length, dtype)`: keys and values of every layer."""
+    return 2 * spec.num_layers * batch * length * spec.num_kv_heads * spec.resolved_head_dim \
+        * itemsize
+
+
+def _check(prompt, max_new_tokens: int, temperature: float, top_p: float, seed: int,
+           vocab: int):
     if prompt.ndim != 2 or prompt.shape[1] < 1:
         raise ValueError(f"prompt has shape {prompt.shape}; allowed: [B, S] with S >= 1")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens}; allowed: >= 1")
-    if not temperature >= 0.0:
-        raise ValueError(f"temperature={temperature}; allowed: >= 0 (0: greedy)")
+    if prompt.dtype.kind not in "iuO":  # "O": Python ints too large for int64
+        raise ValueError(f"prompt has dtype {prompt.dtype}; allowed: integer token ids")
+    check_int("max_new_tokens", max_new_tokens)
+    if not (temperature == 0.0 or (math.isfinite(temperature)
+                                   and temperature >= MIN_TEMPERATURE)):
+        raise ValueError(f"temperature={temperature}; allowed: 0 (greedy) or a finite number "
+                         f">= {MIN_TEMPERATURE:g}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p={top_p}; allowed: in (0, 1]")
+    check_int("seed", seed, 0, 2**32 - 1)
     if prompt.size and (int(prompt.min()) < 0 or int(prompt.max()) >= vocab):
         raise ValueError(f"prompt ids must lie in [0, {vocab}) (model.vocab_size), got "
                          f"[{int(prompt.min())}, {int(prompt.max())}]")
 
 
+def _check_length(model, prompt_shape: tuple, max_new_tokens: int,
+                  max_positions: int | None) -> None:
+    """Raises ValueError when prompt + new tokens exceed the model's positions or, with the
+    weights, the device's memory for the KV cache."""
+    (batch, prompt_length), limit = prompt_shape, max_positions or MAX_POSITIONS
+    length = prompt_length + max_new_tokens
+    if length > limit:
+        where = ("the model's max_position_embeddings" if max_positions
+                 else "moejax's cap for a model that declares no context length")
+        raise ValueError(f"prompt length {prompt_length} + max_new_tokens={max_new_tokens} = "
+                         f"{length} positions; allowed: at most {limit} ({where})")
+    itemsize = jnp.dtype(model.embed.embedding.dtype).itemsize
+    cache = cache_bytes(model.spec, batch, length, itemsize)
+    weights = sum(leaf.nbytes for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    memory = device_memory_bytes()
+    if memory is not None and cache + weights > memory:
+        gib = 2.0**30
+        raise ValueError(f"{length} positions need a {cache / gib:.2f} GiB KV cache and "
+                         f"{weights / gib:.2f} GiB of weights, more than the device's "
+                         f"{memory / gib:.2f} GiB; ask for fewer new tokens")
+
+
 def generate(model, prompt, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-             seed: int = 0) -> Generation:
+             seed: int = 0, *, max_positions: int | None = None) -> Generation:
     """Continues `prompt` [B, S] int by `max_new_tokens` tokens with a KV cache.
 
     Args:
       model: a Decoder (either layout); not modified.
       prompt: [B, S] int token ids, every row the same length.
       max_new_tokens: N, tokens to add.
-      temperature: 0 picks the most probable token (greedy); > 0 samples from
-        softmax(logits / temperature).
+      temperature: 0 picks the most probable token (greedy); >= MIN_TEMPERATURE samples
+        from softmax(logits / temperature).
       top_p: nucleus sampling: sample only among the fewest most probable tokens whose
         probability reaches top_p (1: all).
       seed: the sampling PRNG seed.
+      max_positions: the model's context length, which S + N may not exceed (None:
+        MAX_POSITIONS).
 
     Returns:
       Generation(tokens [B, S + N], expert_idx [B, N, R, k] or None).
     """
-    prompt = jnp.asarray(prompt, jnp.int32)
-    _check(prompt, max_new_tokens, temperature, top_p, model.spec.vocab_size)
+    ids = np.asarray(prompt)  # checked before the int32 cast, which would wrap a large id
+    _check(ids, max_new_tokens, temperature, top_p, seed, model.spec.vocab_size)
+    prompt = jnp.asarray(ids, jnp.int32)
+    _check_length(model, prompt.shape, max_new_tokens, max_positions)
     graphdef, state = nnx.split(model)
     return _generate(graphdef, state, prompt, jax.random.key(seed), max_new_tokens,
                      float(temperature), float(top_p))

@@ -27,7 +27,7 @@ from flax import nnx
 
 from moejax.kernels import TopKDispatch, topk_dispatch, use_pallas
 from moejax.layers.dtypes import at_least_float32
-from moejax.options import check_choice
+from moejax.options import check_choice, check_int, check_range
 
 
 class RouterKind(NamedTuple):
@@ -82,13 +82,15 @@ class RouterSpec:
 
     def __post_init__(self):
         check_choice("router.kind", self.kind, ROUTER_KINDS)
-        if self.num_groups < 1 or not 1 <= self.top_groups <= self.num_groups:
+        check_int("router.num_groups", self.num_groups)
+        check_int("router.top_groups", self.top_groups)
+        if self.top_groups > self.num_groups:
             raise ValueError(
                 f"router.top_groups={self.top_groups} must be in [1, router.num_groups="
-                f"{self.num_groups}] and num_groups >= 1"
+                f"{self.num_groups}]"
             )
-        if not 0.0 <= self.jitter < 1.0:
-            raise ValueError(f"router.jitter={self.jitter} must be in [0, 1)")
+        check_range("router.scaling_factor", self.scaling_factor, 0.0, low_open=True)
+        check_range("router.jitter", self.jitter, 0.0, 1.0, high_open=True)
 
     def check(self, num_experts: int, top_k: int) -> None:
         """Raises ValueError when these options do not fit E experts and k choices."""

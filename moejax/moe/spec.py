@@ -8,7 +8,7 @@ from typing import ClassVar
 from moejax.kernels import KERNEL_IMPLEMENTATIONS, check_grouped_matmul
 from moejax.moe.engines import ENGINES
 from moejax.moe.router import RouterSpec
-from moejax.options import check_choice
+from moejax.options import check_choice, check_int, check_range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,27 +68,26 @@ class MoESpec:
     def __post_init__(self):
         if isinstance(self.router, dict):
             object.__setattr__(self, "router", RouterSpec(**self.router))
-        if self.granularity < 1 or self.d_hidden % self.granularity:
+        for name in ("num_experts", "top_k", "d_hidden", "granularity"):
+            check_int(f"moe.{name}", getattr(self, name))
+        if self.top_k > self.num_experts:
+            raise ValueError(
+                f"moe.top_k={self.top_k} must be in [1, moe.num_experts={self.num_experts}]"
+            )
+        if self.d_hidden % self.granularity:
             raise ValueError(
                 f"moe.d_hidden={self.d_hidden} is not divisible by moe.granularity="
                 f"{self.granularity}"
             )
-        if not 1 <= self.top_k <= self.num_experts:
-            raise ValueError(
-                f"moe.top_k={self.top_k} must be in [1, moe.num_experts={self.num_experts}]"
-            )
+        check_int("moe.num_shared_experts", self.num_shared_experts, 0)
+        for name in ("shared_d_hidden", "sub_d_hidden", "cosine_max_tokens"):
+            check_int(f"moe.{name}", getattr(self, name), optional=True)
+        check_range("moe.capacity_factor", self.capacity_factor, 0.0, low_open=True)
         check_choice("moe.engine", self.engine, ENGINES)
         check_choice("moe.implementation", self.implementation, KERNEL_IMPLEMENTATIONS)
         check_grouped_matmul(self.grouped_matmul, "moe.grouped_matmul")
         check_choice("moe.cosine_source", self.cosine_source, ("activation", "output"))
-        if self.cosine_max_tokens is not None and self.cosine_max_tokens < 1:
-            raise ValueError(f"moe.cosine_max_tokens={self.cosine_max_tokens} must be >= 1 "
-                             "(or None: all tokens)")
         check_choice("moe.shared_mix", self.shared_mix, ("sum", "softmax"))
-        if self.capacity_factor <= 0:
-            raise ValueError(f"moe.capacity_factor={self.capacity_factor} must be > 0")
-        if self.num_shared_experts < 0:
-            raise ValueError(f"moe.num_shared_experts={self.num_shared_experts} must be >= 0")
         self.router.check(self.routed_experts, self.routed_top_k)
 
     @property
