@@ -46,7 +46,8 @@ flags.DEFINE_string("workdir", None, "Directory for the runs and reports.", flag
 flags.DEFINE_integer("seeds", None, "Seeds per variant (default 4; --quick: 2).",
                      flag_values=FLAGS)
 flags.DEFINE_bool("quick", False, "Toy scale (a smoke test, not evidence).", flag_values=FLAGS)
-flags.DEFINE_string("configs", None, "configs/ directory (default: the checkout's).",
+flags.DEFINE_string("configs", None, "configs directory (default: the shipped configs, "
+                    "moejax/configs).",
                     flag_values=FLAGS)
 flags.DEFINE_multi_string("set", [], "KEY=VALUE applied to every variant after the scale and "
                           "its own overrides, e.g. --set train.steps=2000 --set mesh.expert=8.",

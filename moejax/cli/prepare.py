@@ -1,4 +1,4 @@
-"""moejax-prepare: `moejax-prepare --config configs/NAME.py[:arg] --out DIR [--config.a.b=value]`.
+"""moejax-prepare: `moejax-prepare --config NAME[:arg] --out DIR [--config.a.b=value]`.
 
 Tokenizes the text corpus of `config.data` with `config.data.tokenizer` ("bytes", or a Hugging
 Face tokenizer.json or a directory holding one; override it like any option:
@@ -29,10 +29,11 @@ from moejax.cli._command import run_command
 from moejax.data.corpus import data_spec_from_config
 from moejax.data.shards import INDEX_FILE, prepare
 
-USAGE = ("moejax-prepare --config configs/NAME.py[:arg] --out DIR [--config.data.tokenizer=PATH] "
+USAGE = ("moejax-prepare --config NAME|FILE.py[:arg] --out DIR [--config.data.tokenizer=PATH] "
          "[--workers N] [--overwrite]")
 FLAGS = flags.FlagValues()
-config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).",
+config_flags.DEFINE_config_file("config", None, "A shipped config NAME (default, tiny, ...) "
+                                "or a config FILE.py, either with [:arg].",
                                 flag_values=FLAGS)
 flags.DEFINE_string("out", None, "Directory for the ArrayRecord shards and index.json.",
                     flag_values=FLAGS)

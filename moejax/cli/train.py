@@ -1,4 +1,4 @@
-"""moejax-train: `moejax-train --config configs/NAME.py[:arg] --workdir DIR [--config.a.b=value]`.
+"""moejax-train: `moejax-train --config NAME[:arg] --workdir DIR [--config.a.b=value]`.
 
 `--dry-run` prints the resolved config and the parameter counts (from shapes only), then the
 plan: the train step lowered and compiled on the configured mesh without running it, with
@@ -42,10 +42,11 @@ from moejax.train.trainer import NonFiniteError, StoppedBySignal, train_and_eval
 from moejax.train.workdir_lock import WorkdirBusyError
 
 USAGE = (
-    "moejax-train --config configs/NAME.py[:arg] --workdir DIR [--config.a.b=value] [--dry-run] "
+    "moejax-train --config NAME|FILE.py[:arg] --workdir DIR [--config.a.b=value] [--dry-run] "
     "[--init_from DIR]")
 FLAGS = flags.FlagValues()
-config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).",
+config_flags.DEFINE_config_file("config", None, "A shipped config NAME (default, tiny, ...) "
+                                "or a config FILE.py, either with [:arg].",
                                 flag_values=FLAGS)
 flags.DEFINE_string("workdir", None, "Directory for metrics and checkpoints.", flag_values=FLAGS)
 flags.DEFINE_bool("dry_run", False, "Print config, parameter counts and the compiled step's "
