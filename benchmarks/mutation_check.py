@@ -89,8 +89,8 @@ MUTANTS = (
             "test_transformers_fixture_logits_routing_and_greedy_output[qwen3_moe]")),
     Mutant("norm_topk_prob_ignored", "Qwen3's unnormalised top-k gates are renormalised",
            "moejax/models/hf_families.py",
-           "Key(\"moe.router.normalize_gates\", (\"norm_topk_prob\",), default=False, cast=bool)",
-           "Key(\"moe.router.normalize_gates\", (\"nope\",), default=True, cast=bool)",
+           "Key(\"moe.router.normalize_gates\", (\"norm_topk_prob\",), default=False, cast=bool,",
+           "Key(\"moe.router.normalize_gates\", (\"nope\",), default=True, cast=bool,",
            ("tests/models/test_hf_dir.py::"
             "test_transformers_fixture_logits_routing_and_greedy_output[qwen3_moe]",)),
     Mutant("tpu_sorted_kernel_gathers", "on TPU the sorted cosine keeps its in-kernel row gather",
@@ -213,6 +213,37 @@ MUTANTS = (
            "            handle = None\n",
            ("tests/train/test_workdir_lock.py",
             "tests/train/test_trainer.py::test_busy_workdir_stops_a_second_run_before_any_work")),
+    Mutant("writer_lock_off", "two writers of one output directory both write it (no flock)",
+           "moejax/atomic.py", "            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)\n",
+           "            pass\n",
+           ("tests/reliability/test_writers.py::"
+            "test_a_second_export_to_the_same_out_is_refused_in_one_line",)),
+    Mutant("writer_replaces_before_complete",
+           "--overwrite deletes the old output before the new one is complete",
+           "moejax/atomic.py", "        tmp = _new_sibling(out, _TMP)\n",
+           "        _remove(out)\n        tmp = _new_sibling(out, _TMP)\n",
+           ("tests/reliability/test_writers.py::"
+            "test_no_space_half_way_leaves_the_old_output_or_nothing",
+            "tests/reliability/test_writers.py::"
+            "test_a_data_error_while_preparing_over_an_old_corpus")),
+    Mutant("checkpoints_dir_unlocked",
+           "the directory a workdir's checkpoints lead to is not locked: two workdirs whose "
+           "checkpoints link to one directory train into it at once",
+           "moejax/train/workdir_lock.py", "            _lock_checkpoints(workdir, held)\n",
+           "            pass\n",
+           ("tests/reliability/test_training_faults.py::"
+            "test_two_workdirs_whose_checkpoints_lead_to_one_directory_do_not_train_at_once",)),
+    Mutant("skipped_save_ignored", "a save Orbax skips (returns False) counts as written",
+           "moejax/train/checkpoint.py", "        if not saved:\n", "        if False:\n",
+           ("tests/reliability/test_training_faults.py::"
+            "test_a_checkpoint_that_is_not_written_stops_the_run_at_its_step[skipped]",)),
+    Mutant("extended_schedule_restretched",
+           "a resume lays the decay over its own train.steps: extending a run re-stretches it",
+           "moejax/train/trainer.py",
+           "    train_cfg = resolve_decay_steps(train_cfg, saved_config)\n",
+           "    train_cfg = resolve_decay_steps(train_cfg, None)\n",
+           ("tests/reliability/test_training_faults.py::"
+            "test_extending_a_run_on_resume_keeps_every_planned_learning_rate",)),
     Mutant("export_layout_not_converted", "an export is read in its stored layout, not the one "
            "asked for", "moejax/models/weights.py",
            "    return spec, stack_params(spec, restored)\n", "    return spec, restored\n",
@@ -266,11 +297,42 @@ MUTANTS = (
            "moejax/models/convert_hf.py", "\"linear\": (lambda t, d: t.T, lambda o, d: o.T),",
            "\"linear\": (lambda t, d: t.T, lambda o, d: o),",
            ("tests/models/test_convert_hf.py",)),
+    Mutant("hf_expected_names_unbounded",
+           "every name an HF config implies is made before the first missing one is reported",
+           "moejax/models/convert_hf.py",
+           "            if len(missing) > _SHOWN:\n                break\n",
+           "            pass\n",
+           ("tests/reliability/test_hf_inputs.py::"
+            "test_expected_names_are_made_lazily_whatever_the_config_says",)),
+    Mutant("hf_non_finite_imported", "an HF tensor holding NaN or infinity is imported",
+           "moejax/models/convert_hf.py", "    if not finite.all():\n", "    if False:\n",
+           ("tests/reliability/test_hf_inputs.py::"
+            "test_weights_that_are_not_finite_floats_are_refused",)),
+    Mutant("hf_index_escapes", "an HF index entry outside the directory is read",
+           "moejax/models/hf_dir.py",
+           "    if not any(path.is_relative_to(allowed) for allowed in roots):\n",
+           "    if False:\n",
+           ("tests/reliability/test_hf_inputs.py::"
+            "test_index_entries_outside_the_directory_are_refused",)),
     Mutant("negative_loss_weight_allowed", "a negative weight of a LOSSES term is accepted",
            "moejax/regularizers/total.py",
            "        weights = (*LOSSES, \"bias_rate\")",
            "        weights = (\"bias_rate\",)",
            ("tests/train/test_specs.py::test_every_loss_weight_must_be_non_negative",)),
+    Mutant("memory_check_off", "a train step larger than the devices' memory is not refused",
+           "moejax/train/plan.py", "    mesh, _ = mesh_and_engine(specs)\n    memory, where",
+           "    return\n    mesh, _ = mesh_and_engine(specs)\n    memory, where",
+           ("tests/reliability/test_inputs.py::"
+            "test_xla_plan_decides_when_the_estimate_exceeds_memory",)),
+    Mutant("sample_text_unescaped", "moejax-sample prints NUL and other control bytes raw",
+           "moejax/cli/sample.py", "print(_printable(tokenizer.decode(",
+           "print((tokenizer.decode(",
+           ("tests/reliability/test_inputs.py::test_sampled_control_characters_are_escaped",)),
+    Mutant("config_exit_uncaught", "a config file's sys.exit(0) ends the command with status 0",
+           "moejax/cli/_command.py", "    except SystemExit as exit_:\n",
+           "    except ValueError as exit_:\n",
+           ("tests/reliability/test_inputs.py::"
+            "test_a_config_file_that_exits_or_never_ends_is_one_line",)),
 )
 
 
@@ -280,9 +342,11 @@ def _copy_tree(destination: pathlib.Path) -> None:
                              "--exclude-standard"], cwd=ROOT, check=True,
                             capture_output=True).stdout.decode().split("\0")
     for name in filter(None, listed):
-        source = ROOT / name
-        if source.is_file():
-            target = destination / name
+        source, target = ROOT / name, destination / name
+        if source.is_symlink():  # e.g. configs/ -> moejax/configs: kept a link, as git keeps it
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(source), target)
+        elif source.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
 
