@@ -12,17 +12,26 @@ exactly one writes it, every other one refuses in one line (another writer holds
 or the export is already there) and the export is complete (it loads; no lock, temporary
 or old directory left beside it).
 
+With `--full-disk N` (root only: it mounts small tmpfs disks), each of N trials trains in a
+workdir on a tmpfs too small for the run, so that a checkpoint save (or a metrics row) hits
+"no space left on device"; it counts that the run stops with exit status 5 and one line of its
+own on stderr, every metrics row is whole, then copies the workdir to a large disk, reruns the
+same command and compares the finished run with an uninterrupted one, bit for bit.
+
 Usage:
   python benchmarks/chaos.py [--trials 8] [--steps 12] [--seed 0] [--json PATH]
   python benchmarks/chaos.py --writers 4 [--rounds 3] [--json PATH]
+  sudo python benchmarks/chaos.py --full-disk 4 [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,6 +164,69 @@ def writers_trial(writers: int, rounds: int, json_path: str) -> int:
     return 0 if passed == rounds else 1
 
 
+def _whole(line: str) -> bool:
+    """Whether a metrics.jsonl line is a whole JSON object (not cut off)."""
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def _full_disk_trial(scratch: pathlib.Path, number: int, kib: int, steps: int, want) -> dict:
+    """One --full-disk trial on a tmpfs of `kib` KiB (see the module docstring)."""
+    disk, moved = scratch / f"disk_{number}", scratch / f"moved_{number}"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(disk)], check=True)
+    try:
+        first = _run(disk / "work", steps)
+        rows_whole = all(map(_whole, (disk / "work" / METRICS_FILE).read_text().splitlines()))
+        shutil.copytree(disk / "work", moved, symlinks=True)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+    own = [line for line in first.stderr.splitlines() if line.startswith("moejax-train:")]
+    rerun = _run(moved, steps)
+    rows = _rows(moved)
+    identical = (rerun.returncode == 0 and rows[-1]["loss"] == want["loss"]
+                 and rows[-1]["val_loss"] == want["val_loss"])
+    once = [row["step"] for row in rows] == list(range(1, steps + 1))
+    return {"disk_kib": kib, "returncode": first.returncode, "own_lines": len(own),
+            "message": own[-1] if own else "", "rows_whole": rows_whole,
+            "resumed_identical": identical, "steps_once": once,
+            "ok": first.returncode == 5 and len(own) == 1 and rows_whole and identical and once}
+
+
+def full_disk_trial(trials: int, steps: int, json_path: str) -> int:
+    """The `--full-disk` trial (module docstring); prints a table, writes JSON."""
+    if os.geteuid() != 0:
+        print("--full-disk mounts tmpfs disks: run it as root")
+        return 2
+    with tempfile.TemporaryDirectory(prefix="moejax-chaos-disk-") as scratch:
+        scratch = pathlib.Path(scratch)
+        reference = _run(scratch / "reference", steps)
+        want = _rows(scratch / "reference")[-1]
+        if reference.returncode != 0:
+            print(reference.stderr[-2000:])
+            return 1
+        print("trial  disk KiB  rc  own lines  rows whole  resumed identical  steps once")
+        results = []
+        for number in range(trials):
+            row = _full_disk_trial(scratch, number, 600 + 300 * number, steps, want)
+            results.append(dict(trial=number, **row))
+            print(f"{number:5d}  {row['disk_kib']:8d}  {row['returncode']:2d}  "
+                  f"{row['own_lines']:9d}  {str(row['rows_whole']):10s}  "
+                  f"{str(row['resumed_identical']):17s}  {row['steps_once']}\n"
+                  f"       {row['message']}", flush=True)
+    passed = sum(r["ok"] for r in results)
+    print(f"\n{passed} of {trials} runs on a full disk stopped with exit 5 in one line, whole "
+          "metrics rows, and resumed elsewhere to the identical result")
+    pathlib.Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(json_path).write_text(json.dumps(
+        {"date": time.strftime("%Y-%m-%d"), "steps": steps, "passed": passed,
+         "reference": {"loss": want["loss"], "val_loss": want["val_loss"]},
+         "trials": results}, indent=2) + "\n")
+    return 0 if passed == trials else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
@@ -163,9 +235,14 @@ def main() -> int:
     parser.add_argument("--writers", type=int, default=0,
                         help="run the writers trial with this many concurrent exports instead")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the writers trial")
+    parser.add_argument("--full-disk", type=int, default=0,
+                        help="run this many full-disk trials instead (root: mounts tmpfs)")
     parser.add_argument("--json", default=None, help="default: benchmarks/results/chaos.json "
                         "(chaos_writers.json for --writers)")
     args = parser.parse_args()
+    if args.full_disk:
+        return full_disk_trial(args.full_disk, args.steps, args.json or str(
+            ROOT / "benchmarks/results/chaos_full_disk.json"))
     if args.writers:
         return writers_trial(args.writers, args.rounds, args.json or str(
             ROOT / "benchmarks/results/chaos_writers.json"))
