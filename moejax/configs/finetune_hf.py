@@ -9,13 +9,12 @@ byte-level corpus: point `config.data` at text tokenized for the model for real 
 """
 
 import dataclasses
-import json
 import pathlib
 
 import ml_collections
 
 from moejax.models.decoder import decoder_spec_from_config
-from moejax.models.hf_dir import spec_from_hf_config
+from moejax.models.hf_dir import read_config, spec_from_hf_config
 from moejax.train.config_files import sibling_config
 
 
@@ -24,7 +23,10 @@ def get_config(arg=None):
         raise ValueError("configs/finetune_hf.py needs the model directory: "
                          "--config configs/finetune_hf.py:/path/to/model")
     source = pathlib.Path(arg).expanduser().resolve()
-    saved = json.loads((source / "config.json").read_text())
+    saved = read_config(source)  # a JSON object, or a one-line error naming the file
+    if "model_type" not in saved and "model" not in saved:
+        raise ValueError(f"{source / 'config.json'} is neither a Hugging Face config "
+                         "(model_type) nor a moejax export's (model)")
     spec = (spec_from_hf_config(saved) if "model_type" in saved
             else decoder_spec_from_config(saved["model"]))
     config = sibling_config(__file__, "default")

@@ -346,3 +346,16 @@ def test_moejax_train_init_from_a_bad_directory_is_one_line(tmp_path):
     assert out.stderr.splitlines()[-1] == (
         f"moejax-train: HF tensor {LAYERS} holds 1 non-finite values (NaN or infinity) as "
         "float32")
+
+
+def test_the_finetune_config_names_a_config_json_that_is_not_an_object(tmp_path):
+    """configs/finetune_hf.py:DIR reads DIR/config.json as the importer does: a JSON array is
+    a one-line error naming the file, not a TypeError."""
+    from moejax.train.config_files import SHIPPED, load_config
+
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"config.json holds an array, not a JSON object"):
+        load_config(SHIPPED / "finetune_hf.py", str(tmp_path))
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    with pytest.raises(ValueError, match=r"neither a Hugging Face config \(model_type\) nor"):
+        load_config(SHIPPED / "finetune_hf.py", str(tmp_path))
