@@ -157,11 +157,16 @@ def writers_trial(writers: int, rounds: int, json_path: str) -> int:
     passed = sum(t["ok"] for t in trials)
     print(f"\n{passed} of {rounds} rounds of {writers} concurrent moejax-export: exactly one "
           "wrote a complete export, every other refused in one line")
-    pathlib.Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(json_path).write_text(json.dumps(
-        {"date": time.strftime("%Y-%m-%d"), "writers": writers, "rounds": rounds,
-         "passed": passed, "trials": trials}, indent=2) + "\n")
+    _write_json(json_path, {"writers": writers, "rounds": rounds, "passed": passed,
+                            "trials": trials})
     return 0 if passed == rounds else 1
+
+
+def _write_json(path: str, record: dict) -> None:
+    """Writes {"date": today, **record} to `path` (its folder made)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), **record}, indent=2) + "\n")
 
 
 def _whole(line: str) -> bool:
@@ -219,11 +224,9 @@ def full_disk_trial(trials: int, steps: int, json_path: str) -> int:
     passed = sum(r["ok"] for r in results)
     print(f"\n{passed} of {trials} runs on a full disk stopped with exit 5 in one line, whole "
           "metrics rows, and resumed elsewhere to the identical result")
-    pathlib.Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(json_path).write_text(json.dumps(
-        {"date": time.strftime("%Y-%m-%d"), "steps": steps, "passed": passed,
-         "reference": {"loss": want["loss"], "val_loss": want["val_loss"]},
-         "trials": results}, indent=2) + "\n")
+    _write_json(json_path, {"steps": steps, "passed": passed,
+                            "reference": {"loss": want["loss"], "val_loss": want["val_loss"]},
+                            "trials": results})
     return 0 if passed == trials else 1
 
 
@@ -293,12 +296,10 @@ def _kill_trials(args: argparse.Namespace) -> int:
     survived = sum(t["identical"] and t["steps_once"] for t in trials)
     print(f"\n{survived} of {len(trials)} killed runs resumed to the identical final loss with "
           "every step logged once")
-    pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.json).write_text(json.dumps(
-        {"date": time.strftime("%Y-%m-%d"), "steps": args.steps, "seed": args.seed,
-         "reference": {"loss": want["loss"], "val_loss": want["val_loss"],
-                       "seconds": round(duration, 1)},
-         "survived": survived, "trials": trials}, indent=2) + "\n")
+    _write_json(args.json, {"steps": args.steps, "seed": args.seed,
+                            "reference": {"loss": want["loss"], "val_loss": want["val_loss"],
+                                          "seconds": round(duration, 1)},
+                            "survived": survived, "trials": trials})
     return 0 if survived == len(trials) else 1
 
 
