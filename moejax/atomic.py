@@ -50,8 +50,6 @@ from collections.abc import Iterable, Iterator
 
 LOCK_SUFFIX = ".lock"  # the lock file of destination `out` is `<out>.lock`
 _TMP, _OLD = "tmp", "old"  # kinds of hidden siblings: `.<name>.<kind>-<pid>-<hex>`
-_NO_SPACE = ("no space left on device", "os error 28", "os_error_code='28'",
-             "disk quota exceeded")  # how wrapped ENOSPC / EDQUOT errors say it
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
 _NEARLY_FULL = 64 * 1024  # free bytes below which an errno-less OSError means a full disk
 _LOCK_TRIES = 5
@@ -316,13 +314,30 @@ def _write_error(error: Exception, out: pathlib.Path, tmp: pathlib.Path | None, 
     return failure
 
 
+def os_errno(error: BaseException) -> int | None:
+    """The errno behind `error`: its own, or its cause's or context's (an OSError), also when
+    a library only says it in words (TensorStore's `os_error_code='28'`, "No space left on
+    device", "Disk quota exceeded"); None when none is known."""
+    for cause in (error, error.__cause__, error.__context__):
+        if isinstance(cause, OSError) and cause.errno:
+            return cause.errno
+        text = " ".join(str(cause or "").split()).lower()
+        code = re.search(r"os_error_code='(\d+)'|os error (\d+)", text)
+        if code:
+            return int(code.group(1) or code.group(2))
+        if "disk quota exceeded" in text:
+            return errno.EDQUOT
+        if "no space left on device" in text:
+            return errno.ENOSPC
+    return None
+
+
 def _write_reason(error: Exception, tmp: pathlib.Path | None,
                   any_os_error: bool) -> tuple[str | None, int | None]:
     """(what went wrong, its errno) when `error` is a failure to write, else (None, None)."""
-    number = getattr(error, "errno", None)
+    number = os_errno(error)
     text = " ".join(str(error).split())
-    no_space = number in (errno.ENOSPC, errno.EDQUOT) or any(
-        words in text.lower() for words in _NO_SPACE)
+    no_space = number in (errno.ENOSPC, errno.EDQUOT)
     if not no_space and type(error) is OSError and number is None and tmp is not None:
         no_space = _free_bytes(tmp.parent) < _NEARLY_FULL  # numpy: "n requested and m written"
     if no_space:

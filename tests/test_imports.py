@@ -21,7 +21,7 @@ ALLOWED = {
     "data": ("moejax.data", "moejax.options", "moejax.atomic"),
     "reporting": ("moejax.reporting", "moejax.options"),
     "train": (*_MODEL, "moejax.train", "moejax.parallel", "moejax.regularizers", "moejax.data",
-              "moejax.reporting"),
+              "moejax.reporting", "moejax.atomic"),
     "experiments": ("moejax.experiments", "moejax.train", "moejax.models", "moejax.data",
                     "moejax.reporting", "moejax.options"),
     "record.py": (),

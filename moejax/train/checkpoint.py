@@ -42,7 +42,6 @@ import json
 import logging
 import os
 import pathlib
-import re
 import shutil
 import time
 from collections.abc import Mapping
@@ -53,6 +52,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from moejax.atomic import os_errno
 from moejax.models.checksums import verify_checksums, write_checksums
 from moejax.models.weights import CHECKPOINTS, first_good
 
@@ -99,13 +99,10 @@ class OutputWriteError(RuntimeError):
 
 def one_line_reason(error: BaseException) -> str:
     """The cause of a failed write in a few words: the OS error's text where one is known
-    (also inside TensorStore's messages, `[os_error_code='28']`), else the first line."""
-    for cause in (error, error.__cause__, error.__context__):
-        if isinstance(cause, OSError) and cause.errno:
-            return os.strerror(cause.errno)
-        code = re.search(r"os_error_code='(\d+)'", str(cause or ""))
-        if code:
-            return os.strerror(int(code.group(1)))
+    (`atomic.os_errno`: also when a library only says it in words), else the first line."""
+    number = os_errno(error)
+    if number:
+        return os.strerror(number)
     lines = str(error).strip().splitlines()
     text = lines[0] if lines else ""
     return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
