@@ -2,11 +2,12 @@
 
 The prompt [B, S] runs once (prefill), writing every layer's keys and values into a cache of
 S + max_new_tokens slots; then a jitted one-token step (a `lax.scan` over the new tokens)
-attends to the cache. The cache is a pytree of `KVCache`s that `init_cache` builds in the
-structure `Decoder.__call__(..., cache=)` takes (stacked over depth in the scanned layout, so
-the stacks' `nnx.scan` carries it) and that every call returns updated: the model holds no
-cache and is not changed. Routing is deterministic (router jitter off, on a copy of the model
-inside the jit) and each new token's expert choices come back per router.
+attends to the cache. The cache is a pytree of `KVCache`s (`MLACache`s for Multi-head Latent
+Attention: the latent and RoPE key per token, read in the absorbed form) that `init_cache`
+builds in the structure `Decoder.__call__(..., cache=)` takes (stacked over depth in the
+scanned layout, so the stacks' `nnx.scan` carries it) and that every call returns updated:
+the model holds no cache and is not changed. Routing is deterministic (router jitter off, on
+a copy of the model inside the jit) and each new token's expert choices come back per router.
 
 Checked before anything is compiled or allocated (`ValueError` naming the value): the prompt's
 ids lie in [0, vocab_size); max_new_tokens >= 1 and prompt + new tokens fit the model's
@@ -31,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from moejax.layers.attention import KVCache, empty_kv_cache
+from moejax.layers.mla import MLACache, empty_mla_cache
 from moejax.models.decoder import DecoderSpec, layer_stacks
 from moejax.models.hf_families import COMMON_WRITTEN
 from moejax.options import check_int
@@ -50,13 +52,16 @@ class Generation(NamedTuple):
 
 def init_cache(spec: DecoderSpec, batch: int, length: int, dtype) -> tuple:
     """Empty KV caches of `length` slots for every layer of a Decoder of `spec`, as
-    `Decoder.__call__`'s `cache` takes them.
+    `Decoder.__call__`'s `cache` takes them: KVCaches, or MLACaches (latent [.., C] and RoPE
+    key [.., R] per slot) when `spec.mla` is set.
 
     Unrolled: a tuple of one KVCache per layer (k, v [B, length, K, H], index []). Scanned: per
     stack of `layer_stacks(spec)`, a tuple of one KVCache per layer of its unit, stacked over
     the repeats like the parameters (k, v [repeats, B, length, K, H], index [repeats]).
     """
-    def empty(lead) -> KVCache:
+    def empty(lead) -> KVCache | MLACache:
+        if spec.mla is not None:
+            return empty_mla_cache(batch, length, spec.mla, dtype, lead)
         return empty_kv_cache(batch, length, spec.num_kv_heads, spec.resolved_head_dim, dtype,
                               lead)
 
@@ -105,9 +110,11 @@ def device_memory_bytes(device=None) -> int | None:
 
 
 def cache_bytes(spec: DecoderSpec, batch: int, length: int, itemsize: int) -> int:
-    """Bytes of `init_cache(spec, batch, length, dtype)`: keys and values of every layer."""
-    return 2 * spec.num_layers * batch * length * spec.num_kv_heads * spec.resolved_head_dim \
-        * itemsize
+    """Bytes of `init_cache(spec, batch, length, dtype)` without the slot indices: per token
+    and layer 2 K H (keys and values), or C + R with MLA (latent and RoPE key)."""
+    per_token = (2 * spec.num_kv_heads * spec.resolved_head_dim if spec.mla is None
+                 else spec.mla.kv_lora_rank + spec.mla.qk_rope_head_dim)
+    return spec.num_layers * batch * length * per_token * itemsize
 
 
 def _check(prompt, max_new_tokens: int, temperature: float, top_p: float, seed: int,

@@ -8,8 +8,9 @@ from flax import nnx
 
 import moejax
 from moejax.layers.attention import KVCache
+from moejax.layers.mla import MLACache
 from moejax.models.decoder import Decoder, decoder_spec_from_config, layer_stacks
-from moejax.models.generate import init_cache, top_p_filter
+from moejax.models.generate import cache_bytes, init_cache, top_p_filter
 
 SPEC = {"vocab_size": 23, "d_model": 16, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2,
         "d_ff": 24, "first_dense_layers": 1,
@@ -93,3 +94,36 @@ def test_sampling_is_seeded_and_bad_options_are_named():
     with pytest.raises(ValueError, match=r"prompt ids must lie in \[0, 23\)"):
         moejax.generate(model, jnp.full((1, 2), 23), 2)
     assert jax.tree.leaves(nnx.state(model, nnx.Cache)) == []
+
+
+MLA_SPEC = dict(SPEC, num_layers=1, first_dense_layers=1, d_ff=8,
+                mla={"kv_lora_rank": 6, "qk_nope_head_dim": 4, "qk_rope_head_dim": 4,
+                     "v_head_dim": 3, "q_lora_rank": 5},
+                rope_scaling={"factor": 4.0, "original_max_position_embeddings": 4,
+                              "mscale": 1.0, "mscale_all_dim": 1.0})
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_mla_greedy_decoding_reads_the_latent_cache(scan_layers):
+    """Multi-head Latent Attention with YaRN (dense layers): each new token is the argmax of
+    the cache-free forward; the caches are MLACaches of C + R per token, as cache_bytes
+    counts them (GQA: 2 K H)."""
+    spec = decoder_spec_from_config(dict(MLA_SPEC, scan_layers=scan_layers))
+    model = Decoder(spec, rngs=nnx.Rngs(4))
+    prompt = np.random.default_rng(5).integers(0, 23, (2, 4))
+    out = moejax.generate(model, prompt, max_new_tokens=4)
+    logits, _ = nnx.jit(lambda m, t: m(t))(model, out.tokens)
+    np.testing.assert_array_equal(out.tokens[:, 4:], jnp.argmax(logits[:, 3:-1], -1))
+    assert out.expert_idx is None
+    for current, per_token in ((spec, 6 + 4), (decoder_spec_from_config(SPEC), 2 * 2 * 4)):
+        leaves = jax.tree.leaves(init_cache(current, 2, 8, jnp.float32),
+                                 is_leaf=lambda c: isinstance(c, KVCache | MLACache))
+        kind = MLACache if current.mla is not None else KVCache
+        assert all(isinstance(c, kind) for c in leaves)
+        data = sum(a.nbytes for c in leaves for a in c[:2])  # without the slot indices
+        assert cache_bytes(current, 2, 8, 4) == data == current.num_layers * 2 * 8 * per_token * 4
+    mla_leaves = jax.tree.leaves(init_cache(spec, 2, 8, jnp.float32),
+                                 is_leaf=lambda c: isinstance(c, MLACache))
+    lead = (1,) if scan_layers else ()  # a stack of one repeat of one dense layer
+    assert [(c.latent.shape, c.k_rope.shape) for c in mla_leaves] == (
+        [((*lead, 2, 8, 6), (*lead, 2, 8, 4))])
