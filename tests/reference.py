@@ -29,11 +29,22 @@ def top_indices(values, k):
     return sorted(range(len(values)), key=lambda e: (-values[e], e))[:k]
 
 
-def _pick(selection, top_k, num_groups, top_groups):
+def normalised_sigmoid(v):
+    """sigmoid(v_e) / sum_e' sigmoid(v_e'): the sigmoid router's distribution for the losses."""
+    s = sigmoid(v)
+    return s / s.sum()
+
+
+# group_score -> how many of a group's best selection scores are summed
+GROUP_BEST = {"top2_sum": 2, "max": 1}
+
+
+def _pick(selection, top_k, num_groups, top_groups, group_score="top2_sum"):
     """The top_k experts of one token's selection scores, within its best groups."""
     if num_groups > 1:
         size = len(selection) // num_groups
-        group_score = [sum(sorted(selection[g * size:(g + 1) * size], reverse=True)[:2])
+        best = GROUP_BEST[group_score]
+        group_score = [sum(sorted(selection[g * size:(g + 1) * size], reverse=True)[:best])
                        for g in range(num_groups)]
         keep = set(top_indices(group_score, top_groups))
         selection = [s if e // size in keep else -math.inf for e, s in enumerate(selection)]
@@ -41,10 +52,11 @@ def _pick(selection, top_k, num_groups, top_groups):
 
 
 def route_ref(x, w_router, *, top_k, kind="softmax_topk", normalize_gates=True,
-              scaling_factor=1.0, num_groups=1, top_groups=1, bias=None, exclude=None,
-              disable_top1=False):
+              scaling_factor=1.0, num_groups=1, top_groups=1, group_score="top2_sum", bias=None,
+              exclude=None, disable_top1=False):
     """Returns logits [T, E], probs [T, E], expert_idx [T, K], gates [T, K] (float64 loops).
 
+    probs: softmax(r), or the normalised sigmoid for kind="sigmoid".
     exclude: [T, E] bool experts a token may not pick; disable_top1: each token's first pick
     (as routed without it) is excluded and the k experts are picked from the rest.
     """
@@ -58,15 +70,16 @@ def route_ref(x, w_router, *, top_k, kind="softmax_topk", normalize_gates=True,
     for t in range(tokens):
         r = np.array([sum(x[t, d] * w_router[d, e] for d in range(x.shape[1]))
                       for e in range(num_experts)])
-        logits[t], probs[t] = r, softmax(r)
-        scores = {"softmax_topk": probs[t], "sigmoid": sigmoid(r), "topk_softmax": r}[kind]
+        logits[t] = r
+        probs[t] = normalised_sigmoid(r) if kind == "sigmoid" else softmax(r)
+        scores = {"softmax_topk": softmax(r), "sigmoid": sigmoid(r), "topk_softmax": r}[kind]
         selection = [scores[e] + (0.0 if bias is None else bias[e]) for e in range(num_experts)]
         if exclude is not None:
             selection = [-math.inf if exclude[t][e] else s for e, s in enumerate(selection)]
         if disable_top1:
-            first = _pick(selection, 1, num_groups, top_groups)[0]
+            first = _pick(selection, 1, num_groups, top_groups, group_score)[0]
             selection = [-math.inf if e == first else s for e, s in enumerate(selection)]
-        chosen = _pick(selection, top_k, num_groups, top_groups)
+        chosen = _pick(selection, top_k, num_groups, top_groups, group_score)
         picked = np.array([scores[e] for e in chosen])
         if kind == "topk_softmax":
             g = softmax(picked)
@@ -132,11 +145,17 @@ def dense_swiglu_ref(x, w_gate, w_up, w_down):
 
 
 def shared_mix_ref(routed, shared, u, mix_kernel=None, mix_bias=None):
-    """routed + shared, or c0 * routed + c1 * shared with c = softmax(u W_c + b_c) per token."""
+    """Per token: routed + shared (no mix_kernel); c0 * routed + c1 * shared with
+    c = softmax(u W_c + b_c) (mix_kernel [D, 2]); routed + sigmoid(u w_c) * shared (mix_kernel
+    [D, 1], no bias: Qwen2-MoE's shared_expert_gate)."""
     if mix_kernel is None:
         return routed + shared
     out = np.zeros_like(routed)
     for t in range(routed.shape[0]):
-        c = softmax(np.asarray(u[t], np.float64) @ mix_kernel + mix_bias)
+        logits = np.asarray(u[t], np.float64) @ mix_kernel
+        if mix_kernel.shape[1] == 1:
+            out[t] = routed[t] + sigmoid(logits[0]) * shared[t]
+            continue
+        c = softmax(logits + mix_bias)
         out[t] = c[0] * routed[t] + c[1] * shared[t]
     return out

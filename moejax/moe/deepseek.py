@@ -1,7 +1,8 @@
 """DeepSeekMoE block: fine-grained routed experts plus always-on shared experts.
 
 `y = sum_s FFN^shared_s(x) + sum_{e in TopK} g_e FFN_e(x)` (docs/methods.md section 3), or the
-learned 2-way mix with `shared_mix="softmax"`. Fine-graining (`granularity`) is in MoESpec.
+learned 2-way mix with `shared_mix="softmax"`, or Qwen2-MoE's sigmoid gate with
+`shared_mix="sigmoid"`. Fine-graining (`granularity`) is in MoESpec.
 """
 
 from __future__ import annotations

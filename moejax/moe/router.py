@@ -9,9 +9,24 @@ Kinds (`RouterSpec.kind`):
 - "sigmoid": s = sigmoid(r), top-k of s + b where b is the selection-only bias (DeepSeek-V3
   aux-loss-free balancing); gates from s without b, optionally renormalised.
 Every kind may add the selection-only bias, restrict selection to the best `top_groups` of
-`num_groups` expert groups (DeepSeek-V3 group-limited routing; a group's score is the sum of
-its two best scores), scale the gates by `scaling_factor`, and multiply its input by uniform
-jitter in [1 - jitter, 1 + jitter] in training (Switch).
+`num_groups` expert groups (group-limited routing; a group's score is the sum of its two best
+selection scores, DeepSeek-V3, or its best one, DeepSeek-V2: `group_score`), scale the gates
+by `scaling_factor`, and multiply its input by uniform jitter in [1 - jitter, 1 + jitter] in
+training (Switch).
+
+`probs`, the distribution the losses read, is softmax(r) for the softmax kinds and the
+normalised sigmoid s / sum_e s_e for "sigmoid" (DeepSeek-V3's balance-loss affinities).
+
+Hugging Face transformers 5.18 routers as RouterSpecs (equal selection and gates; HF returns
+its k picks unsorted, moejax best first):
+- DeepseekV3TopkRouter: kind="sigmoid", use_bias (`e_score_correction_bias` is `Router.bias`),
+  num_groups=n_group, top_groups=topk_group, group_score="top2_sum",
+  normalize_gates=norm_topk_prob (both divide by sum + 1e-20), scaling_factor=
+  routed_scaling_factor (applied after the normalisation in both).
+- DeepseekV2TopkRouter, topk_method="greedy": kind="softmax_topk", normalize_gates=False,
+  scaling_factor=routed_scaling_factor; "group_limited_greedy": the same with
+  num_groups=n_group, top_groups=topk_group, group_score="max".
+- Qwen2MoeTopKRouter: kind="softmax_topk", normalize_gates=norm_topk_prob.
 """
 
 from __future__ import annotations
@@ -34,10 +49,12 @@ class RouterKind(NamedTuple):
     """What a router kind computes from the float32 logits.
 
     Attributes:
+      probs: logits [T, E] -> the distribution [T, E] the losses read (rows sum to 1).
       scores: logits [T, E] -> selection scores [T, E] (top-k is taken of these + the bias).
       gates: (picked scores [T, K], normalize_gates) -> gates [T, K].
     """
 
+    probs: Callable[[jax.Array], jax.Array]
     scores: Callable[[jax.Array], jax.Array]
     gates: Callable[[jax.Array, bool], jax.Array]
 
@@ -51,11 +68,24 @@ def _softmax_over_picked(picked: jax.Array, normalize: bool) -> jax.Array:
     return jax.nn.softmax(picked, axis=-1)
 
 
+def _softmax(logits: jax.Array) -> jax.Array:
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def normalised_sigmoid(logits: jax.Array) -> jax.Array:
+    """[T, E] logits -> sigmoid(r_e) / sum_e' sigmoid(r_e') [T, E] (DeepSeek-V3's s'),
+    computed as softmax(log sigmoid(r)): rows sum to 1 even where every sigmoid underflows."""
+    return jax.nn.softmax(jax.nn.log_sigmoid(logits), axis=-1)
+
+
 ROUTER_KINDS = MappingProxyType({
-    "softmax_topk": RouterKind(lambda logits: jax.nn.softmax(logits, axis=-1), _renormalised),
-    "topk_softmax": RouterKind(lambda logits: logits, _softmax_over_picked),
-    "sigmoid": RouterKind(jax.nn.sigmoid, _renormalised),
+    "softmax_topk": RouterKind(_softmax, _softmax, _renormalised),
+    "topk_softmax": RouterKind(_softmax, lambda logits: logits, _softmax_over_picked),
+    "sigmoid": RouterKind(normalised_sigmoid, jax.nn.sigmoid, _renormalised),
 })
+
+# RouterSpec.group_score -> how many of a group's best selection scores make its score
+GROUP_SCORES = MappingProxyType({"top2_sum": 2, "max": 1})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +98,12 @@ class RouterSpec:
       scaling_factor: multiplies the gates (DeepSeek-V3 `routed_scaling_factor`).
       num_groups: expert groups for group-limited routing (1 = off); must divide E.
       top_groups: groups kept per token when num_groups > 1.
+      group_score: a key of GROUP_SCORES, how a group is scored: "top2_sum" (the sum of its
+        two best selection scores, DeepSeek-V3) or "max" (its best, DeepSeek-V2
+        `group_limited_greedy`). Experts outside the kept groups are masked to -inf; V2 masks
+        them to 0.0 instead, which selects the same experts because softmax scores are > 0
+        and `check` ensures top_groups * group_size >= k (a kept score that underflows to
+        exactly 0.0 would tie with the masked ones there).
       use_bias: keep a selection-only bias per expert (aux-loss-free balancing).
       jitter: multiplicative input jitter amplitude in training (0 = off).
     """
@@ -77,11 +113,13 @@ class RouterSpec:
     scaling_factor: float = 1.0
     num_groups: int = 1
     top_groups: int = 1
+    group_score: str = "top2_sum"
     use_bias: bool = False
     jitter: float = 0.0
 
     def __post_init__(self):
         check_choice("router.kind", self.kind, ROUTER_KINDS)
+        check_choice("router.group_score", self.group_score, GROUP_SCORES)
         check_int("router.num_groups", self.num_groups)
         check_int("router.top_groups", self.top_groups)
         if self.top_groups > self.num_groups:
@@ -113,7 +151,8 @@ class Routing(NamedTuple):
 
     Attributes:
       logits: [T, E] float32.
-      probs: [T, E] float32 softmax of the logits (the distribution losses read).
+      probs: [T, E] float32 distribution the losses read (`RouterKind.probs`): softmax of
+        the logits, or for "sigmoid" the normalised sigmoid s / sum_e s_e (no bias).
       expert_idx: [T, K] int32 chosen experts, best first (ties: lowest index).
       gates: [T, K] float32 combine weights.
       dispatch: the fused kernel's output (counts and expert-sorted positions) when it
@@ -127,12 +166,17 @@ class Routing(NamedTuple):
     dispatch: TopKDispatch | None = None
 
 
-def _group_limit(selection: jax.Array, num_groups: int, top_groups: int) -> jax.Array:
-    """Masks experts outside each token's best groups to -inf.  selection: [T, E]."""
+def _group_limit(selection: jax.Array, num_groups: int, top_groups: int,
+                 group_score: str) -> jax.Array:
+    """Masks experts outside each token's best groups to -inf.
+
+    selection: [T, E]; a group's score is the sum of its GROUP_SCORES[group_score] best
+    selection scores (all of them in groups smaller than that). Returns [T, E].
+    """
     tokens, num_experts = selection.shape
     grouped = selection.reshape(tokens, num_groups, num_experts // num_groups)
-    best_two = jax.lax.top_k(grouped, min(2, grouped.shape[-1]))[0]
-    group_scores = best_two.sum(-1)  # [T, G]
+    best = jax.lax.top_k(grouped, min(GROUP_SCORES[group_score], grouped.shape[-1]))[0]
+    group_scores = best.sum(-1)  # [T, G]
     _, top_group_idx = jax.lax.top_k(group_scores, top_groups)
     keep = jnp.zeros((tokens, num_groups), bool).at[
         jnp.arange(tokens)[:, None], top_group_idx
@@ -144,7 +188,7 @@ def _group_limit(selection: jax.Array, num_groups: int, top_groups: int) -> jax.
 def _select(selection: jax.Array, spec: RouterSpec, top_k: int) -> jax.Array:
     """[T, E] selection scores -> [T, K] chosen experts (group-limited if configured)."""
     if spec.num_groups > 1:
-        selection = _group_limit(selection, spec.num_groups, spec.top_groups)
+        selection = _group_limit(selection, spec.num_groups, spec.top_groups, spec.group_score)
     return jax.lax.top_k(selection, top_k)[1]
 
 
@@ -185,7 +229,7 @@ def route(
         return Routing(logits, fused.probs, fused.expert_idx,
                        fused.gates * spec.scaling_factor, fused)
     kind = ROUTER_KINDS[spec.kind]
-    probs = jax.nn.softmax(logits, axis=-1)
+    probs = kind.probs(logits)
     scores = kind.scores(logits)
     selection = scores if bias is None else scores + bias.astype(dtype)
     expert_idx = _select(selection, spec, top_k)

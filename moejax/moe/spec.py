@@ -6,6 +6,7 @@ import dataclasses
 from typing import ClassVar
 
 from moejax.kernels import KERNEL_IMPLEMENTATIONS, check_grouped_matmul
+from moejax.moe.combine import SHARED_MIXES
 from moejax.moe.engines import ENGINES
 from moejax.moe.router import RouterSpec
 from moejax.options import check_choice, check_int, check_range
@@ -23,8 +24,11 @@ class MoESpec:
       num_shared_experts: S always-on shared experts (0 = plain top-k MoE).
       shared_d_hidden: hidden width of each shared expert (None: the routed expert width F/m).
       sub_d_hidden: CartesianMoE sub-expert width (None: d_hidden // 2, "half-width").
-      shared_mix: how shared experts join the routed output: "sum" (DeepSeekMoE) or
-        "softmax" (a learned 2-way softmax gate, CartesianMoE).
+      shared_mix: how shared experts join the routed output, a key of
+        `combine.SHARED_MIXES`: "sum" (routed + shared, DeepSeekMoE), "softmax" (a learned
+        2-way gate c = softmax(u W_c + b_c): c0 routed + c1 shared, CartesianMoE) or
+        "sigmoid" (routed + sigmoid(u w_c) shared, w_c = `mix_kernel [D, 1]` without bias:
+        Qwen2-MoE's `shared_expert_gate`).
       engine: a key of `ENGINES` (`moe/engines/__init__.py`): "dense", "capacity" or
         "dropless".
       implementation: "auto", "pallas" or "jnp": the fused top-k dispatch and
@@ -87,7 +91,7 @@ class MoESpec:
         check_choice("moe.implementation", self.implementation, KERNEL_IMPLEMENTATIONS)
         check_grouped_matmul(self.grouped_matmul, "moe.grouped_matmul")
         check_choice("moe.cosine_source", self.cosine_source, ("activation", "output"))
-        check_choice("moe.shared_mix", self.shared_mix, ("sum", "softmax"))
+        check_choice("moe.shared_mix", self.shared_mix, SHARED_MIXES)
         self.router.check(self.routed_experts, self.routed_top_k)
 
     @property

@@ -19,7 +19,8 @@ def shared_params(shared):
     weights = (f64(ffn.w_gate), f64(ffn.w_up), f64(ffn.w_down))
     if shared.mix_kernel is None:
         return weights, None, None
-    return weights, f64(shared.mix_kernel), f64(shared.mix_bias)
+    bias = None if shared.mix_bias is None else f64(shared.mix_bias)
+    return weights, f64(shared.mix_kernel), bias
 
 
 def assert_record_matches(record, router, info, rtol=1e-5):

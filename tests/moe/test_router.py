@@ -1,4 +1,6 @@
-"""Router variants against the NumPy loop oracle (tests/reference.py)."""
+"""Router variants against the NumPy loop oracle (tests/reference.py) and transformers' routers."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,7 @@ from jax.test_util import check_grads
 
 from moejax.moe.router import Router, RouterSpec, route
 from moejax.moe.spec import MoESpec
-from tests.reference import route_ref
+from tests.reference import route_ref, sigmoid, softmax
 
 T, D, E, K = 37, 10, 6, 3
 
@@ -20,6 +22,10 @@ CASES = {
     "sigmoid_bias": dict(kind="sigmoid", scaling_factor=2.5, use_bias=True),
     "grouped": dict(kind="sigmoid", num_groups=3, top_groups=2, use_bias=True),
     "grouped_softmax": dict(kind="softmax_topk", num_groups=2, top_groups=1),
+    "grouped_max": dict(kind="softmax_topk", num_groups=3, top_groups=2, group_score="max",
+                        normalize_gates=False, scaling_factor=16.0),
+    "grouped_sigmoid_max": dict(kind="sigmoid", num_groups=3, top_groups=2, group_score="max",
+                                use_bias=True),
 }
 
 
@@ -221,7 +227,156 @@ def test_router_module_checks_sizes():
     (dict(kind="bogus"), "router.kind"),
     (dict(num_groups=2, top_groups=3), "top_groups=3"),
     (dict(jitter=1.5), "router.jitter"),
+    (dict(group_score="sum"), r"router.group_score='sum'; allowed: top2_sum, max"),
 ])
 def test_invalid_router_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RouterSpec(**kwargs)
+
+
+# --- Hugging Face transformers 5.18 routers, transcribed to NumPy float64 plain loops -------
+# Each returns the k picks in descending order of the score top-k was taken of (HF's torch.topk
+# has sorted=False: its picks are a set) and their weights. weight: [E, D] (HF layout).
+
+
+def _top(values, k):
+    """Indices of the k largest values, largest first; asserts no near-tie at the cut."""
+    order = sorted(range(len(values)), key=lambda e: -values[e])
+    if k < len(values):
+        assert values[order[k - 1]] - values[order[k]] > 1e-6, "near-tie: pick other inputs"
+    return order[:k]
+
+
+def _group_mask(scores, num_group, topk_group, group_score):
+    """HF's group mask: [E] bool, True in the topk_group groups of best group_score."""
+    size = len(scores) // num_group
+    groups = [group_score(scores[g * size:(g + 1) * size]) for g in range(num_group)]
+    kept = _top(groups, topk_group)
+    return [e // size in kept for e in range(len(scores))]
+
+
+def _logits(x_t, weight):
+    return np.array([sum(x_t[d] * weight[e, d] for d in range(len(x_t)))
+                     for e in range(weight.shape[0])])
+
+
+def hf_deepseek_v3_router(x, weight, bias, top_k, n_group, topk_group, norm_topk_prob,
+                          routed_scaling_factor):
+    """DeepseekV3TopkRouter.forward per token -> (topk_indices [T, K], topk_weights [T, K])."""
+    indices, weights = [], []
+    for x_t in np.asarray(x, np.float64):
+        scores = sigmoid(_logits(x_t, weight))
+        for_choice = scores + bias
+        keep = _group_mask(for_choice, n_group, topk_group, lambda g: sum(sorted(g)[-2:]))
+        for_choice = np.where(keep, for_choice, -np.inf)
+        idx = _top(for_choice, top_k)
+        w = scores[idx]
+        if norm_topk_prob:
+            w = w / (w.sum() + 1e-20)
+        indices.append(idx)
+        weights.append(w * routed_scaling_factor)
+    return np.array(indices), np.array(weights)
+
+
+def hf_deepseek_v2_router(x, weight, top_k, topk_method, n_group, topk_group,
+                          routed_scaling_factor):
+    """DeepseekV2TopkRouter.forward per token -> (topk_indices [T, K], topk_weights [T, K])."""
+    indices, weights = [], []
+    for x_t in np.asarray(x, np.float64):
+        scores = softmax(_logits(x_t, weight))
+        if topk_method == "group_limited_greedy":
+            keep = _group_mask(scores, n_group, topk_group, max)
+            scores = np.where(keep, scores, 0.0)  # 0.0, not -inf
+        idx = _top(scores, top_k)
+        indices.append(idx)
+        weights.append(scores[idx] * routed_scaling_factor)
+    return np.array(indices), np.array(weights)
+
+
+def hf_qwen2_moe_router(x, weight, top_k, norm_topk_prob):
+    """Qwen2MoeTopKRouter.forward per token -> (router_indices [T, K], router_scores [T, K])."""
+    indices, weights = [], []
+    for x_t in np.asarray(x, np.float64):
+        probs = softmax(_logits(x_t, weight))
+        idx = _top(probs, top_k)
+        w = probs[idx]
+        indices.append(idx)
+        weights.append(w / w.sum() if norm_topk_prob else w)
+    return np.array(indices), np.array(weights)
+
+
+HF_E, HF_K = 8, 3
+
+
+def _hf_inputs(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(T, D)).astype(np.float32)
+    weight = rng.normal(size=(HF_E, D)).astype(np.float32)  # HF [E, D]
+    bias = (0.3 * rng.normal(size=(HF_E,))).astype(np.float32)
+    return x, weight, bias
+
+
+def _assert_routes_like_hf(out, indices, weights):
+    np.testing.assert_array_equal(np.asarray(out.expert_idx), indices)
+    np.testing.assert_allclose(np.asarray(out.gates, np.float64), weights, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm_topk_prob", [True, False])
+def test_deepseek_v3_router_equals_transformers(norm_topk_prob):
+    x, weight, bias = _hf_inputs(11)
+    spec = RouterSpec(kind="sigmoid", use_bias=True, num_groups=4, top_groups=2,
+                      group_score="top2_sum", normalize_gates=norm_topk_prob,
+                      scaling_factor=2.5)
+    router = Router(D, HF_E, HF_K, spec, rngs=nnx.Rngs(0))
+    router.kernel[...] = jnp.asarray(weight.T)
+    router.bias[...] = jnp.asarray(bias)  # e_score_correction_bias
+    indices, weights = hf_deepseek_v3_router(x, weight.astype(np.float64), bias, HF_K, 4, 2,
+                                             norm_topk_prob, 2.5)
+    _assert_routes_like_hf(router(jnp.asarray(x)), indices, weights)
+    ungrouped = hf_deepseek_v3_router(x, weight.astype(np.float64), bias, HF_K, 1, 1,
+                                      norm_topk_prob, 2.5)[0]
+    assert (ungrouped != indices).any()  # the groups did restrict some tokens
+
+
+def test_deepseek_v2_greedy_router_equals_transformers():
+    x, weight, _ = _hf_inputs(12)
+    spec = RouterSpec(kind="softmax_topk", normalize_gates=False, scaling_factor=16.0)
+    out = route(jnp.asarray(x), jnp.asarray(weight.T), spec, HF_K)
+    _assert_routes_like_hf(out, *hf_deepseek_v2_router(x, weight.astype(np.float64), HF_K,
+                                                        "greedy", 1, 1, 16.0))
+
+
+def test_deepseek_v2_group_limited_router_equals_transformers():
+    """group_score="max" with -inf masking picks what V2's 0.0 masking picks (softmax > 0
+    and top_groups * group_size >= k); "top2_sum" would differ on some tokens."""
+    x, weight, _ = _hf_inputs(13)
+    spec = RouterSpec(kind="softmax_topk", normalize_gates=False, scaling_factor=16.0,
+                      num_groups=4, top_groups=2, group_score="max")
+    out = route(jnp.asarray(x), jnp.asarray(weight.T), spec, HF_K)
+    indices, weights = hf_deepseek_v2_router(x, weight.astype(np.float64), HF_K,
+                                             "group_limited_greedy", 4, 2, 16.0)
+    _assert_routes_like_hf(out, indices, weights)
+    top2 = route(jnp.asarray(x), jnp.asarray(weight.T),
+                 dataclasses.replace(spec, group_score="top2_sum"), HF_K)
+    assert (np.asarray(top2.expert_idx) != indices).any()
+
+
+@pytest.mark.parametrize("norm_topk_prob", [True, False])
+def test_qwen2_moe_router_equals_transformers(norm_topk_prob):
+    x, weight, _ = _hf_inputs(15)
+    spec = RouterSpec(kind="softmax_topk", normalize_gates=norm_topk_prob)
+    out = route(jnp.asarray(x), jnp.asarray(weight.T), spec, HF_K)
+    _assert_routes_like_hf(out, *hf_qwen2_moe_router(x, weight.astype(np.float64), HF_K,
+                                                      norm_topk_prob))
+
+
+def test_sigmoid_probs_are_the_normalised_sigmoid():
+    """The distribution the losses read under a sigmoid router: s / sum_e s_e, bias-free."""
+    x, w, bias = _inputs(14)
+    spec = RouterSpec(kind="sigmoid", use_bias=True)
+    out = route(jnp.asarray(x), jnp.asarray(w), spec, K, bias=jnp.asarray(bias))
+    s = sigmoid(x.astype(np.float64) @ w)
+    np.testing.assert_allclose(np.asarray(out.probs, np.float64), s / s.sum(-1, keepdims=True),
+                               rtol=1e-5, atol=1e-7)
+    far = route(jnp.full((2, D), 50.0), -jnp.asarray(np.abs(w)), spec, K)  # sigmoid underflows
+    np.testing.assert_allclose(np.asarray(far.probs).sum(-1), 1.0, rtol=1e-6)
