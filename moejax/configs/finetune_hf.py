@@ -14,7 +14,8 @@ import pathlib
 import ml_collections
 
 from moejax.models.decoder import decoder_spec_from_config
-from moejax.models.hf_dir import read_config, spec_from_hf_config
+from moejax.models.hf_config import spec_from_hf_config
+from moejax.models.hf_dir import read_config
 from moejax.train.config_files import sibling_config
 
 

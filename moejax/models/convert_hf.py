@@ -1,38 +1,10 @@
 """Checkpoint conversion: Hugging Face weights <-> moejax `Decoder` params, by one tensor table.
 
-moejax's top-k decoder (docs/methods.md section 3: RMSNorm, RoPE "rotate half", grouped-query
-attention, no biases, untied embeddings, softmax-then-top-k) is weight for weight HF
-`MixtralForCausalLM`, and with `model.qk_norm` (per-head q/k RMSNorm) HF
-`Qwen3MoeForCausalLM`; the family records (`hf_families.py`) say which options each fixes.
-torch `Linear` weights are [out, in]; moejax stores [in, out] with heads split out. The
-tables below (`TOP_TENSORS`, `LAYER_TENSORS`) drive the expected names and shapes, the import
-(`from_hf`) and the export (`to_hf`) alike; in the hub's per-expert layout, as
-`save_pretrained` writes it:
-
-| HF tensor (torch layout)                               | moejax parameter                    |
-|--------------------------------------------------------|-------------------------------------|
-| model.embed_tokens.weight [V, D]                       | embed.embedding [V, D]              |
-| model.layers.{i}.input_layernorm.weight [D]            | layers[i].attn_norm.weight [D]      |
-| model.layers.{i}.self_attn.q_proj.weight [N*H, D]      | layers[i].attn.w_q [D, N, H]        |
-| model.layers.{i}.self_attn.{k,v}_proj.weight [K*H, D]  | layers[i].attn.w_{k,v} [D, K, H]    |
-| model.layers.{i}.self_attn.o_proj.weight [D, N*H]      | layers[i].attn.w_o [N, H, D]        |
-| model.layers.{i}.self_attn.{q,k}_norm.weight [H]       | layers[i].attn.{q,k}_norm.weight    |
-| model.layers.{i}.post_attention_layernorm.weight [D]   | layers[i].ffn.norm.weight [D]       |
-| model.layers.{i}.{moe}.gate.weight [E, D]              | layers[i].ffn.block.router.kernel   |
-| ...{moe}.experts.{e}.{gate} [M, D]                     | ...block.experts.w_gate[e] [D, M]   |
-| ...{moe}.experts.{e}.{up} [M, D]                       | ...block.experts.w_up[e] [D, M]     |
-| ...{moe}.experts.{e}.{down} [D, M]                     | ...block.experts.w_down[e] [M, D]   |
-| model.layers.{i}.mlp.{gate,up,down}_proj.weight        | layers[i].ffn.ffn.w_{gate,up,down}  |
-| model.norm.weight [D]                                  | final_norm.weight [D]               |
-| lm_head.weight [V, D]                                  | head.kernel [D, V]                  |
-
-{moe}, {gate}, {up}, {down}: the family's names (Mixtral `block_sparse_moe`, `w1`, `w3`, `w2`;
-Qwen3-MoE `mlp`, `gate_proj`, `up_proj`, `down_proj`). HF's q/k/v rows are head-major (row
-`n * H + h`), so `w_q = q_proj.T.reshape(D, N, H)`. Any tensor that does not map (an unknown
-name, an expert index >= E, a rotary `inv_freq` buffer) or that is missing raises ValueError
-listing the names: expert weights are never dropped silently. The tables give the unrolled
-layout (`model.scan_layers=False`); a scanned model's stacks are filled layer by layer
-(`layout.stack_params`).
+moejax's decoder (docs/methods.md) is weight for weight each family of `hf_families.FAMILIES`
+(Mixtral, Qwen3-MoE, OLMoE, Qwen2-MoE, DeepSeek-V2/V3); the family records say which options
+each fixes, and the tensor table (`hf_tensors.py`) which HF tensor is which parameter. Any
+tensor that does not map (an unknown name, an expert index >= E, a rotary `inv_freq` buffer) or
+that is missing raises ValueError listing the names: expert weights are never dropped silently.
 
 Untrusted input: before anything is sized by the spec, `from_hf` compares its layer and expert
 counts with the indices in the tensor names, then the expected names and shapes with the
@@ -47,131 +19,40 @@ the converted parameters once, in the tensors' own dtype when asked (`dtype=None
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import re
 from collections.abc import Iterator, Mapping
-from types import MappingProxyType
 
 import jax
 import numpy as np
 from flax import nnx
 
 from moejax.models.decoder import Decoder, DecoderSpec
-from moejax.models.hf_families import COMMON_KEYS, HFFamily, family_of, set_dotted
-from moejax.models.layout import abstract_params, stack_params, unstack_params
-
-
-@dataclasses.dataclass(frozen=True)
-class Tensor:
-    """One row of the tensor table.
-
-    Attributes:
-      hf: the HF name (after `model.layers.{i}.` in LAYER_TENSORS), with the family's
-        placeholders {moe}, {gate}, {up}, {down}; `{e}` makes it one tensor per routed
-        expert, stacked on axis 0 of the moejax parameter.
-      ours: the dotted path of the moejax parameter (in the layer's dict in LAYER_TENSORS).
-      layout: how the torch array maps to ours, a LAYOUTS key.
-      shape: the torch shape in dimension symbols (`dims`), e.g. ("N*H", "D").
-      when: which layers have it, a WHEN key.
-    """
-
-    hf: str
-    ours: str
-    layout: str
-    shape: tuple[str, ...]
-    when: str = "always"
-
-
-TOP_TENSORS = (
-    Tensor("model.embed_tokens.weight", "embed.embedding", "same", ("V", "D")),
-    Tensor("model.norm.weight", "final_norm.weight", "same", ("D",)),
-    Tensor("lm_head.weight", "head.kernel", "linear", ("V", "D")),
+from moejax.models.hf_families import COMMON_KEYS, family_of, set_dotted
+from moejax.models.hf_tensors import (
+    LAYOUTS,
+    TOP_TENSORS,
+    all_rows,
+    dims,
+    head_width,
+    hf_names,
+    layer_rows,
+    ours_path,
+    torch_shape,
 )
-LAYER_TENSORS = (
-    Tensor("input_layernorm.weight", "attn_norm.weight", "same", ("D",)),
-    Tensor("self_attn.q_proj.weight", "attn.w_q", "heads_in", ("N*H", "D")),
-    Tensor("self_attn.k_proj.weight", "attn.w_k", "heads_in", ("K*H", "D")),
-    Tensor("self_attn.v_proj.weight", "attn.w_v", "heads_in", ("K*H", "D")),
-    Tensor("self_attn.o_proj.weight", "attn.w_o", "heads_out", ("D", "N*H")),
-    Tensor("self_attn.q_norm.weight", "attn.q_norm.weight", "same", ("H",), "qk_norm"),
-    Tensor("self_attn.k_norm.weight", "attn.k_norm.weight", "same", ("H",), "qk_norm"),
-    Tensor("post_attention_layernorm.weight", "ffn.norm.weight", "same", ("D",)),
-    Tensor("mlp.gate_proj.weight", "ffn.ffn.w_gate", "linear", ("F", "D"), "dense"),
-    Tensor("mlp.up_proj.weight", "ffn.ffn.w_up", "linear", ("F", "D"), "dense"),
-    Tensor("mlp.down_proj.weight", "ffn.ffn.w_down", "linear", ("D", "F"), "dense"),
-    Tensor("{moe}.gate.weight", "ffn.block.router.kernel", "linear", ("E", "D"), "moe"),
-    Tensor("{moe}.experts.{e}.{gate}.weight", "ffn.block.experts.w_gate", "linear", ("M", "D"),
-           "moe"),
-    Tensor("{moe}.experts.{e}.{up}.weight", "ffn.block.experts.w_up", "linear", ("M", "D"),
-           "moe"),
-    Tensor("{moe}.experts.{e}.{down}.weight", "ffn.block.experts.w_down", "linear", ("D", "M"),
-           "moe"),
-)
-# which layers (spec, layer index) hold a row
-WHEN = MappingProxyType({
-    "always": lambda spec, i: True,
-    "qk_norm": lambda spec, i: spec.qk_norm,
-    "dense": lambda spec, i: not spec.is_moe_layer(i),
-    "moe": lambda spec, i: spec.is_moe_layer(i),
-})
-# layout -> (torch array, dims -> ours; ours, dims -> torch array)
-LAYOUTS = MappingProxyType({
-    "same": (lambda t, d: t, lambda o, d: o),
-    "linear": (lambda t, d: t.T, lambda o, d: o.T),
-    "heads_in": (lambda t, d: t.T.reshape(d["D"], -1, d["H"]),  # [count*H, D] -> [D, count, H]
-                 lambda o, d: o.reshape(d["D"], -1).T),
-    "heads_out": (lambda t, d: t.T.reshape(-1, d["H"], d["D"]),  # [D, N*H] -> [N, H, D]
-                  lambda o, d: o.reshape(-1, d["D"]).T),
-})
+from moejax.models.layout import EXPORTED, abstract_params, stack_params, unstack_params
 
-
-# the stored dtypes a tensor may have; dtype=None keeps KEPT_DTYPES, the others become float32
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 KEPT_DTYPES = ("bfloat16", "float32")
 _SHOWN = 20  # missing tensor names listed in an error
 _LAYER = re.compile(r"model\.layers\.(\d{1,9})\.")
 
 
-def dims(spec: DecoderSpec) -> dict[str, int]:
-    """The tables' dimension symbols for `spec`."""
-    return {"V": spec.vocab_size, "D": spec.d_model, "N": spec.num_heads,
-            "K": spec.num_kv_heads, "H": spec.resolved_head_dim, "F": spec.d_ff,
-            "E": spec.moe.num_experts, "M": spec.moe.d_hidden}
-
-
-def _shape(row: Tensor, sizes: Mapping[str, int]) -> tuple[int, ...]:
-    return tuple(math.prod(sizes[s] for s in axis.split("*")) for axis in row.shape)
-
-
-def _names(row: Tensor, family: HFFamily, num_experts: int, prefix: str = "") -> Iterator[str]:
-    """The HF names of one row: one, or one per routed expert (made one at a time)."""
-    gate, up, down = family.experts
-    name = prefix + row.hf.format(moe=family.moe, gate=gate, up=up, down=down, e="{e}")
-    if "{e}" not in row.hf:
-        yield name
-        return
-    for e in range(num_experts):
-        yield name.format(e=e)
-
-
-def _layer_rows(spec: DecoderSpec, i: int) -> list[Tensor]:
-    return [row for row in LAYER_TENSORS if WHEN[row.when](spec, i)]
-
-
-def _rows(spec: DecoderSpec):
-    """(HF name prefix, row) of every tensor of `spec`, top-level rows first."""
-    yield from (("", row) for row in TOP_TENSORS)
-    for i in range(spec.num_layers):
-        yield from ((f"model.layers.{i}.", row) for row in _layer_rows(spec, i))
-
-
 def _expected(spec: DecoderSpec) -> Iterator[tuple[str, tuple[int, ...]]]:
     """(HF tensor name, torch shape) of every tensor of `spec`, made one at a time."""
     family, sizes = family_of(spec), dims(spec)
-    for prefix, row in _rows(spec):
-        shape = _shape(row, sizes)
-        for name in _names(row, family, spec.moe.num_experts, prefix):
+    for prefix, row in all_rows(spec):
+        shape = torch_shape(row, sizes)
+        for name in hf_names(row, family, spec.moe.num_experts, prefix):
             yield name, shape
 
 
@@ -253,9 +134,10 @@ def _convert_rows(spec: DecoderSpec, rows, get, prefix: str) -> dict:
     out = {}
     for row in rows:
         to_ours, _ = LAYOUTS[row.layout]
-        arrays = [to_ours(get(name), sizes)
-                  for name in _names(row, family, spec.moe.num_experts, prefix)]
-        set_dotted(out, row.ours, np.stack(arrays) if "{e}" in row.hf else arrays[0])
+        arrays = [to_ours(get(name), head_width(row, sizes))
+                  for name in hf_names(row, family, spec.moe.num_experts, prefix)]
+        set_dotted(out, ours_path(row, spec),
+                   np.stack(arrays) if "{e}" in row.hf else arrays[0])
     return out
 
 
@@ -304,14 +186,14 @@ def from_hf(tensors: Mapping, spec: DecoderSpec, *, dtype=np.float32) -> dict:
         return _read(tensors, name, dtype)
 
     def layer(i):
-        return _convert_rows(spec, _layer_rows(spec, i), get, f"model.layers.{i}.")
+        return _convert_rows(spec, layer_rows(spec, i), get, f"model.layers.{i}.")
 
     params = {**_convert_rows(spec, TOP_TENSORS, get, ""),
               "layers": _Layers(layer, spec.num_layers)}
     if not spec.scan_layers:
         params["layers"] = dict(params["layers"])
     params = stack_params(spec, params)
-    expected = jax.tree.map(lambda a: a.shape, abstract_params(spec, nnx.Param))
+    expected = jax.tree.map(lambda a: a.shape, abstract_params(spec))
     assert jax.tree.map(np.shape, params) == expected, "internal: not the Decoder's params"
     return params
 
@@ -323,11 +205,12 @@ def _export_rows(spec: DecoderSpec, rows, params: dict, prefix: str) -> dict[str
     for row in rows:
         _, to_torch = LAYOUTS[row.layout]
         value = params
-        for part in row.ours.split("."):
+        for part in ours_path(row, spec).split("."):
             value = value[part]
-        names = _names(row, family, spec.moe.num_experts, prefix)
+        names = hf_names(row, family, spec.moe.num_experts, prefix)
         values = list(value) if "{e}" in row.hf else [value]
-        out.update({name: to_torch(v, sizes) for name, v in zip(names, values, strict=True)})
+        head = head_width(row, sizes)
+        out.update({name: to_torch(v, head) for name, v in zip(names, values, strict=True)})
     return out
 
 
@@ -341,9 +224,9 @@ def to_hf(model: Decoder) -> dict[str, np.ndarray]:
     spec = model.spec
     family_of(spec)
     pure = jax.tree.map(lambda a: np.asarray(a, np.float32),
-                        unstack_params(spec, nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])))
+                        unstack_params(spec, nnx.to_pure_dict(nnx.state(model, EXPORTED))))
     out = _export_rows(spec, TOP_TENSORS, pure, "")
     for i in range(spec.num_layers):
-        out.update(_export_rows(spec, _layer_rows(spec, i), pure["layers"][i],
+        out.update(_export_rows(spec, layer_rows(spec, i), pure["layers"][i],
                                 f"model.layers.{i}."))
     return {name: np.ascontiguousarray(value) for name, value in out.items()}

@@ -28,6 +28,8 @@ from flax import nnx
 from moejax.layers.attention import ATTENTION_IMPLEMENTATIONS, Attention, positions_from_segments
 from moejax.layers.embed import Embed, LMHead
 from moejax.layers.ffn import SwiGLU
+from moejax.layers.mla import MLAttention
+from moejax.layers.mla_spec import MLASpec, RopeScaling
 from moejax.layers.norms import RMSNorm
 from moejax.models.hf_families import FAMILIES
 from moejax.moe.cartesian import CartesianMoE
@@ -47,6 +49,7 @@ REMAT_POLICIES = MappingProxyType({
         "attention_qkv", "attention_out", "ffn_in", "ffn_out"),
 })
 BLOCKS = MappingProxyType({"topk": TopKMoE, "deepseek": DeepSeekMoE, "cartesian": CartesianMoE})
+QK_NORM_AXES = ("head", "all")  # model.qk_norm_axes
 DTYPES = MappingProxyType(
     {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 )
@@ -66,14 +69,25 @@ class DecoderSpec:
       d_ff: hidden width of the dense FFN layers.
       rope_theta: RoPE base.
       norm_eps: RMSNorm epsilon.
-      qk_norm: RMS-normalise each query and key head before RoPE, with learned [H] weights
-        (Qwen3-MoE).
+      qk_norm: RMS-normalise the queries and keys before RoPE, with learned weights (Qwen3-MoE,
+        OLMoE).
+      qk_norm_axes: what one norm covers: "head" (each head's H coordinates, weights [H];
+        Qwen3-MoE) or "all" (the whole projection, weights [N*H] and [K*H]; OLMoE).
+      qkv_bias: the q, k and v projections have biases (Qwen2-MoE).
+      clip_qkv: clamp queries, keys (after their norms) and values to [-c, c] (OLMoE); None:
+        off.
+      mla: Multi-head Latent Attention's options (DeepSeek-V2/V3, `MLASpec`) instead of
+        grouped-query attention; None: GQA. With MLA, num_kv_heads and head_dim are unused.
+      rope_scaling: YaRN RoPE scaling (`RopeScaling`); None: plain RoPE.
       first_dense_layers: leading layers with a dense FFN.
       moe_every: 1 = every later layer is MoE, 2 = every other one, ...
       block: "topk" (Mixtral), "deepseek" (shared + fine-grained experts) or "cartesian"
         (two routed sub-layers with their own norms and residuals; 2 routers per layer).
-      dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32); "float64"
-        exists for gradient checks under `jax.enable_x64`.
+      dtype: compute dtype, "float32" or "bfloat16"; "float64" exists for gradient checks
+        under `jax.enable_x64`.
+      param_dtype: the parameters' dtype in memory, "float32" or "bfloat16" (2 bytes per
+        parameter: a bf16 checkpoint imported, sampled or evaluated at its own size; training
+        keeps float32 master weights, `train.master_weights`); "float64" for gradient checks.
       attention: `jax.nn.dot_product_attention`'s implementation: "xla" or "cudnn" (GPU).
       remat: rematerialisation per layer, one of REMAT_POLICIES: "none", "full" or
         "save_dots_except_experts".
@@ -95,10 +109,16 @@ class DecoderSpec:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     qk_norm: bool = False
+    qk_norm_axes: str = "head"
+    qkv_bias: bool = False
+    clip_qkv: float | None = None
+    mla: MLASpec | None = None
+    rope_scaling: RopeScaling | None = None
     first_dense_layers: int = 0
     moe_every: int = 1
     block: str = "topk"
     dtype: str = "float32"
+    param_dtype: str | None = "float32"
     attention: str = "xla"
     remat: str = "none"
     scan_layers: bool = True
@@ -108,10 +128,18 @@ class DecoderSpec:
     def __post_init__(self):
         if isinstance(self.moe, dict):
             object.__setattr__(self, "moe", MoESpec(**self.moe))
+        for name, cls in (("mla", MLASpec), ("rope_scaling", RopeScaling)):
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, spec_from_mapping(cls, getattr(self, name),
+                                                                 f"model.{name}"))
         check_choice("model.block", self.block, BLOCKS)
         check_choice("model.attention", self.attention, ATTENTION_IMPLEMENTATIONS)
         check_choice("model.remat", self.remat, REMAT_POLICIES)
         check_choice("model.dtype", self.dtype, DTYPES)
+        if self.param_dtype is None:  # the default config's placeholder
+            object.__setattr__(self, "param_dtype", "float32")
+        check_choice("model.param_dtype", self.param_dtype, DTYPES)
+        check_choice("model.qk_norm_axes", self.qk_norm_axes, QK_NORM_AXES)
         check_choice("model.hf_family", self.hf_family, FAMILIES)
         self._check_sizes()
         if self.head_dim is None and self.d_model % self.num_heads:
@@ -139,6 +167,8 @@ class DecoderSpec:
         check_int("model.first_dense_layers", self.first_dense_layers, 0, self.num_layers)
         check_range("model.rope_theta", self.rope_theta, 0.0, low_open=True)
         check_range("model.norm_eps", self.norm_eps, 0.0, low_open=True)
+        if self.clip_qkv is not None:
+            check_range("model.clip_qkv", self.clip_qkv, 0.0, low_open=True)
 
     @functools.cached_property
     def _abstract_split(self):
@@ -180,6 +210,9 @@ def decoder_spec_from_config(model_config) -> DecoderSpec:
     """
     fields = dict(model_config)
     moe = dict(fields.pop("moe", {}))
+    for name, cls in (("mla", MLASpec), ("rope_scaling", RopeScaling)):
+        if fields.get(name) is not None:
+            fields[name] = spec_from_mapping(cls, fields[name], f"model.{name}")
     router = spec_from_mapping(RouterSpec, moe.pop("router", {}), "model.moe.router")
     check_known(MoESpec, moe, "model.moe")
     check_known(DecoderSpec, fields, "model")
@@ -227,13 +260,23 @@ def _feed_forward_cls(spec: DecoderSpec, layer: int):
     return CartesianFeedForward if spec.block == "cartesian" else MoEFeedForward
 
 
+def _attention(spec: DecoderSpec, rngs: nnx.Rngs):
+    """The layer's attention: MLA when `spec.mla` is set, else grouped-query attention."""
+    if spec.mla is not None:
+        return MLAttention(spec.d_model, spec.num_heads, spec.mla, rope_theta=spec.rope_theta,
+                           rope_scaling=spec.rope_scaling, norm_eps=spec.norm_eps, rngs=rngs,
+                           implementation=spec.attention)
+    return Attention(spec.d_model, spec.num_heads, spec.num_kv_heads, spec.resolved_head_dim,
+                     rope_theta=spec.rope_theta, rope_scaling=spec.rope_scaling, rngs=rngs,
+                     implementation=spec.attention, qk_norm=spec.qk_norm,
+                     qk_norm_axes=spec.qk_norm_axes, qkv_bias=spec.qkv_bias,
+                     clip_qkv=spec.clip_qkv, norm_eps=spec.norm_eps)
+
+
 class DecoderLayer(nnx.Module):
     def __init__(self, spec: DecoderSpec, layer: int, *, rngs: nnx.Rngs, engine=None):
         self.attn_norm = RMSNorm(spec.d_model, eps=spec.norm_eps)
-        self.attn = Attention(spec.d_model, spec.num_heads, spec.num_kv_heads,
-                              spec.resolved_head_dim, rope_theta=spec.rope_theta, rngs=rngs,
-                              implementation=spec.attention, qk_norm=spec.qk_norm,
-                              norm_eps=spec.norm_eps)
+        self.attn = _attention(spec, rngs)
         self.ffn = _feed_forward_cls(spec, layer)(spec, rngs=rngs, engine=engine)
 
     def __call__(self, x: jax.Array, positions: jax.Array, segments=None, *,
@@ -288,6 +331,16 @@ class LayerStack(nnx.Module):
         return x, records, cache
 
 
+def cast_params(module: nnx.Module, dtype) -> None:
+    """Casts every float `nnx.Param` of `module` to `dtype` in place (`model.param_dtype`;
+    the router's selection bias, not a Param, stays float32)."""
+    if dtype == jnp.float32:
+        return
+    for _, param in nnx.iter_graph(module):
+        if isinstance(param, nnx.Param) and jnp.issubdtype(param[...].dtype, jnp.floating):
+            param.set_value(param[...].astype(dtype))
+
+
 class Decoder(nnx.Module):
     """tokens [B, S] -> (logits [B, S, V] float32, RoutingRecord over T = B*S tokens or None).
 
@@ -305,6 +358,7 @@ class Decoder(nnx.Module):
                                     for i in range(spec.num_layers)])
         self.final_norm = RMSNorm(spec.d_model, eps=spec.norm_eps)
         self.head = LMHead(spec.d_model, spec.vocab_size, rngs=rngs)
+        cast_params(self, DTYPES[spec.param_dtype])
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, *,
                  segments: jax.Array | None = None, disable_top1: bool = False, cache=None):

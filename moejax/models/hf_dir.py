@@ -3,12 +3,7 @@
 A directory as `save_pretrained` writes it: `config.json` plus `model.safetensors`, or
 `model-0000i-of-0000n.safetensors` shards with `model.safetensors.index.json`.
 
-- `spec_from_hf_config` / `hf_config_from_spec`: the options both ways, driven by the family
-  record (`hf_families.py`) of config.json's `model_type` / of `model.hf_family`. An HF option
-  moejax cannot honour (another `model_type`, a sliding window, tied embeddings, an activation
-  other than SiLU, attention biases, scaled RoPE, dense layers no `first_dense_layers` /
-  `moe_every` pattern gives) and a moejax option the family cannot express are errors naming
-  them.
+- The options both ways (config.json <-> DecoderSpec) are `hf_config.py`'s.
 - `read_hf_dir`: (spec, tensors in the per-expert layout), each tensor read from its file
   only when converted (`np.asarray`), in its stored dtype. It reads both tensor layouts:
   the hub's per-expert names (Mixtral `block_sparse_moe.experts.{e}.w1/w2/w3`, Qwen3-MoE
@@ -18,9 +13,9 @@ A directory as `save_pretrained` writes it: `config.json` plus `model.safetensor
 - `write_hf_dir`: the per-expert layout (what transformers itself saves), in the model's
   float32 or a given dtype, sharded above `max_shard_bytes` with an index, and a
   `generation_config.json` when given one.
-- `HF_KEPT` / `kept_keys`: what config.json says that moejax does not model but an export
-  must write back (the context length, the special token ids). `moejax-hf import` keeps them
-  under the export config's `KEPT` key ("hf"), and `hf_config_from_spec` writes them.
+- DeepSeek-V3's multi-token prediction layers (`model.layers.{L}` and beyond, counted by
+  `num_nextn_predict_layers`) are skipped by `read_hf_dir` with a warning naming them, as
+  transformers skips them.
 
 The tensor mapping itself is `convert_hf.from_hf` / `to_hf`.
 
@@ -37,119 +32,33 @@ as it is converted.
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 import re
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 
 import ml_dtypes
 import numpy as np
 
 from moejax.atomic import atomic_directory
-from moejax.models.decoder import DecoderSpec, decoder_spec_from_config
-from moejax.models.hf_families import (
-    BOUNDS,
-    COMMON_KEYS,
-    COMMON_WRITTEN,
-    DENSE_LAYOUTS,
-    FAMILIES,
-    KINDS,
-    HFFamily,
-    Key,
-    dotted,
-    family_of,
-    set_dotted,
+from moejax.models.decoder import DecoderSpec
+from moejax.models.hf_config import (
+    HF_KEPT,
+    JSON_TYPES,
+    hf_config_from_spec,
+    kept_keys,
+    skipped_layers,
+    spec_from_hf_config,
 )
-from moejax.options import check_choice, check_int
+from moejax.models.hf_families import FAMILIES, HFFamily
+from moejax.options import check_choice
 
+_log = logging.getLogger(__name__)
 INDEX = "model.safetensors.index.json"
 GENERATION_CONFIG = "generation_config.json"
-# config.json keys moejax does not model but an export writes back, and where an export's
-# config.json keeps them (`moejax-hf import`)
-_KEPT_KINDS = MappingProxyType({"max_position_embeddings": "size", "bos_token_id": "id",
-                                "eos_token_id": "ids", "pad_token_id": "id"})
-HF_KEPT = tuple(_KEPT_KINDS)
-KEPT = "hf"
 MAX_JSON_BYTES = 64 * 2**20  # config.json or an index larger than this is refused unread
-_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
-               bool: "a boolean", type(None): "null"}
 _FUSED = re.compile(r"^model\.layers\.(\d+)\.mlp\.(gate\.weight|experts\.gate_up_proj|"
                     r"experts\.down_proj)$")
-
-
-def _rope_theta(hf: Mapping) -> float:
-    """v4 `rope_theta`, or v5 `rope_parameters.rope_theta` (default rope only), > 0."""
-    source = next((key for key in ("rope_parameters", "rope_scaling") if hf.get(key)), None)
-    rope = hf[source] if source else {}
-    if not isinstance(rope, Mapping):
-        raise ValueError(f"HF config {source}={rope!r}; allowed: an object or null")
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind != "default":
-        raise ValueError(f"HF config rope type {kind!r} is not supported (allowed: 'default')")
-    name, theta = ((f"{source}.rope_theta", rope["rope_theta"])
-                   if rope.get("rope_theta") is not None else ("rope_theta", hf.get("rope_theta")))
-    theta = 1e6 if theta is None else theta
-    KINDS["positive"](f"HF config {name}", theta)
-    return float(theta)
-
-
-def _check_bounds(hf: Mapping, keys: tuple[Key, ...], values: dict) -> None:
-    """`BOUNDS` on {option: value read}: e.g. num_experts_per_tok <= num_local_experts."""
-    source = {key.ours: key.source(hf) for key in keys}
-    for low, high in BOUNDS:
-        if values[low] > values[high]:
-            raise ValueError(f"HF config {source[low]}={values[low]} > "
-                             f"{source[high]}={values[high]}")
-
-
-def spec_from_hf_config(hf: Mapping, **overrides) -> DecoderSpec:
-    """An HF `config.json` (as a dict) of a family in `FAMILIES` -> DecoderSpec (its
-    `hf_family` set; layers scanned unless `scan_layers=False` is among the top-level
-    `overrides`).
-
-    Raises:
-      ValueError: not a dict, another model_type, a missing key, a value not of its kind or
-        out of range, or an option moejax cannot honour, named.
-    """
-    if not isinstance(hf, Mapping):
-        raise ValueError(f"HF config is {_JSON_TYPES.get(type(hf), type(hf).__name__)}, not "
-                         "an object")
-    check_choice("HF config model_type", hf.get("model_type"), tuple(FAMILIES))
-    family = FAMILIES[hf["model_type"]]
-    for key, allowed in family.unsupported.items():
-        if hf.get(key, allowed) != allowed:
-            raise ValueError(f"HF config {key}={hf[key]!r} is not supported (allowed: "
-                             f"{allowed!r})")
-    model = {"hf_family": family.model_type, "rope_theta": _rope_theta(hf)}
-    keys = (*COMMON_KEYS, *family.keys)
-    values = {key.ours: key.read(hf) for key in keys}
-    _check_bounds(hf, keys, values)
-    for name, value in values.items():
-        set_dotted(model, name, value)
-    head_dim = hf.get("head_dim")  # None: hidden_size // heads, as moejax's default
-    check_int("HF config head_dim", head_dim, optional=True)
-    model["head_dim"] = None if head_dim == model["d_model"] // model["num_heads"] else head_dim
-    for name, value in family.requires.items():
-        set_dotted(model, name, value)
-    if family.dense_layout is not None:
-        read, _ = DENSE_LAYOUTS[family.dense_layout]
-        model.update(read(hf, model["moe"]["num_experts"]))
-    spec = decoder_spec_from_config({**model, **overrides})
-    family_of(spec)  # the spec must convert back
-    return spec
-
-
-def kept_keys(hf: Mapping) -> dict:
-    """An HF config.json dict -> {key: value or None} for each of `HF_KEPT`, each checked
-    (a context length >= 1; token ids >= 0, eos also a list of them).
-
-    Raises:
-      ValueError: a value not of its kind, naming the key and the value.
-    """
-    for key, kind in _KEPT_KINDS.items():
-        if hf.get(key) is not None:
-            KINDS[kind](f"HF config {key}", hf[key])
-    return {key: hf.get(key) for key in HF_KEPT}
 
 
 def read_kept(directory) -> dict:
@@ -180,7 +89,7 @@ def _json_object(path: pathlib.Path) -> dict:
     except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError
         raise ValueError(f"{path} is not valid JSON ({error})") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{path} holds {_JSON_TYPES.get(type(value), type(value).__name__)}, "
+        raise ValueError(f"{path} holds {JSON_TYPES.get(type(value), type(value).__name__)}, "
                          "not a JSON object")
     return value
 
@@ -199,43 +108,6 @@ def inside(directory, name: str, what: str) -> pathlib.Path:
     if not any(path.is_relative_to(allowed) for allowed in roots):
         raise ValueError(f"{what} {name!r} leads to {path}, outside {root}")
     return path
-
-
-def hf_config_from_spec(spec: DecoderSpec, torch_dtype: str = "float32", *,
-                        max_position_embeddings: int | None = None,
-                        bos_token_id: int | None = None, eos_token_id: int | list | None = None,
-                        pad_token_id: int | None = None) -> dict:
-    """DecoderSpec -> an HF `config.json` dict of its family (`model.hf_family`; v4 and v5
-    rope keys both written).
-
-    Args:
-      spec: the model.
-      torch_dtype: the stored tensors' dtype, written as `torch_dtype` and `dtype`.
-      max_position_embeddings: the context length to declare (moejax's RoPE has no limit of
-        its own); None writes 32768 (`COMMON_WRITTEN`), used only when nothing says otherwise.
-      bos_token_id, eos_token_id, pad_token_id: the special ids (an imported config's, or the
-        tokenizer's), each written when not None (eos may be a list, as HF allows).
-
-    Raises:
-      ValueError: an option the family cannot express, named.
-    """
-    family = family_of(spec)
-    config = {"architectures": [family.architecture], "model_type": family.model_type,
-              "head_dim": spec.resolved_head_dim, "rope_theta": spec.rope_theta,
-              "rope_parameters": {"rope_type": "default", "rope_theta": spec.rope_theta},
-              **COMMON_WRITTEN, **family.written, "torch_dtype": torch_dtype,
-              "dtype": torch_dtype}
-    if max_position_embeddings is not None:
-        config["max_position_embeddings"] = int(max_position_embeddings)
-    ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id,
-           "pad_token_id": pad_token_id}
-    config.update({key: value for key, value in ids.items() if value is not None})
-    config.update({key.hf[0]: dotted(spec, key.ours) for key in (*COMMON_KEYS, *family.keys)
-                   if key.write})
-    if family.dense_layout is not None:
-        _, write = DENSE_LAYOUTS[family.dense_layout]
-        config.update(write(spec))
-    return config
 
 
 class StoredTensor:
@@ -346,7 +218,23 @@ def read_hf_dir(directory, **overrides) -> tuple[DecoderSpec, dict[str, StoredTe
     tensors = {}
     for path in _shard_files(directory):
         tensors.update(_headers(path))
-    return spec, per_expert_layout(tensors, FAMILIES[hf["model_type"]])
+    return spec, per_expert_layout(_skip_layers(tensors, spec, skipped_layers(hf)),
+                                   FAMILIES[hf["model_type"]])
+
+
+def _skip_layers(tensors: dict, spec: DecoderSpec, count: int) -> dict:
+    """`tensors` without those of layers num_layers .. num_layers + count - 1 (DeepSeek-V3's
+    MTP modules), logged as a warning naming the layers and how many tensors."""
+    if count == 0:
+        return tensors
+    skipped = {f"model.layers.{spec.num_layers + j}." for j in range(min(count, 64))}
+    kept = {name: value for name, value in tensors.items()
+            if ".".join(name.split(".")[:3]) + "." not in skipped}
+    if len(kept) < len(tensors):
+        _log.warning("skipped %d tensors of the multi-token prediction layers %s (moejax "
+                     "keeps no MTP modules, as transformers)", len(tensors) - len(kept),
+                     sorted(skipped))
+    return kept
 
 
 def write_hf_dir(tensors: Mapping[str, np.ndarray], spec: DecoderSpec, out,

@@ -29,6 +29,14 @@ _PARAMETER_AXES = MappingProxyType({
     ("w_k", 3): (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM),  # [D, K, H]
     ("w_v", 3): (axes.EMBED, axes.KV_HEADS, axes.HEAD_DIM),
     ("w_o", 3): (axes.HEADS, axes.HEAD_DIM, axes.EMBED),  # [N, H, D]
+    ("b_q", 2): (axes.HEADS, axes.HEAD_DIM),  # q/k/v biases [N, H], [K, H] (Qwen2-MoE)
+    ("b_k", 2): (axes.KV_HEADS, axes.HEAD_DIM),
+    ("b_v", 2): (axes.KV_HEADS, axes.HEAD_DIM),
+    # Multi-head Latent Attention: the low ranks stay whole, the heads are split like w_q
+    ("w_q_a", 2): (axes.EMBED, None),  # [D, A]
+    ("w_q_b", 3): (None, axes.HEADS, axes.HEAD_DIM),  # [A, N, Q]
+    ("w_kv_a", 2): (axes.EMBED, None),  # [D, C + R]
+    ("w_kv_b", 3): (None, axes.HEADS, axes.HEAD_DIM),  # [C, N, nope + V]
     ("weight", 1): (None,),  # RMSNorm: [D], or [H] for the q/k norms
     ("w_gate", 3): (axes.EXPERT, axes.EMBED, axes.EXPERT_MLP),  # routed experts [E, D, F]
     ("w_up", 3): (axes.EXPERT, axes.EMBED, axes.EXPERT_MLP),
@@ -38,7 +46,7 @@ _PARAMETER_AXES = MappingProxyType({
     ("w_down", 2): (axes.MLP, axes.EMBED),  # [F, D]
     ("router/kernel", 2): (axes.EMBED, axes.ROUTER_EXPERTS),  # [D, E]
     ("router/bias", 1): (axes.ROUTER_EXPERTS,),  # RouterBias [E]
-    ("mix_kernel", 2): (axes.EMBED, None),  # shared-expert gate [D, 2]
+    ("mix_kernel", 2): (axes.EMBED, None),  # shared-expert gate [D, 2] or [D, 1]
     ("mix_bias", 1): (None,),  # [2]
 })
 

@@ -19,7 +19,7 @@ from moejax.data import pipeline
 from moejax.data.fingerprint import changed_files
 from moejax.data.tokenizer import save_tokenizer
 from moejax.models import weights
-from moejax.models.hf_dir import KEPT
+from moejax.models.hf_config import KEPT
 from moejax.regularizers import nmi_from_counts
 from moejax.reporting import metrics as schema
 from moejax.reporting.metrics import MetricsWriter

@@ -16,7 +16,7 @@ from flax import nnx
 
 import moejax
 from moejax.cli import hf as hf_cli
-from moejax.models import hf_dir, weights
+from moejax.models import hf_config, hf_dir, weights
 from moejax.models.convert_hf import from_hf, to_hf
 from moejax.models.decoder import Decoder
 from moejax.models.layout import stack_params
@@ -30,19 +30,19 @@ def _spec():
 
 def test_config_both_ways_and_what_is_refused():
     spec = _spec()
-    hf = hf_dir.hf_config_from_spec(spec)
+    hf = hf_config.hf_config_from_spec(spec)
     assert hf["num_key_value_heads"] == 2 and hf["head_dim"] == 4 and hf["rope_theta"] == 500.0
-    assert hf_dir.spec_from_hf_config(hf, scan_layers=False) == spec
+    assert hf_config.spec_from_hf_config(hf, scan_layers=False) == spec
     v5 = {k: v for k, v in hf.items() if k != "rope_theta"}  # transformers 5 keeps it here
-    assert hf_dir.spec_from_hf_config(v5).rope_theta == 500.0
-    for change, named in [({"model_type": "qwen2_moe"}, "model_type='qwen2_moe'"),
+    assert hf_config.spec_from_hf_config(v5).rope_theta == 500.0
+    for change, named in [({"model_type": "gpt_oss"}, "model_type='gpt_oss'"),
                           ({"sliding_window": 4096}, "sliding_window=4096"),
                           ({"tie_word_embeddings": True}, "tie_word_embeddings=True"),
                           ({"rope_parameters": {"rope_type": "yarn"}}, "rope type 'yarn'")]:
         with pytest.raises(ValueError, match=named):
-            hf_dir.spec_from_hf_config({**hf, **change})
+            hf_config.spec_from_hf_config({**hf, **change})
     with pytest.raises(ValueError, match="model.block='deepseek' has no HF Mixtral"):
-        hf_dir.hf_config_from_spec(dataclasses.replace(spec, block="deepseek"))
+        hf_config.hf_config_from_spec(dataclasses.replace(spec, block="deepseek"))
 
 
 def test_the_family_is_named_never_inferred():
@@ -50,20 +50,20 @@ def test_the_family_is_named_never_inferred():
     an option such as qk_norm never picks it, and a mismatch is an error naming both."""
     with pytest.raises(ValueError, match=r"model.qk_norm=True has no HF Mixtral equivalent "
                        r"\(needs False; model.hf_family='mixtral'\)"):
-        hf_dir.hf_config_from_spec(dataclasses.replace(_spec(), qk_norm=True))
+        hf_config.hf_config_from_spec(dataclasses.replace(_spec(), qk_norm=True))
     qwen = dataclasses.replace(_spec(), hf_family="qwen3_moe")
     with pytest.raises(ValueError, match="model.qk_norm=False has no HF Qwen3-MoE"):
         to_hf(Decoder(qwen, rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="model.hf_family='llama'; allowed: mixtral, qwen3_moe"):
         dataclasses.replace(qwen, hf_family="llama")
     qwen = dataclasses.replace(qwen, qk_norm=True)
-    hf = hf_dir.hf_config_from_spec(qwen)
+    hf = hf_config.hf_config_from_spec(qwen)
     assert (hf["model_type"], hf["architectures"]) == ("qwen3_moe", ["Qwen3MoeForCausalLM"])
-    assert hf_dir.spec_from_hf_config(hf, scan_layers=False) == qwen
-    mixtral = hf_dir.spec_from_hf_config(hf_dir.hf_config_from_spec(_spec()))
+    assert hf_config.spec_from_hf_config(hf, scan_layers=False) == qwen
+    mixtral = hf_config.spec_from_hf_config(hf_config.hf_config_from_spec(_spec()))
     assert (mixtral.hf_family, mixtral.qk_norm) == ("mixtral", False)
     with pytest.raises(ValueError, match="HF config has no 'num_experts_per_tok'"):
-        hf_dir.spec_from_hf_config({k: v for k, v in hf.items() if k != "num_experts_per_tok"})
+        hf_config.spec_from_hf_config({k: v for k, v in hf.items() if k != "num_experts_per_tok"})
 
 
 def test_qwen3_config_both_ways_dense_layers_and_what_is_refused():
@@ -74,24 +74,24 @@ def test_qwen3_config_both_ways_dense_layers_and_what_is_refused():
                                                                    normalize_gates=False))
     spec = dataclasses.replace(SPEC, hf_family="qwen3_moe", qk_norm=True, num_layers=4,
                                first_dense_layers=1, moe_every=2, head_dim=8, moe=moe)
-    hf = hf_dir.hf_config_from_spec(spec)
+    hf = hf_config.hf_config_from_spec(spec)
     assert (hf["model_type"], hf["decoder_sparse_step"], hf["mlp_only_layers"],
             hf["norm_topk_prob"], hf["head_dim"]) == ("qwen3_moe", 2, [], False, 8)
-    assert hf_dir.spec_from_hf_config(hf, scan_layers=False) == spec
+    assert hf_config.spec_from_hf_config(hf, scan_layers=False) == spec
     step1 = {**hf, "num_hidden_layers": 3, "decoder_sparse_step": 1, "mlp_only_layers": [0]}
-    got = hf_dir.spec_from_hf_config(step1)
+    got = hf_config.spec_from_hf_config(step1)
     assert (got.first_dense_layers, got.moe_every, got.num_layers) == (1, 1, 3)
-    assert hf_dir.spec_from_hf_config(hf_dir.hf_config_from_spec(got)) == got
+    assert hf_config.spec_from_hf_config(hf_config.hf_config_from_spec(got)) == got
     odd = dataclasses.replace(spec, first_dense_layers=2, moe_every=1)  # MoE at 2, 3
-    assert hf_dir.hf_config_from_spec(odd)["mlp_only_layers"] == [0, 1]
+    assert hf_config.hf_config_from_spec(odd)["mlp_only_layers"] == [0, 1]
     for change, named in [
             ({"decoder_sparse_step": 1, "mlp_only_layers": [2]}, r"MoE layers at \[0, 1, 3\]"),
             ({"use_sliding_window": True}, "use_sliding_window=True"),
             ({"attention_bias": True}, "attention_bias=True")]:
         with pytest.raises(ValueError, match=named):
-            hf_dir.spec_from_hf_config({**hf, **change})
+            hf_config.spec_from_hf_config({**hf, **change})
     with pytest.raises(ValueError, match="model.moe.num_shared_experts=1 has no HF Qwen3-MoE"):
-        hf_dir.hf_config_from_spec(dataclasses.replace(
+        hf_config.hf_config_from_spec(dataclasses.replace(
             spec, moe=dataclasses.replace(moe, num_shared_experts=1)))
 
 

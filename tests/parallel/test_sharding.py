@@ -196,6 +196,42 @@ def test_every_parameter_kind_of_every_block_gets_its_documented_spec(block, sca
     assert seen == set(want)
 
 
+MLA = {"kv_lora_rank": 8, "qk_nope_head_dim": 4, "qk_rope_head_dim": 4, "v_head_dim": 6}
+# the other attention kinds: q/k/v biases with q/k norms over the whole projection (Qwen2-MoE,
+# OLMoE), and MLA with and without the query's low rank (DeepSeek-V3, V2-Lite)
+ATTENTION_KINDS = {
+    "gqa_bias": ({"qkv_bias": True, "qk_norm": True, "qk_norm_axes": "all"},
+                 {**ATTENTION_SPECS, **QK_NORM_SPECS, "attn/b_q": ("tensor", None),
+                  "attn/b_k": ("tensor", None), "attn/b_v": ("tensor", None)}),
+    "mla_q_lora": ({"mla": {**MLA, "q_lora_rank": 6}},
+                   {"attn_norm/weight": (None,), "attn/w_q_a": ("fsdp", None),
+                    "attn/q_a_norm/weight": (None,), "attn/w_q_b": (None, "tensor", None),
+                    "attn/w_kv_a": ("fsdp", None), "attn/kv_a_norm/weight": (None,),
+                    "attn/w_kv_b": (None, "tensor", None), "attn/w_o": ("tensor", None, "fsdp")}),
+    "mla": ({"mla": MLA},
+            {"attn_norm/weight": (None,), "attn/w_q": ("fsdp", "tensor", None),
+             "attn/w_kv_a": ("fsdp", None), "attn/kv_a_norm/weight": (None,),
+             "attn/w_kv_b": (None, "tensor", None), "attn/w_o": ("tensor", None, "fsdp")}),
+}
+
+
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
+def test_every_attention_parameter_gets_its_documented_spec(kind):
+    options, attention = ATTENTION_KINDS[kind]
+    spec = decoder_spec_from_config(dict(EVERY_KIND, num_layers=2, first_dense_layers=0,
+                                         **{"qk_norm": False, **options}))
+    model = nnx.eval_shape(lambda: Decoder(spec, rngs=nnx.Rngs(0)))
+    mesh = make_mesh(MeshSpec(data=1, fsdp=2, expert=2, tensor=2))
+    want = {**OUTER_SPECS, **attention, **FFN_SPECS[spec.block]}
+    seen = set()
+    for path, sharding in jax.tree_util.tree_leaves_with_path(
+            state_shardings(nnx.state(model), mesh)):
+        kind_path, stacked = _kind(_names(path))
+        assert tuple(sharding.spec) == (None,) * stacked + want[kind_path], kind_path
+        seen.add(kind_path)
+    assert seen == set(want)
+
+
 def test_a_parameter_the_rules_do_not_know_is_an_error_naming_it():
     """An unknown name, or a known name of another rank, is a ValueError naming the
     parameter, not silent replication."""

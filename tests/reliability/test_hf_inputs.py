@@ -23,7 +23,7 @@ from safetensors.numpy import load_file, save_file
 
 from moejax.cli import hf as hf_cli
 from moejax.cli import sample
-from moejax.models import hf_dir, weights
+from moejax.models import hf_config, weights
 from moejax.models.hf_dir import INDEX, write_hf_dir
 from tests.models.hf_helpers import SPEC, hf_state_dict
 
@@ -131,11 +131,11 @@ def test_expected_names_are_made_lazily_whatever_the_config_says(tmp_path):
 def test_a_qwen_config_of_a_billion_layers_reads_in_constant_time():
     """Qwen's dense-layer pattern is worked out without a list as long as the model."""
     spec = dataclasses.replace(MIXTRAL, hf_family="qwen3_moe", qk_norm=True)
-    config = {**hf_dir.hf_config_from_spec(spec), "num_hidden_layers": 10**9,
+    config = {**hf_config.hf_config_from_spec(spec), "num_hidden_layers": 10**9,
               "mlp_only_layers": [0, 1], "decoder_sparse_step": 1}
     lines = _bounded(f"""
         import time
-        from moejax.models.hf_dir import spec_from_hf_config
+        from moejax.models.hf_config import spec_from_hf_config
         config = {config!r}
         started = time.perf_counter()
         got = spec_from_hf_config(config)
@@ -223,7 +223,7 @@ def _without(*keys):
                                    "[0, 1)"),
     ({"eos_token_id": -2}, "HF config eos_token_id=-2; allowed: an integer >= 0, or None"),
     ({"model_type": ["mixtral"]}, "HF config model_type=['mixtral']; allowed: mixtral, "
-                                  "qwen3_moe"),
+                                  "qwen3_moe, olmoe, qwen2_moe, deepseek_v2, deepseek_v3"),
     ({"rope_parameters": "default"}, "HF config rope_parameters='default'; allowed: an object "
                                      "or null"),
     (_without("hidden_size"), "HF config has no 'hidden_size' (moejax's model.d_model)"),
