@@ -149,6 +149,23 @@ MUTANTS = (
            "y, record_b = self.sub_b(h)",
            ("tests/moe/test_cartesian.py::test_disable_top1_reaches_both_routers",
             "tests/models/test_decoder.py::test_decoder_matches_reference")),
+    Mutant("group_score_max_sums_two",
+           "router.group_score='max' (DeepSeek-V2) scores a group by its two best, not its best",
+           "moejax/moe/router.py", '{"top2_sum": 2, "max": 1}', '{"top2_sum": 2, "max": 2}',
+           ("tests/moe/test_router.py::"
+            "test_deepseek_v2_group_limited_router_equals_transformers",
+            "tests/moe/test_router.py::test_route_matches_reference")),
+    Mutant("sigmoid_probs_are_softmax",
+           "a sigmoid router's probs (what lb / cp / var read) are softmax(r), not s / sum s",
+           "moejax/moe/router.py", '"sigmoid": RouterKind(normalised_sigmoid,',
+           '"sigmoid": RouterKind(_softmax,',
+           ("tests/moe/test_router.py::test_sigmoid_probs_are_the_normalised_sigmoid",)),
+    Mutant("shared_gate_without_sigmoid",
+           "shared_mix='sigmoid' (Qwen2-MoE) scales the shared expert by u w_c, not sigmoid",
+           "moejax/moe/combine.py", "routed + jax.nn.sigmoid(mix_logits).astype(",
+           "routed + (mix_logits).astype(",
+           ("tests/moe/test_shared.py::test_sigmoid_gated_block_matches_reference",
+            "tests/moe/test_shared.py::test_ffn_ref_deepseek_layer_with_mix_kernel")),
     Mutant("losses_drop_a_router", "every loss averages all routers but the last",
            "moejax/regularizers/_routers.py",
            "    return per_router.mean(), per_router",
@@ -333,6 +350,15 @@ MUTANTS = (
            "    except ValueError as exit_:\n",
            ("tests/reliability/test_inputs.py::"
             "test_a_config_file_that_exits_or_never_ends_is_one_line",)),
+    Mutant("master_update_on_bf16_params",
+           "the float32 update is added to the bfloat16 parameters, not taken from the master "
+           "weights (an update below bfloat16's resolution is lost)",
+           "moejax/train/optim.py", "        nnx.update(model, rounded(master, params))\n",
+           "        nnx.update(model, optax.apply_updates(params, updates))\n",
+           ("tests/train/test_master_weights.py::"
+            "test_updates_below_bfloat16_resolution_add_up_in_the_master_weights",
+            "tests/train/test_master_weights.py::"
+            "test_master_weights_are_the_float32_init_and_the_params_stay_them_rounded")),
 )
 
 

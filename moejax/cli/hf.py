@@ -7,8 +7,8 @@
 `import` reads an HF directory (config.json, single or sharded safetensors, per-expert or
 fused layout) into a moejax export (`moejax.models.weights` reads it; so does `export` back), one
 tensor at a time and in the stored dtype (a bfloat16 checkpoint gives a bfloat16 export;
-float16 and float64 tensors become float32; loading it into a model upcasts to the model's
-float32 parameters). The directory is untrusted: a config value of the wrong type or out of
+float16 and float64 tensors become float32; the export's `model.param_dtype` is "bfloat16"
+when every tensor is, so the model loads at 2 bytes per parameter). The directory is untrusted: a config value of the wrong type or out of
 range, a config that names more layers or experts than the tensors hold, a tensor that is not
 a float or not finite, a file outside the directory: each stops the import with one line
 naming it (`hf_dir.py`, `convert_hf.py`).
@@ -18,7 +18,7 @@ training workdir's float32). See `moejax/models/hf_dir.py`.
 
 The tokenizer and the generation settings travel with the weights. `import` copies the
 tokenizer's files (`TOKENIZER_FILES`) and generation_config.json into the export's root and
-keeps what config.json says that moejax does not model (`hf_dir.HF_KEPT`: the context length
+keeps what config.json says that moejax does not model (`hf_config.HF_KEPT`: the context length
 and the special ids) under the export config's "hf" key. `export` writes them back: the
 tokenizer's files (`weights.tokenizer_dir` of --from: the export's root, the workdir's
 tokenizer/), config.json with the kept context length (else 32768) and special ids (a kept
@@ -50,7 +50,8 @@ from moejax.data.tokenizer import (
 )
 from moejax.models import hf_dir, weights
 from moejax.models.convert_hf import from_hf, to_hf
-from moejax.models.hf_dir import GENERATION_CONFIG, KEPT, read_hf_dir, write_hf_dir
+from moejax.models.hf_config import KEPT
+from moejax.models.hf_dir import GENERATION_CONFIG, read_hf_dir, write_hf_dir
 
 USAGE = ("moejax-hf import --hf DIR --out EXPORT [--overwrite] | moejax-hf export --from "
          "EXPORT_OR_WORKDIR --out DIR [--dtype auto|float32|bfloat16] [--max_shard_gb N] "
@@ -112,7 +113,8 @@ def _import(options: flags.FlagValues) -> int:
                  if (source / name).is_file()]
         for file in files:  # copied under its own name, read where it leads (in the directory)
             hf_dir.inside(source, file.name, "HF file")
-        config = {"model": dataclasses.asdict(spec), KEPT: hf_dir.read_kept(source)}
+        model = dataclasses.replace(spec, param_dtype=weights.stored_param_dtype(params))
+        config = {"model": dataclasses.asdict(model), KEPT: hf_dir.read_kept(source)}
     except (FileNotFoundError, ValueError) as error:
         print(f"moejax-hf: {error}", file=sys.stderr)
         return 1

@@ -1,9 +1,11 @@
 """moejax-train: `moejax-train --config NAME[:arg] --workdir DIR [--config.a.b=value]`.
 
-`--dry-run` prints the resolved config and the parameter counts (from shapes only), then the
-plan: the train step lowered and compiled on the configured mesh without running it, with
-per-device memory, FLOPs per step and compile time (`moejax/train/plan.py`; fake CPU devices
-plan a multi-device run: `JAX_NUM_CPU_DEVICES=8`), and exits.
+`--dry-run` prints the resolved config, the parameter counts (from shapes only) and the bytes
+of a parameter and of its optimizer state (`model.param_dtype`, `train.master_weights`), then
+the plan: the train step lowered and compiled on the configured mesh without running it, with
+per-device memory, the parameters' and optimizer state's bytes per device, FLOPs per step
+and compile time (`moejax/train/plan.py`; fake CPU devices plan a multi-device run:
+`JAX_NUM_CPU_DEVICES=8`), and exits.
 Several hosts: start the same command on every host with `--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I` (or the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
 JAX_PROCESS_ID environment variables), or `--distributed_cluster` under SLURM / MPI /
@@ -36,8 +38,9 @@ from moejax.cli._command import run_command
 from moejax.models.param_count import count_parameters
 from moejax.parallel.distributed import distributed_spec, initialize_distributed
 from moejax.train.checkpoint import OutputWriteError
+from moejax.train.optim import state_bytes_per_parameter
 from moejax.train.plan import compile_plan, format_plan
-from moejax.train.specs import RunSpecs, specs_from_config
+from moejax.train.specs import RunSpecs, specs_from_config, uses_master_weights
 from moejax.train.trainer import NonFiniteError, StoppedBySignal, train_and_evaluate
 from moejax.train.workdir_lock import WorkdirBusyError
 
@@ -68,11 +71,21 @@ flags.mark_flags_as_required(["config", "workdir"], flag_values=FLAGS)
 
 
 def dry_run(config, specs: RunSpecs, compile_step: bool = True) -> str:
-    """What --dry-run prints: the resolved config, the two count lines and the plan."""
+    """What --dry-run prints: the resolved config, the two count lines, the bytes per
+    parameter and the plan."""
     counts = count_parameters(specs.model)
     text = (f"{config}\ntotal parameters: {counts.total}\n"
-            f"active parameters per token: {counts.active}")
+            f"active parameters per token: {counts.active}\n{_bytes_line(specs)}")
     return f"{text}\n{format_plan(compile_plan(specs))}" if compile_step else text
+
+
+def _bytes_line(specs: RunSpecs) -> str:
+    """Bytes of a parameter and of its optimizer state (AdamW moments, master weights)."""
+    master = uses_master_weights(specs.model, specs.train)
+    param, state = state_bytes_per_parameter(specs.model.param_dtype, master)
+    kept = "a float32 master weight and float32 moments" if master else "AdamW's two moments"
+    return (f"bytes per parameter: {param} ({specs.model.param_dtype}) + {state} of optimizer "
+            f"state ({kept}) = {param + state}")
 
 
 def main(options: flags.FlagValues) -> int:

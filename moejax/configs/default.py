@@ -35,6 +35,8 @@ def _model():
     model.moe_every = 1  # 1: every layer MoE; 2: every other layer
     model.block = "topk"  # "topk" (Mixtral) or "deepseek" (shared experts)
     model.dtype = "float32"  # compute dtype: float32 or bfloat16
+    # parameters in memory: None (float32) or "bfloat16" (float32 master weights in training)
+    model.param_dtype = ml_collections.config_dict.placeholder(str)
     model.attention = "xla"  # jax.nn.dot_product_attention: "xla" or "cudnn" (GPU)
     model.remat = "none"  # per layer: "none", "full" or "save_dots_except_experts"
     # stack the layers over depth and run them with nnx.scan (compile time flat in depth)
@@ -48,7 +50,8 @@ def _model():
     model.moe.num_shared_experts = 0  # always-on shared experts S
     # width of each shared expert (None: F / m)
     model.moe.shared_d_hidden = ml_collections.config_dict.placeholder(int)
-    model.moe.shared_mix = "sum"  # shared experts: "sum" or learned 2-way "softmax"
+    # shared experts: "sum", a learned 2-way "softmax" or a "sigmoid" gate (Qwen2-MoE)
+    model.moe.shared_mix = "sum"
     # CartesianMoE sub-expert width (None: d_hidden // 2)
     model.moe.sub_d_hidden = ml_collections.config_dict.placeholder(int)
     model.moe.engine = "dropless"  # "dense", "capacity" or "dropless"
@@ -180,4 +183,8 @@ def _train():
     train.profile_steps = ()  # (first, last): jax.profiler trace into workdir/profile
     # a moejax export or Hugging Face directory to start from (fine-tuning); None: random
     train.init_from = ml_collections.config_dict.placeholder(str)
+    # float32 master weights in the optimizer for bfloat16 parameters (model.param_dtype):
+    # None: on exactly for bfloat16 (Megatron's bf16, MaxText's weight_dtype + float32 copy);
+    # False with bfloat16: pure bfloat16 (moments too); True with float32 is an error
+    train.master_weights = ml_collections.config_dict.placeholder(bool)
     return train

@@ -12,7 +12,9 @@ Three sources hold weights, and `load_weights` reads each of them:
 `export` writes an export from a workdir's step (every model Variable but the RNG streams:
 the Params and the router biases, since a selection bias changes which experts a token
 picks); `write_export` writes one from a parameter dict (`moejax-hf import`). `load_decoder`
-builds a `Decoder` from any source; `load_params` puts a parameter dict into a live model.
+builds a `Decoder` from any source, in the source's `model.param_dtype` (a bfloat16 export or
+HF checkpoint at 2 bytes per parameter, `live_params.py`); `load_params` puts a parameter dict
+into a live model.
 
 The tokenizer travels with the weights: a workdir keeps its run's tokenizer files in
 `<workdir>/tokenizer/` (the trainer writes them for a subword `data.tokenizer`), `export`
@@ -49,32 +51,16 @@ from moejax.models.layout import (
     abstract_params,
     stack_params,
 )
+from moejax.models.live_params import (  # noqa: F401 - load_params: this module's API too
+    decoder_with_params,
+    load_params,
+    stored_param_dtype,
+)
 
 CHECKPOINTS = "checkpoints"  # a workdir's checkpoint directory
 TOKENIZER = "tokenizer"  # a workdir's tokenizer files (the trainer's `save_tokenizer`)
 BYTES = "bytes"  # data.tokenizer of a byte-level model (moejax.data.tokenizer.BYTES)
 _EXPORT = {"what": "moejax export", "marks": ("config.json", "params")}  # atomic_directory
-
-
-# --- into a live model --------------------------------------------------------------------
-
-def load_params(model: Decoder, params: dict) -> None:
-    """Loads a parameter dict (either layout, a subset of the model's variables allowed) into
-    `model` in place: each array is cast to the dtype of the model's array and put on its
-    sharding."""
-    state = nnx.state(model, EXPORTED)
-    params = stack_params(model.spec, params)
-    current = nnx.to_pure_dict(state)
-    merged = jax.tree.map(lambda old, new: jax.device_put(new.astype(old.dtype), old.sharding),
-                          _subtree(current, params), params)
-    nnx.replace_by_pure_dict(state, merged)
-    nnx.update(model, state)
-
-
-def _subtree(current: dict, params: dict) -> dict:
-    """The part of `current` with `params`'s keys (an HF source has no router biases)."""
-    return {k: _subtree(current[k], v) if isinstance(v, dict) else current[k]
-            for k, v in params.items()}
 
 
 # --- exports --------------------------------------------------------------------------------
@@ -116,7 +102,9 @@ def load_exported(out_dir, *, scan_layers: bool | None = None) -> tuple[DecoderS
 
     The params are in the layout of `spec.scan_layers`: the export's config, or `scan_layers`
     when given; a stored layout that differs (read from the checkpoint's tree) is converted.
-    Arrays land on the default device.
+    They are read in the config's `model.param_dtype`; a config without one (written before
+    the option existed) takes "bfloat16" when every stored array is bfloat16 (an import of a
+    bf16 HF checkpoint), else "float32". Arrays land on the default device.
 
     Raises:
       FileNotFoundError: `out_dir` or its config.json / params is missing.
@@ -127,10 +115,11 @@ def load_exported(out_dir, *, scan_layers: bool | None = None) -> tuple[DecoderS
     for needed in (out / "config.json", out / "params"):
         if not needed.exists():
             raise FileNotFoundError(f"{needed} does not exist (not a moejax export)")
-    spec = _with_layout(decoder_spec_from_config(
-        json.loads((out / "config.json").read_text())["model"]), scan_layers)
+    model = json.loads((out / "config.json").read_text())["model"]
     with ocp.StandardCheckpointer() as checkpointer:
         stored = checkpointer.metadata(out / "params").item_metadata
+        model = {"param_dtype": stored_param_dtype(stored), **model}  # the config's first
+        spec = _with_layout(decoder_spec_from_config(model), scan_layers)
         stored_spec = dataclasses.replace(spec, scan_layers="stacks" in stored)
         restored = checkpointer.restore(out / "params", abstract_params(stored_spec))
     return spec, stack_params(spec, restored)
@@ -304,15 +293,16 @@ def run_config(source) -> dict | None:
 
 def hf_record(source) -> dict | None:
     """What a model's Hugging Face origin said that moejax does not model but an HF export
-    writes back (`hf_dir.HF_KEPT`: the context length, the special ids): an HF directory's
+    writes back (`hf_config.HF_KEPT`: the context length, the special ids): an HF directory's
     config.json values, or the record an export or a workdir keeps under its config's "hf"
     key (`moejax-hf import`; a run started from such a model); None when there is none."""
     from moejax.models import hf_dir
+    from moejax.models.hf_config import KEPT
 
     path = pathlib.Path(source).expanduser().resolve()
     if not is_export(path) and (path / "config.json").is_file():
         return hf_dir.read_kept(path)
-    return (run_config(path) or {}).get(hf_dir.KEPT)
+    return (run_config(path) or {}).get(KEPT)
 
 
 def tokenizer_dir(source) -> pathlib.Path | None:
@@ -363,7 +353,8 @@ def _data_tokenizer(config: dict) -> str | None:
 def load_weights(source, *, scan_layers: bool | None = None) -> tuple[DecoderSpec, dict]:
     """An export, a training workdir (its newest readable step) or a Hugging Face directory
     -> (its DecoderSpec, its variables as a pure dict in the layout of the spec, or of
-    `scan_layers` when given). An HF directory's tensors keep their stored dtype.
+    `scan_layers` when given). An HF directory's tensors keep their stored dtype, and its
+    spec's `param_dtype` is "bfloat16" when all of them are bfloat16, else "float32".
 
     Raises:
       FileNotFoundError: `source` is none of these.
@@ -378,7 +369,8 @@ def load_weights(source, *, scan_layers: bool | None = None) -> tuple[DecoderSpe
         from moejax.models.hf_dir import read_hf_dir
 
         spec, tensors = read_hf_dir(path, **_layout_override(scan_layers))
-        return spec, from_hf(tensors, spec, dtype=None)
+        params = from_hf(tensors, spec, dtype=None)
+        return dataclasses.replace(spec, param_dtype=stored_param_dtype(params)), params
     if (path / CHECKPOINTS).is_dir() or (path / "meta").is_dir():
         _, config, params = load_checkpoint(path)
         spec = _with_layout(decoder_spec_from_config(config["model"]), scan_layers)
@@ -393,8 +385,7 @@ def _layout_override(scan_layers: bool | None) -> dict:
 
 
 def load_decoder(source, *, scan_layers: bool | None = None) -> Decoder:
-    """A Decoder (float32 parameters) with the weights of `source` (see `load_weights`)."""
-    spec, params = load_weights(source, scan_layers=scan_layers)
-    model = Decoder(spec, rngs=nnx.Rngs(0))
-    load_params(model, params)
-    return model
+    """A Decoder with the weights of `source` (see `load_weights`) in its `param_dtype`,
+    built around them (`live_params.decoder_with_params`: a bfloat16 model never has a
+    float32 copy on the device)."""
+    return decoder_with_params(*load_weights(source, scan_layers=scan_layers))

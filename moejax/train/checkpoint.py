@@ -7,7 +7,8 @@ Training stage (outside the data path). One step is one Orbax Composite under
 |--------------|--------------|----------------------------------------------------------------|
 | `model`      | StandardSave | `nnx.state(model)` as a pure dict: Params, RouterBias, RNG      |
 |              |              | stream keys and counts (every Variable the model owns)          |
-| `optimizer`  | StandardSave | `nnx.state(optimizer)`: optax state and the step counter        |
+| `optimizer`  | StandardSave | `nnx.state(optimizer)`: optax state, the step counter and the   |
+|              |              | float32 master weights of bfloat16 parameters (if it keeps any) |
 | `meta`       | JsonSave     | format version, step, RNG key (`jax.random.key_data` + impl)    |
 | `data_state` | JsonSave     | data iterator state (JSON, or base64 when it is bytes)          |
 | `config`     | JsonSave     | `config.to_json_best_effort()`                                  |

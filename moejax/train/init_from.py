@@ -3,8 +3,10 @@
 The source's model must be the configured one: every option that changes the function
 (widths, heads, experts, top-k, router kind, RoPE theta, norms, ...) must be equal, or the
 run stops before training with one line naming each difference. Options of how the model
-is computed or trained may differ (FUNCTION_FREE below: layout, remat, dtype, the HF family,
-engine, jitter, the selection bias). Router biases an HF checkpoint does not have start at zero.
+is computed or trained may differ (FUNCTION_FREE below: layout, remat, dtype, param_dtype, the
+HF family, engine, jitter, the selection bias). Router biases an HF checkpoint does not have
+start at zero; float32 master weights (`train.master_weights`) restart from the loaded
+parameters, rounded to the run's `model.param_dtype`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import pathlib
 from moejax.models.decoder import DecoderSpec
 from moejax.models.weights import load_params, load_weights
 from moejax.options import flat_config
+from moejax.train.optim import sync_master_weights
 
-FUNCTION_FREE = ("scan_layers", "remat", "attention", "dtype", "hf_family", "moe.engine",
+FUNCTION_FREE = ("scan_layers", "remat", "attention", "dtype", "param_dtype", "hf_family",
+                 "moe.engine",
                  "moe.grouped_matmul", "moe.implementation", "moe.capacity_factor",
                  "moe.record_cosine", "moe.cosine_source", "moe.router.jitter",
                  "moe.router.use_bias")
@@ -31,9 +35,10 @@ def _check_same_function(source_spec: DecoderSpec, spec: DecoderSpec, source) ->
         raise ValueError(f"train.init_from={source} holds another model: {'; '.join(differ)}")
 
 
-def init_from(model, source) -> None:
+def init_from(model, source, optimizer=None) -> None:
     """Loads the weights of `source` into `model` (a Decoder, possibly sharded), in place:
-    each array lands on the sharding the model's array has.
+    each array lands on the sharding the model's array has, in its dtype; `optimizer`'s
+    master weights (if it keeps any) restart from them.
 
     Raises:
       FileNotFoundError: `source` is neither an export nor an HF directory.
@@ -46,3 +51,5 @@ def init_from(model, source) -> None:
     source_spec, params = load_weights(source, scan_layers=model.spec.scan_layers)
     _check_same_function(source_spec, model.spec, source)
     load_params(model, params)
+    if optimizer is not None:
+        sync_master_weights(optimizer, model)

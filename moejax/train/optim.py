@@ -9,6 +9,10 @@ on resume changes no step's learning rate (TrainSpec's docstring).
 
 Weight decay applies to matrices only (ndim >= 2): norms, biases and the shared-expert mix
 bias are not decayed. Gradient accumulation is the train step's (`step.py`), not optax's.
+
+bfloat16 parameters (`model.param_dtype`) train with float32 master weights by default
+(`train.master_weights`, `specs.uses_master_weights`): `MasterWeightsOptimizer` keeps them
+in its state, with the moments, and writes them back to the model rounded.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ import functools
 import logging
 
 import jax
+import jax.numpy as jnp
 import optax
+from flax import nnx
+from flax.nnx.training.optimizer import to_opt_state
 
 from moejax.train.specs import TrainSpec
 
@@ -102,3 +109,65 @@ def _optimizer(learning_rate, warmup_steps, min_lr_ratio, kind, horizon, cooldow
                          cooldown_steps)
     adamw = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=_decay_mask)
     return optax.chain(optax.clip_by_global_norm(grad_clip), adamw) if grad_clip > 0 else adamw
+
+
+def _float32(tree):
+    return jax.tree.map(lambda a: a.astype(jnp.float32), tree)
+
+
+class MasterWeightsOptimizer(nnx.Optimizer):
+    """An `nnx.Optimizer` whose state keeps float32 master weights of the model's (bfloat16)
+    parameters: `master` (the parameters' structure and shardings, float32) beside the optax
+    state, which is built on the master weights (float32 moments).
+
+    `update(model, grads)` casts the gradients to float32, runs the optax chain on the master
+    weights, adds the float32 update to them and sets each parameter to its master weight
+    rounded to the parameter's dtype (round to nearest even): an update smaller than half a
+    bfloat16 step changes the master weight, and the parameter once the changes add up.
+    Checkpoints save and restore `master` with the rest of `nnx.state(optimizer)`.
+    """
+
+    def __init__(self, model, tx: optax.GradientTransformation, *, wrt=nnx.Param, master=None):
+        """master: the float32 master weights, a State of `nnx.state(model, wrt)`'s structure
+        (e.g. the float32 init the parameters were rounded from); None: the parameters."""
+        master = _float32(nnx.state(model, wrt) if master is None else master)
+        super().__init__(master, tx, wrt=wrt)  # the optax state of the float32 weights
+        self.master = nnx.data(to_opt_state(master))
+
+    def update(self, model, grads, /, **kwargs):
+        """Updates the master weights, the optax state and the model's parameters (the master
+        weights rounded); returns the float32 updates."""
+        params = nnx.as_pure(nnx.state(model, self.wrt))
+        grads = _float32(nnx.as_pure(nnx.state(grads, self.wrt)))
+        master = nnx.as_pure(self.master)
+        updates, opt_state = self.tx.update(grads, nnx.as_pure(self.opt_state), master,
+                                            **nnx.as_pure(kwargs))
+        master = optax.apply_updates(master, updates)
+        nnx.update(model, rounded(master, params))
+        nnx.update(self.master, nnx.state(master))
+        nnx.update(self.opt_state, nnx.state(opt_state))
+        self.step[...] += 1
+        return updates
+
+    def reset_master(self, model) -> None:
+        """Master weights := the model's parameters (after weights were loaded into it)."""
+        nnx.update(self.master, nnx.state(_float32(nnx.as_pure(nnx.state(model, self.wrt)))))
+
+
+def rounded(master, params):
+    """Each master weight cast to its parameter's dtype: the model's parameters."""
+    return jax.tree.map(lambda m, p: m.astype(p.dtype), master, params)
+
+
+def sync_master_weights(optimizer: nnx.Optimizer, model) -> None:
+    """After weights were loaded into `model`: a `MasterWeightsOptimizer` restarts its master
+    weights from them; any other optimizer is left as it is."""
+    if isinstance(optimizer, MasterWeightsOptimizer):
+        optimizer.reset_master(model)
+
+
+def state_bytes_per_parameter(param_dtype: str, master_weights: bool) -> tuple[int, int]:
+    """(bytes of a parameter, bytes of its optimizer state): AdamW's two moments in the
+    parameters' dtype, or the float32 master weight and float32 moments."""
+    itemsize = jnp.dtype(param_dtype).itemsize
+    return itemsize, 3 * 4 if master_weights else 2 * itemsize

@@ -5,10 +5,12 @@ model larger than one device's memory is never allocated), places their abstract
 mesh's shardings, and compiles one train step for the global batch. It reports per-device
 memory from XLA's `memory_analysis()` (arguments, outputs, temporaries, generated code), the
 compiled step's FLOPs per device (`cost_analysis()`), the model's FLOPs per step
-(`model_flops_per_token`) and the compile time. Fake CPU devices make 8-device plans on one
-machine: `JAX_NUM_CPU_DEVICES=8 moejax-train ... --dry-run`. XLA:CPU's memory figures are for
-its own buffers, a guide to a GPU's, not a promise. The plan also gives one device's memory
-(`device_memory`) and whether the step fits it.
+(`model_flops_per_token`), the compile time, and the parameters' and the optimizer state's
+bytes per device from their shapes and shardings (`state_bytes`: bfloat16 parameters at 2
+bytes, float32 master weights and moments in the optimizer). Fake CPU devices make 8-device
+plans on one machine: `JAX_NUM_CPU_DEVICES=8 moejax-train ... --dry-run`. XLA:CPU's memory
+figures are for its own buffers, a guide to a GPU's, not a promise. The plan also gives one
+device's memory (`device_memory`) and whether the step fits it.
 
 `check_memory(specs)`, which the trainer calls before it reads any data, refuses a batch the
 devices cannot hold, without compiling the step a second time on an ordinary run (see its
@@ -17,6 +19,7 @@ docstring).
 
 from __future__ import annotations
 
+import math
 import time
 
 import jax
@@ -27,7 +30,8 @@ from moejax.models.generate import device_memory_bytes
 from moejax.models.param_count import count_parameters, model_flops_per_token
 from moejax.parallel import batch_sharding
 from moejax.train import step
-from moejax.train.specs import RunSpecs
+from moejax.train.optim import MasterWeightsOptimizer, state_bytes_per_parameter
+from moejax.train.specs import RunSpecs, uses_master_weights
 from moejax.train.state import abstract_state, mesh_and_engine
 
 
@@ -38,7 +42,8 @@ def compile_plan(specs: RunSpecs) -> dict:
       {"devices", "mesh", "compile_s", "argument_bytes", "output_bytes", "temp_bytes",
       "code_bytes", "peak_bytes" (arguments + outputs + temporaries - aliased, per device),
       "xla_flops_per_device", "model_flops_per_step", "device_bytes" and "device_memory"
-      (`device_memory`: one device's memory, None where unknown, and what it is)}.
+      (`device_memory`: one device's memory, None where unknown, and what it is), and
+      `state_bytes`'s keys}.
     """
     model_spec, loss_spec, train = specs.model, specs.loss, specs.train
     mesh, engine = mesh_and_engine(specs)
@@ -73,7 +78,49 @@ def compile_plan(specs: RunSpecs) -> dict:
         "model_flops_per_step": model_flops_per_token(model_spec, train.seq_len)
         * train.batch_size * train.seq_len,
         **dict(zip(("device_bytes", "device_memory"), device_memory(mesh), strict=True)),
+        **state_bytes(graphdef, abstract),
     }
+
+
+def _device_bytes(leaf) -> int:
+    """Bytes of one device's shard of an abstract array that carries its sharding."""
+    return math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+
+
+def state_bytes(graphdef, abstract) -> dict:
+    """The parameters' and the optimizer state's memory, from the abstract (model, optimizer)
+    state of `abstract_state` (ShapeDtypeStructs carrying their shardings).
+
+    Returns:
+      {"parameters": the count, "bytes_per_parameter": their bytes / count,
+      "param_bytes_per_device", "optimizer_bytes_per_device" (moments, master weights, step
+      counters: one device's shards), "master_weights": whether the optimizer keeps float32
+      master weights}.
+    """
+    model, optimizer = nnx.merge(graphdef, abstract)
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    count = sum(math.prod(leaf.shape) for leaf in params)
+    return {
+        "parameters": count,
+        "bytes_per_parameter": sum(math.prod(p.shape) * p.dtype.itemsize for p in params) / count,
+        "param_bytes_per_device": sum(map(_device_bytes, params)),
+        "optimizer_bytes_per_device": sum(map(_device_bytes,
+                                              jax.tree.leaves(nnx.state(optimizer)))),
+        "master_weights": isinstance(optimizer, MasterWeightsOptimizer),
+    }
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2.0**30:.2f} GiB" if nbytes >= 2.0**30 else f"{nbytes / 2.0**20:.2f} MiB"
+
+
+def _state_line(plan: dict) -> str:
+    """The parameters' and optimizer state's bytes per device, as `format_plan` prints them."""
+    params, optimizer = plan["param_bytes_per_device"], plan["optimizer_bytes_per_device"]
+    kept = "float32 master weights and moments" if plan["master_weights"] else "moments"
+    return (f"  state per device: {_size(params + optimizer)} (parameters {_size(params)} at "
+            f"{plan['bytes_per_parameter']:g} bytes per parameter, optimizer {_size(optimizer)}:"
+            f" {kept})")
 
 
 def format_plan(plan: dict) -> str:
@@ -86,6 +133,7 @@ def format_plan(plan: dict) -> str:
         f"{plan['argument_bytes'] / gib:.2f}, outputs {plan['output_bytes'] / gib:.2f}, "
         f"temporaries {plan['temp_bytes'] / gib:.2f}, code {plan['code_bytes'] / gib:.3f}; "
         "donated arguments counted once)",
+        _state_line(plan),
         f"  FLOPs per step: {plan['model_flops_per_step']:.3e} (model), "
         f"{plan['xla_flops_per_device']:.3e} per device (XLA's count)",
         *_fit_line(plan),
@@ -116,7 +164,8 @@ def device_memory(mesh) -> tuple[int | None, str]:
 def memory_estimate(specs: RunSpecs) -> tuple[int, int]:
     """(floor, estimate): bytes the train step needs over all devices, from the specs alone.
 
-    floor: what must be in memory at once: the float32 parameters and AdamW's two moments,
+    floor: what must be in memory at once: the parameters and the optimizer state
+    (`optim.state_bytes_per_parameter`: AdamW's two moments, and float32 master weights),
     the int32 tokens and segments [B, S + 1], and for one micro-batch of T = B / A * S tokens
     the logits [T, V] and each layer's input [T, D] (kept for the backward pass even under
     full rematerialisation) in the compute dtype.
@@ -130,7 +179,8 @@ def memory_estimate(specs: RunSpecs) -> tuple[int, int]:
     params = count_parameters(model).total
     itemsize = jnp.dtype(model.dtype).itemsize
     micro_tokens = train.batch_size // train.grad_accumulation * train.seq_len
-    floor = (12 * params + 2 * 4 * train.batch_size * (train.seq_len + 1)
+    state = sum(state_bytes_per_parameter(model.param_dtype, uses_master_weights(model, train)))
+    floor = (state * params + 2 * 4 * train.batch_size * (train.seq_len + 1)
              + micro_tokens * itemsize * (model.vocab_size + model.d_model * model.num_layers))
     layer = (34 * model.d_model + 5 * model.num_heads * train.seq_len) * itemsize // 2
     kept = layer * (model.num_layers if model.remat == "none" else 1)

@@ -68,6 +68,17 @@ class TrainSpec:
       init_from: a moejax export or a Hugging Face model directory whose weights start a
         fresh run (fine-tuning; `moejax/train/init_from.py`); None: random init. A run that
         resumes from its own checkpoint ignores it.
+      master_weights: float32 master weights for bfloat16 parameters (`model.param_dtype`),
+        as Megatron's bf16 training and MaxText's `weight_dtype` with a float32 optimizer copy
+        do: the optimizer state keeps a float32 copy of every parameter and AdamW's moments in
+        float32, applies each float32 update to the copy, and the model's parameters are the
+        copy rounded to bfloat16 (an update smaller than half a bfloat16 step accumulates
+        instead of being lost; `optim.MasterWeightsOptimizer`): 2 + 12 bytes per parameter
+        (parameter + optimizer state; float32 training: 4 + 8). Checkpoints keep the copy,
+        `init_from` restarts it from the loaded weights. None (default): on exactly when
+        model.param_dtype is "bfloat16". False with bfloat16: pure bfloat16 training (moments
+        and updates in bfloat16 too, 2 + 4 bytes). True with "float32" or "float64" parameters
+        is an error (nothing to round; float64 would lose precision). A resume must keep it.
     """
 
     steps: int = 300
@@ -97,6 +108,7 @@ class TrainSpec:
     peak_tflops: float | None = None
     profile_steps: tuple = ()
     init_from: str | None = None
+    master_weights: bool | None = None
 
     def __post_init__(self):
         at_least_one = ("steps", "batch_size", "seq_len", "grad_accumulation", "log_every",
@@ -125,7 +137,9 @@ class TrainSpec:
         if self.batch_size % self.grad_accumulation:
             raise ValueError(f"train.batch_size={self.batch_size} is not divisible by "
                              f"train.grad_accumulation={self.grad_accumulation}")
-
+        if self.master_weights not in (None, True, False):
+            raise ValueError(f"train.master_weights={self.master_weights!r}; allowed: None, "
+                             "True or False")
 
     def _check_schedule(self) -> None:
         """schedule None -> "cosine"; decay_steps and cooldown_steps None or >= 1, a cooldown
@@ -139,6 +153,21 @@ class TrainSpec:
             raise ValueError(f"train.cooldown_steps={self.cooldown_steps} is the final decay "
                              "of train.schedule='wsd'; train.schedule="
                              f"{self.schedule!r} has none")
+
+
+def uses_master_weights(model: DecoderSpec, train: TrainSpec) -> bool:
+    """Whether the optimizer keeps float32 master weights (`train.master_weights`; None: when
+    `model.param_dtype` is "bfloat16").
+
+    Raises:
+      ValueError: train.master_weights=True with float32 or float64 parameters.
+    """
+    narrow = model.param_dtype == "bfloat16"
+    if train.master_weights and not narrow:
+        raise ValueError("train.master_weights=True keeps float32 copies of bfloat16 "
+                         f"parameters; model.param_dtype={model.param_dtype!r} has nothing to "
+                         "round; allowed: None or False, or model.param_dtype='bfloat16'")
+    return narrow if train.master_weights is None else train.master_weights
 
 
 def train_spec_from_config(config) -> TrainSpec:
@@ -180,7 +209,9 @@ def specs_from_config(config) -> RunSpecs:
                                   loss_spec_from_config(config.get("loss")))
     data = pipeline.data_spec_from_config(config.get("data"))
     pipeline.check_tokenizer(data, model.vocab_size)
-    return RunSpecs(model=model, loss=loss, train=train_spec_from_config(config), data=data,
+    train = train_spec_from_config(config)
+    uses_master_weights(model, train)  # its error before any work
+    return RunSpecs(model=model, loss=loss, train=train, data=data,
                     mesh=spec_from_mapping(MeshSpec, config.get("mesh"), "mesh"),
                     seed=config.get("seed", 0))
 

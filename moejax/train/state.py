@@ -3,13 +3,15 @@ compile plan (`plan.py`, under `nnx.eval_shape`) and the step timing (`step_time
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 from flax import nnx
 
 from moejax.models.decoder import Decoder, DecoderSpec
 from moejax.parallel import make_expert_parallel, make_mesh, state_shardings
-from moejax.train.optim import make_optimizer
-from moejax.train.specs import RunSpecs, TrainSpec
+from moejax.train.optim import MasterWeightsOptimizer, make_optimizer
+from moejax.train.specs import RunSpecs, TrainSpec, uses_master_weights
 
 
 def mesh_and_engine(specs: RunSpecs):
@@ -25,9 +27,18 @@ def mesh_and_engine(specs: RunSpecs):
 
 def model_and_optimizer(model_spec: DecoderSpec, train: TrainSpec, seed, engine=None):
     """(Decoder, its nnx.Optimizer over the parameters), built eagerly on the default device;
-    `seed`: an int, or the key `jax.random.key(seed)` (the same parameters)."""
+    `seed`: an int, or the key `jax.random.key(seed)` (the same parameters).
+
+    With master weights (`specs.uses_master_weights`) the optimizer is a
+    `MasterWeightsOptimizer` whose master weights are the float32 init that the model's
+    bfloat16 parameters are rounded from (the same init as a float32 run of the seed)."""
     model = Decoder(model_spec, rngs=nnx.Rngs(seed), engine=engine)
-    return model, nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
+    if not uses_master_weights(model_spec, train):
+        return model, nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
+    full = Decoder(dataclasses.replace(model_spec, param_dtype="float32"), rngs=nnx.Rngs(seed),
+                   engine=engine)
+    return model, MasterWeightsOptimizer(model, make_optimizer(train), wrt=nnx.Param,
+                                         master=nnx.state(full, nnx.Param))
 
 
 def abstract_state(model_spec: DecoderSpec, train: TrainSpec, seed: int, mesh, engine=None):

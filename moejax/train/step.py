@@ -93,8 +93,18 @@ def _step_tokens_per_expert(model, micro_batches, micro_segments) -> jax.Array:
     return jax.lax.stop_gradient(counts)
 
 
+def _wide(x: jax.Array) -> jax.Array:
+    """x in float32 at least (bfloat16 gradients are summed and measured in float32)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _mean(trees):
     return jax.tree.map(lambda *xs: sum(xs) / len(xs), *trees)
+
+
+def _mean_gradient(trees):
+    """The leaf-wise mean of gradient trees, summed in float32 at least, in their dtype."""
+    return jax.tree.map(lambda *xs: (sum(map(_wide, xs)) / len(xs)).astype(xs[0].dtype), *trees)
 
 
 @functools.partial(nnx.jit, static_argnames=("loss_spec", "micro_batches"),
@@ -144,7 +154,7 @@ def train_step(model, optimizer, tokens: jax.Array, loss_spec: LossSpec, micro_b
         grads.append(batch_grads)
         metrics.append(batch_metrics)
         records.append(record)
-    grads, metrics = _mean(grads), _mean(metrics)
+    grads, metrics = _mean_gradient(grads), _mean(metrics)
     optimizer.update(model, grads)
     if has_routers:
         record = concat_tokens(records) if micro_batches > 1 else records[0]
@@ -155,7 +165,7 @@ def train_step(model, optimizer, tokens: jax.Array, loss_spec: LossSpec, micro_b
         metrics.update(jax.lax.cond(
             log_routing, _routing_summary,
             lambda _: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), summary), record))
-    metrics[schema.GRAD_NORM] = optax.tree.norm(grads)
+    metrics[schema.GRAD_NORM] = optax.tree.norm(jax.tree.map(_wide, grads))
     if trained is not None:
         metrics[schema.TRAINED_TOKENS] = targets
     metrics["finite_state"] = _all_finite(nnx.state(model, nnx.Param))  # the trainer's NaN guard

@@ -57,7 +57,8 @@ class _StopRequest:
 
 # a resumed run must keep these (the state's shapes and meaning, the data order); other
 # changed options are allowed and named in a warning, e.g. a longer train.steps
-RESUME_MUST_MATCH = ("model.", "data.", "seed", "train.batch_size", "train.seq_len")
+RESUME_MUST_MATCH = ("model.", "data.", "seed", "train.batch_size", "train.seq_len",
+                     "train.master_weights")  # the optimizer state's structure
 RESUME_MAY_CHANGE_SILENTLY = ("mesh.", "train.progress", "train.report", "train.tensorboard",
                               "train.steps", "data.accept_changed_data",
                               "hf.")  # the HF record the checkpoints keep (run_data.kept_config)
@@ -82,8 +83,8 @@ def _check_resume_config(saved: dict, config, directory) -> None:
         listed = "; ".join(f"{k}={old.get(k, '<unset>')!r} there, {new.get(k, '<unset>')!r} here"
                            for k in fatal)
         raise ValueError(f"the checkpoints in {directory} were written with another config: "
-                         f"{listed}. Resume with the same model, data, seed, train.batch_size "
-                         "and train.seq_len, or use another --workdir")
+                         f"{listed}. Resume with the same model, data, seed, train.batch_size, "
+                         "train.seq_len and train.master_weights, or use another --workdir")
     noted = [k for k in changed if not k.startswith(RESUME_MAY_CHANGE_SILENTLY)]
     if noted:
         logging.getLogger(__name__).warning(
@@ -208,7 +209,7 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
         train_batches.set_state(restored.data_state)
         print(f"resumed from step {start} ({restored.directory})", flush=True)
     elif train_cfg.init_from:  # fine-tuning: a fresh run starts from these weights
-        init_from(model, train_cfg.init_from)
+        init_from(model, train_cfg.init_from, optimizer)
         print(f"initialised from {train_cfg.init_from}", flush=True)
     kept_config = run_data.kept_config(config, restored, train_cfg)
 
