@@ -350,6 +350,40 @@ MUTANTS = (
            "    except ValueError as exit_:\n",
            ("tests/reliability/test_inputs.py::"
             "test_a_config_file_that_exits_or_never_ends_is_one_line",)),
+    Mutant("mla_rope_always_half_split",
+           "MLA rotates the RoPE coordinates as two halves whatever model.mla.rope_interleave",
+           "moejax/layers/mla.py",
+           "    return (apply_rope_interleaved if interleave else apply_rope)(x, cos, sin)",
+           "    return apply_rope(x, cos, sin)",
+           ("tests/layers/test_mla.py::test_mla_matches_reference",
+            "tests/models/test_hf_families.py::"
+            "test_fixture_logits_router_logits_and_greedy_tokens")),
+    Mutant("yarn_softmax_mscale_dropped",
+           "YaRN's mscale_all_dim no longer corrects the softmax scale (DeepSeek)",
+           "moejax/layers/rope.py", "    if scaling is not None and scaling.mscale_all_dim:",
+           "    if False:",
+           ("tests/layers/test_rope.py::test_softmax_scale_matches_deepseek",
+            "tests/models/test_hf_families.py::"
+            "test_fixture_logits_router_logits_and_greedy_tokens")),
+    Mutant("clip_qkv_ignored", "OLMoE's clip_qkv clamps nothing", "moejax/layers/attention.py",
+           "        q, k, v = (jnp.clip(t, -clip_qkv, clip_qkv) for t in (q, k, v))",
+           "        q, k, v = q, k, v",
+           ("tests/layers/test_attention.py::test_new_options_match_reference",
+            "tests/models/test_hf_families.py::"
+            "test_fixture_logits_router_logits_and_greedy_tokens")),
+    Mutant("selection_bias_not_converted",
+           "DeepSeek-V3's e_score_correction_bias is neither read nor written",
+           "moejax/models/hf_tensors.py",
+           '"router_bias": lambda spec, i: _is_moe(spec, i) and spec.moe.router.use_bias,',
+           '"router_bias": lambda spec, i: False,',
+           ("tests/models/test_hf_families.py::test_import_export_round_trip_is_bit_exact",
+            "tests/models/test_hf_families.py::"
+            "test_fixture_logits_router_logits_and_greedy_tokens")),
+    Mutant("mtp_layers_kept", "DeepSeek-V3's multi-token prediction layers are not skipped",
+           "moejax/models/hf_dir.py", "    if count == 0:\n        return tensors",
+           "    if True:\n        return tensors",
+           ("tests/models/test_hf_families.py::"
+            "test_deepseek_v3_mtp_layers_are_skipped_with_a_warning_naming_them",)),
     Mutant("master_update_on_bf16_params",
            "the float32 update is added to the bfloat16 parameters, not taken from the master "
            "weights (an update below bfloat16's resolution is lost)",

@@ -27,8 +27,9 @@ class RoutingRecord:
 
     Attributes:
       logits: [R, T, E] float32 router logits `x W_r` (before any bias or jitter-free softmax).
-      probs: [R, T, E] float32 pre-top-k distribution (docs/methods.md section 2): `softmax(logits)`,
-        or for a sigmoid router the normalised sigmoid `sigmoid(logits) / sum sigmoid(logits)`.
+      probs: [R, T, E] float32 pre-top-k distribution (docs/methods.md section 2):
+        `softmax(logits)`, or for a sigmoid router the normalised sigmoid
+        `sigmoid(logits) / sum sigmoid(logits)`.
       expert_idx: [R, T, K] int32 chosen experts, best first; -1 marks a padded choice.
       gates: [R, T, K] float32 combine weights of the chosen experts (0 where dropped or padded).
       kept: [R, T, K] bool, False where a token-slot was dropped by capacity or is padding.

@@ -8,10 +8,11 @@
 fused layout) into a moejax export (`moejax.models.weights` reads it; so does `export` back), one
 tensor at a time and in the stored dtype (a bfloat16 checkpoint gives a bfloat16 export;
 float16 and float64 tensors become float32; the export's `model.param_dtype` is "bfloat16"
-when every tensor is, so the model loads at 2 bytes per parameter). The directory is untrusted: a config value of the wrong type or out of
-range, a config that names more layers or experts than the tensors hold, a tensor that is not
-a float or not finite, a file outside the directory: each stops the import with one line
-naming it (`hf_dir.py`, `convert_hf.py`).
+when every tensor is, so the model loads at 2 bytes per parameter). The directory is
+untrusted: a config value of the wrong type or out of range, a config that names more layers
+or experts than the tensors hold, a tensor that is not a float or not finite, a file outside
+the directory: each stops the import with one line naming it (`hf_config.py`, `hf_dir.py`,
+`convert_hf.py`).
 `export` writes config.json and safetensors in the hub's per-expert layout, which
 `AutoModelForCausalLM.from_pretrained` loads; `--dtype auto` keeps the export's dtype (a
 training workdir's float32). See `moejax/models/hf_dir.py`.

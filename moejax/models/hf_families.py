@@ -111,7 +111,7 @@ class Key:
             value = self.default(hf) if callable(self.default) else self.default
         else:
             KINDS[self.kind](f"HF config {name}", value)
-        return value if self.cast is None else self.cast(value)
+        return value if self.cast is None or value is None else self.cast(value)
 
 
 @dataclasses.dataclass(frozen=True)
