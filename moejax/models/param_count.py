@@ -42,10 +42,14 @@ def model_flops_per_token(spec: DecoderSpec, seq_len: int) -> float:
     """Training FLOPs per token (forward + backward = 3x forward), the MFU numerator.
 
     6 x (active parameters used in matmuls: all active ones but the embedding table, a
-    lookup) + the causal attention products: per layer, QK^T and AV over on average S/2 keys,
-    2 x 2 x (S/2) x N x H forward, so 6 x L x S x N x H in all. Norms, softmax, routing
+    lookup) + the causal attention products: per layer, QK^T over the query/key head width
+    Q and AV over the value head width V, each over on average S/2 keys, 2 x (S/2) x N x
+    (Q + V) forward, so 3 x L x S x N x (Q + V) in all (GQA: Q = V = H, 6 x L x S x N x H;
+    MLA: Q = qk_nope_head_dim + qk_rope_head_dim, V = v_head_dim). Norms, softmax, routing
     and the activation function are left out, as usual.
     """
     matmul_params = count_parameters(spec).active - spec.vocab_size * spec.d_model
-    attention = 6 * spec.num_layers * seq_len * spec.num_heads * spec.resolved_head_dim
+    qk, v = ((spec.mla.qk_head_dim, spec.mla.v_head_dim) if spec.mla is not None
+             else (spec.resolved_head_dim, spec.resolved_head_dim))
+    attention = 3 * spec.num_layers * seq_len * spec.num_heads * (qk + v)
     return float(6 * matmul_params + attention)

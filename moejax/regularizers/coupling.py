@@ -2,7 +2,8 @@
 
 With `s^l` the pre-top-k distribution of router l (`RoutingRecord.probs`) and
 `P_t^l = sum_{e in TopK_t^l} s^l_te` its top-k mass,
-`R_cp = -mean_{l=1..L-1} mean_t P_t^l P_t^{l+1}` over adjacent routers in depth order. Options: `form="log"` gives `-mean log(P^l P^{l+1})`; `stop_gradient_deeper` treats
+`R_cp = -mean_{l=1..L-1} mean_t P_t^l P_t^{l+1}` over adjacent routers in depth order.
+Options: `form="log"` gives `-mean log(P^l P^{l+1})`; `stop_gradient_deeper` treats
 router l+1 as a fixed teacher (unconfirmed in the paper). Computed in float32, or float64 for
 float64 inputs.
 """
