@@ -13,12 +13,8 @@ the released model's. A shape for planning, not the weights (those come in throu
 Its plans are in docs/plans.md.
 """
 
-import dataclasses
-
-import ml_collections
-
 from moejax.models.hf_config import spec_from_hf_config
-from moejax.train.config_files import sibling_config
+from moejax.train.config_files import default_config_for
 
 HF_CONFIG = {  # deepseek-ai/DeepSeek-V3 config.json (the keys that shape the model)
     "model_type": "deepseek_v3", "vocab_size": 129280, "hidden_size": 7168,
@@ -38,8 +34,7 @@ HF_CONFIG = {  # deepseek-ai/DeepSeek-V3 config.json (the keys that shape the mo
 
 def get_config(arg=None):
     spec = spec_from_hf_config(HF_CONFIG, dtype="bfloat16", remat="full")
-    config = sibling_config(__file__, "default")
-    config.model = ml_collections.ConfigDict(dataclasses.asdict(spec))
+    config = default_config_for(spec)
     config.train.update(batch_size=64, seq_len=4096, learning_rate=2.2e-4,
                         warmup_steps=2000, steps=100000)
     config.mesh.update(data=1, fsdp=8, expert=8, tensor=1)

@@ -8,15 +8,12 @@ the losses are the default config's (lb 1e-2, sp 2e-3, cp 1e-3). The data is the
 byte-level corpus: point `config.data` at text tokenized for the model for real use.
 """
 
-import dataclasses
 import pathlib
-
-import ml_collections
 
 from moejax.models.decoder import decoder_spec_from_config
 from moejax.models.hf_config import spec_from_hf_config
 from moejax.models.hf_dir import read_config
-from moejax.train.config_files import sibling_config
+from moejax.train.config_files import default_config_for
 
 
 def get_config(arg=None):
@@ -30,8 +27,7 @@ def get_config(arg=None):
                          "(model_type) nor a moejax export's (model)")
     spec = (spec_from_hf_config(saved) if "model_type" in saved
             else decoder_spec_from_config(saved["model"]))
-    config = sibling_config(__file__, "default")
-    config.model = ml_collections.ConfigDict(dataclasses.asdict(spec))
+    config = default_config_for(spec)
     config.train.init_from = str(source)
     config.train.update(learning_rate=1e-4, warmup_steps=10, steps=100)
     return config

@@ -11,12 +11,8 @@ the released model's. A shape for planning, not the weights (those come in throu
 Its plan for 8 x H100 80 GB is in docs/plans.md (86.8 GiB per device: sequence 2048 fits).
 """
 
-import dataclasses
-
-import ml_collections
-
 from moejax.models.hf_config import spec_from_hf_config
-from moejax.train.config_files import sibling_config
+from moejax.train.config_files import default_config_for
 
 HF_CONFIG = {  # moonshotai/Moonlight-16B-A3B config.json (the keys that shape the model)
     "model_type": "deepseek_v3", "vocab_size": 163840, "hidden_size": 2048,
@@ -33,8 +29,7 @@ HF_CONFIG = {  # moonshotai/Moonlight-16B-A3B config.json (the keys that shape t
 
 def get_config(arg=None):
     spec = spec_from_hf_config(HF_CONFIG, dtype="bfloat16", remat="full")
-    config = sibling_config(__file__, "default")
-    config.model = ml_collections.ConfigDict(dataclasses.asdict(spec))
+    config = default_config_for(spec)
     config.train.update(batch_size=8, seq_len=4096, learning_rate=3e-4,
                         warmup_steps=2000, steps=100000)
     config.mesh.update(data=1, fsdp=8, expert=1, tensor=1)

@@ -10,12 +10,8 @@ the released model's. A shape for planning, not the weights (those come in throu
 Its plan for 8 x H100 80 GB is in docs/plans.md.
 """
 
-import dataclasses
-
-import ml_collections
-
 from moejax.models.hf_config import spec_from_hf_config
-from moejax.train.config_files import sibling_config
+from moejax.train.config_files import default_config_for
 
 HF_CONFIG = {  # allenai/OLMoE-1B-7B-0924 config.json (the keys that shape the model)
     "model_type": "olmoe", "vocab_size": 50304, "hidden_size": 2048, "intermediate_size": 1024,
@@ -28,8 +24,7 @@ HF_CONFIG = {  # allenai/OLMoE-1B-7B-0924 config.json (the keys that shape the m
 
 def get_config(arg=None):
     spec = spec_from_hf_config(HF_CONFIG, dtype="bfloat16", remat="full")
-    config = sibling_config(__file__, "default")
-    config.model = ml_collections.ConfigDict(dataclasses.asdict(spec))
+    config = default_config_for(spec)
     config.train.update(batch_size=8, seq_len=4096, learning_rate=4e-4,
                         warmup_steps=2000, steps=100000)
     config.mesh.update(data=1, fsdp=8, expert=1, tensor=1)

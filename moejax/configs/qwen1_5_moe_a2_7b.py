@@ -10,12 +10,8 @@ the released model's. A shape for planning, not the weights (those come in throu
 Its plan for 8 x H100 80 GB is in docs/plans.md.
 """
 
-import dataclasses
-
-import ml_collections
-
 from moejax.models.hf_config import spec_from_hf_config
-from moejax.train.config_files import sibling_config
+from moejax.train.config_files import default_config_for
 
 HF_CONFIG = {  # Qwen/Qwen1.5-MoE-A2.7B config.json (the keys that shape the model)
     "model_type": "qwen2_moe", "vocab_size": 151936, "hidden_size": 2048,
@@ -29,8 +25,7 @@ HF_CONFIG = {  # Qwen/Qwen1.5-MoE-A2.7B config.json (the keys that shape the mod
 
 def get_config(arg=None):
     spec = spec_from_hf_config(HF_CONFIG, dtype="bfloat16", remat="full")
-    config = sibling_config(__file__, "default")
-    config.model = ml_collections.ConfigDict(dataclasses.asdict(spec))
+    config = default_config_for(spec)
     config.train.update(batch_size=8, seq_len=4096, learning_rate=3e-4,
                         warmup_steps=2000, steps=100000)
     config.mesh.update(data=1, fsdp=8, expert=1, tensor=1)

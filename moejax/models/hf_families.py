@@ -243,7 +243,8 @@ FAMILIES = MappingProxyType({
                   "moe.router.use_bias": False, "moe.router.normalize_gates": False,
                   "mla.rope_interleave": True},
         layouts=("topk_method",), attention="mla", shared="shared_experts", rope_scaling=True,
-        unsupported={**_MLA_UNSUPPORTED, "norm_topk_prob": False}, written={}),
+        unsupported={**_MLA_UNSUPPORTED, "norm_topk_prob": False, "scoring_func": "softmax"},
+        written={}),
     "deepseek_v3": HFFamily(
         model_type="deepseek_v3", architecture="DeepseekV3ForCausalLM", title="HF DeepSeek-V3",
         moe="mlp", experts=("gate_proj", "up_proj", "down_proj"),
@@ -261,7 +262,8 @@ FAMILIES = MappingProxyType({
                   "moe.router.group_score": "top2_sum"},
         attention="mla", shared="shared_experts", rope_scaling=True,
         skipped_layers="num_nextn_predict_layers",
-        unsupported=_MLA_UNSUPPORTED, written={}),
+        unsupported={**_MLA_UNSUPPORTED, "scoring_func": "sigmoid", "topk_method": "noaux_tc"},
+        written={}),
 })
 
 

@@ -88,3 +88,13 @@ def sibling_module(here: str, name: str):
 def sibling_config(here: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """Loads configs/<name>.py next to the config file `here` (pass `__file__`)."""
     return load_config(pathlib.Path(here).with_name(f"{name}.py"), arg)
+
+
+def default_config_for(spec) -> ml_collections.ConfigDict:
+    """The shipped default config with `config.model` set to the DecoderSpec `spec` (a
+    model read from a Hugging Face config: the released models' presets, fine-tuning)."""
+    import dataclasses
+
+    config = load_config(SHIPPED / "default.py")
+    config.model = ml_collections.ConfigDict(dataclasses.asdict(spec))
+    return config

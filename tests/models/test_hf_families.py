@@ -126,6 +126,8 @@ def test_deepseek_v3_mtp_layers_are_skipped_with_a_warning_naming_them(tmp_path,
     ("deepseek_v2", {"topk_method": "noaux_tc"}, "HF config topk_method='noaux_tc'; allowed: "
                                                  "greedy, group_limited_greedy"),
     ("deepseek_v2", {"norm_topk_prob": True}, "norm_topk_prob=True is not supported"),
+    ("deepseek_v3", {"scoring_func": "softmax"}, "scoring_func='softmax' is not supported "
+                                                 "(allowed: 'sigmoid')"),
     ("olmoe", {"clip_qkv": -1}, "HF config clip_qkv=-1; allowed: a finite number > 0"),
     ("olmoe", {"rope_parameters": {"rope_type": "yarn", "factor": 2.0}}, "rope type 'yarn'"),
     ("qwen2_moe", {"use_sliding_window": True}, "use_sliding_window=True is not supported"),
