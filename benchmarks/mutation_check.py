@@ -78,21 +78,21 @@ MUTANTS = (
            "moejax/layers/attention.py",
            "        q, k = rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps)\n",
            "        pass\n",
-           ("tests/models/test_hf_dir.py::"
-            "test_transformers_fixture_logits_routing_and_greedy_output[qwen3_moe]",
+           ("tests/models/test_hf_families.py::"
+            "test_fixture_logits_router_logits_and_greedy_tokens[qwen3_moe]",
             "tests/models/test_decoder.py::test_decoder_matches_reference[topk-True-True]")),
     Mutant("qwen3_dense_layers_ignored", "a Qwen3 config's mlp_only_layers are read as MoE layers",
            "moejax/models/hf_families.py", "set(hf.get(\"mlp_only_layers\") or ())", "set()",
            ("tests/models/test_hf_dir.py::"
             "test_qwen3_config_both_ways_dense_layers_and_what_is_refused",
-            "tests/models/test_hf_dir.py::"
-            "test_transformers_fixture_logits_routing_and_greedy_output[qwen3_moe]")),
+            "tests/models/test_hf_families.py::"
+            "test_fixture_logits_router_logits_and_greedy_tokens[qwen3_moe]")),
     Mutant("norm_topk_prob_ignored", "Qwen3's unnormalised top-k gates are renormalised",
            "moejax/models/hf_families.py",
            "Key(\"moe.router.normalize_gates\", (\"norm_topk_prob\",), default=False, cast=bool,",
            "Key(\"moe.router.normalize_gates\", (\"nope\",), default=True, cast=bool,",
-           ("tests/models/test_hf_dir.py::"
-            "test_transformers_fixture_logits_routing_and_greedy_output[qwen3_moe]",)),
+           ("tests/models/test_hf_families.py::"
+            "test_fixture_logits_router_logits_and_greedy_tokens[qwen3_moe]",)),
     Mutant("tpu_sorted_kernel_gathers", "on TPU the sorted cosine keeps its in-kernel row gather",
            "moejax/kernels/pairwise_cosine.py", 'if _common.backend() == "tpu":', "if False:",
            ("tests/kernels/test_pairwise_cosine.py::"

@@ -1,7 +1,7 @@
-"""DeepSeek-V3, DeepSeek-V2, OLMoE and Qwen2-MoE against fixtures written by transformers 5.18
-(tests/fixtures/make_hf_fixtures.py `new_families`): logits, router logits, greedy tokens
-through the decode cache, a bit-exact import -> export, and (where transformers is installed)
-transformers loading moejax's export."""
+"""Every Hugging Face family against fixtures written by transformers itself
+(tests/fixtures/make_hf_fixtures.py): logits, router logits, greedy tokens through the decode
+cache, a bit-exact import -> export (from transformers' fused in-memory state dict, exported in
+shards), and (where transformers is installed) transformers loading moejax's export."""
 
 import json
 import logging
@@ -21,9 +21,14 @@ from moejax.models.decoder import Decoder
 from moejax.models.weights import load_params
 from tests.models.hf_helpers import FIXTURES
 
-FAMILIES = ("deepseek_v3", "deepseek_v2", "olmoe", "qwen2_moe")
+FAMILIES = ("mixtral", "qwen3_moe", "olmoe", "qwen2_moe", "deepseek_v2", "deepseek_v3")
 # what each fixture exercises, read back from its config (a changed reader fails here first)
 SHAPES = {
+    "mixtral": lambda s: (s.block == "topk" and not s.qk_norm
+                          and s.moe.router.normalize_gates),
+    "qwen3_moe": lambda s: (s.qk_norm and s.qk_norm_axes == "head" and s.head_dim == 8
+                            and s.first_dense_layers == 1
+                            and not s.moe.router.normalize_gates),
     "deepseek_v3": lambda s: (s.mla.q_lora_rank == 12 and s.mla.rope_interleave
                               and s.rope_scaling.mscale_all_dim == 1.0
                               and s.moe.router.kind == "sigmoid" and s.moe.router.use_bias
