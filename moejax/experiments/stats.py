@@ -7,33 +7,42 @@ share each seed's initial weights and data order, so they are compared seed by s
     reproduced          if improvement >  t se
     not reproduced      if improvement < -t se
     inconclusive        otherwise, or with fewer than 2 seeds.
-That is a two-sided paired t-test at the 5% level: with 3 seeds t = 4.30, so a "2 se" rule
-would call about one null claim in five. Arms of different lengths fall back to Welch's test:
+That is a two-sided paired t-test at the 5% level (t from scipy, exact): with 3 seeds
+t = 4.30, so a "2 se" rule would call about one null claim in five. Arms of different lengths fall back to Welch's test:
 se = sqrt(s_A^2 / n_A + s_B^2 / n_B) with the Welch-Satterthwaite degrees of freedom.
 The step-time overhead claim ("< 2% extra") is paired by interleaved round (both variants'
 steps timed one after the other, `moejax/train/step_time.py`): r_i = t_A,i / t_B,i - 1, and it
 is reproduced when mean r + t se(r) < 0.02, not reproduced when mean r - t se(r) > 0.02.
 
-Power (`seeds_needed`): how many seeds the paired test above needs to call a true improvement
-delta "reproduced" with probability 1 - beta, given the standard deviation s of one seed's
-difference d_i: the smallest n with sqrt(n) delta / s >= t_0.975(n - 1) + z_(1 - beta) (the
-usual normal approximation of the noncentral t). Paper A's headline effect, perplexity 12.50 ->
-12.27, is delta = ln(12.50 / 12.27) = 0.0186 nats of validation loss (PAPER_A_LOSS_EFFECT).
+A family of claims (the summary's) is judged together (`family_verdicts`): each claim's paired
+test gives a two-sided p-value, Holm-adjusted across the family; where the claim has a target
+effect (the paper's, converted to the run's unit: `effect_per_byte` for a byte-level loss),
+two one-sided tests (TOST) ask whether an effect that large is excluded, Holm-adjusted across
+the claims with a target. Verdicts: "reproduced" (difference significant, claimed direction),
+"not reproduced" (significant, other direction), "no effect of the claimed size" (equivalence
+significant), "undecided" (neither).
+
+Power (`power_paired`, `seeds_needed`): the exact power of the two-sided paired t-test from
+the noncentral t distribution (delta the true mean difference, s the standard deviation of one
+seed's difference, noncentrality sqrt(n) delta / s); `seeds_needed` is the fewest seeds with
+power >= 1 - beta. Paper A's headline effect, perplexity 12.50 -> 12.27, is
+delta = ln(12.50 / 12.27) = 0.0186 nats per BPE token (PAPER_A_LOSS_EFFECT); moejax's byte-level
+loss is per byte, where it is about 0.0186 / 4 at ~4 bytes per token.
 """
 
 from __future__ import annotations
 
 import math
 from types import MappingProxyType
+from typing import NamedTuple
 
 import numpy as np
 
-from moejax.options import check_choice
+from moejax.options import check_range
 from moejax.reporting import metrics
 
 OVERHEAD_LIMIT = 0.02
 PAPER_A_LOSS_EFFECT = math.log(12.50 / 12.27)  # nats: paper A's perplexity gain, -1.8%
-_Z_POWER = {0.8: 0.8416, 0.9: 1.2816}  # z_(1 - beta) for power 1 - beta
 
 # The final numbers of a run (`run_metrics`), the names the suites' claims, the suite report's
 # columns and finals.json use.
@@ -99,20 +108,133 @@ def mean_std(values) -> tuple[float, float]:
     return float(np.mean(values)), std
 
 
-# Two-sided 95% critical values t_0.975(df) of Student's t; a df between entries uses the
-# entry below it (a slightly larger value, so the test stays conservative).
-_T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-          9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000,
-          120: 1.980}
+def t_critical(df: float, level: float = 0.975) -> float:
+    """Student's t quantile t_level(df) (df >= 1; exact, scipy)."""
+    from scipy import stats as scipy_stats
 
-
-def t_critical(df: float) -> float:
-    """t_0.975(df) from `_T_975` (df >= 1; the normal 1.960 beyond 120)."""
     if df < 1:
         raise ValueError(f"degrees of freedom {df} < 1")
-    if df > 120:
-        return 1.960
-    return _T_975[max(k for k in _T_975 if k <= df)]
+    return float(scipy_stats.t.ppf(level, df))
+
+
+class PairedTest(NamedTuple):
+    """A paired comparison of two arms over the same n seeds.
+
+    improvement: mean d_i (positive: the claimed-better arm is better); se: its standard
+    error; df = n - 1; p_value: two-sided p of "no difference"; ci: the 95% interval of the
+    improvement.
+    """
+
+    n: int
+    improvement: float
+    se: float
+    df: float
+    p_value: float
+    ci: tuple[float, float]
+
+
+def paired_test(better, than, *, lower_is_better: bool = True) -> PairedTest:
+    """The paired t-test of "`better` beats `than`" seed by seed (NaN p with < 2 seeds or a
+    non-finite value)."""
+    from scipy import stats as scipy_stats
+
+    better, than = np.asarray(better, np.float64), np.asarray(than, np.float64)
+    if better.shape != than.shape:
+        raise ValueError(f"paired arms need the same seeds: {better.size} vs {than.size}")
+    d = (than - better) if lower_is_better else (better - than)
+    n, mean = d.size, float(np.mean(d)) if d.size else math.nan
+    if n < 2 or not np.all(np.isfinite(d)):
+        return PairedTest(n, mean, math.nan, n - 1, math.nan, (math.nan, math.nan))
+    se = float(np.std(d, ddof=1)) / math.sqrt(n)
+    half = t_critical(n - 1) * se
+    if se == 0:
+        p = 0.0 if mean != 0 else 1.0
+    else:
+        p = float(2 * scipy_stats.t.sf(abs(mean) / se, n - 1))
+    return PairedTest(n, mean, se, n - 1, p, (mean - half, mean + half))
+
+
+def equivalence_p(test: PairedTest, margin: float) -> float:
+    """Two one-sided tests (TOST) of |true improvement| >= margin: the larger one-sided p of
+    "improvement <= -margin" and "improvement >= margin". Small: no effect of that size."""
+    from scipy import stats as scipy_stats
+
+    if not (margin > 0 and math.isfinite(test.se)):
+        return math.nan
+    if test.se == 0:
+        return 0.0 if abs(test.improvement) < margin else 1.0
+    lower = scipy_stats.t.sf((test.improvement + margin) / test.se, test.df)
+    upper = scipy_stats.t.cdf((test.improvement - margin) / test.se, test.df)
+    return float(max(lower, upper))
+
+
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (NaN stays NaN and does not count
+    towards the family size): adjusted p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))."""
+    p_values = [float(p) for p in p_values]
+    finite = sorted((p, i) for i, p in enumerate(p_values) if math.isfinite(p))
+    adjusted, running = list(p_values), 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (len(finite) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+VERDICTS = ("reproduced", "not reproduced", "no effect of the claimed size", "undecided")
+
+
+def family_verdicts(tests: list[PairedTest], margins: list[float | None], *,
+                    alpha: float = 0.05) -> list[dict]:
+    """One verdict per claim of a family, Holm-adjusted across the family:
+
+    - "reproduced": the difference test rejects (adjusted p < alpha) in the claimed direction;
+    - "not reproduced": it rejects in the other direction;
+    - "no effect of the claimed size": else, where the equivalence test (TOST against
+      `margins[i]`, the paper's effect in the run's unit; Holm-adjusted across the claims
+      that have a margin) rejects an effect as large as claimed;
+    - "undecided": neither.
+
+    Returns dicts with the raw and adjusted p-values of both tests and the verdict.
+    """
+    difference = holm([test.p_value for test in tests])
+    tost = [equivalence_p(test, margin) if margin else math.nan
+            for test, margin in zip(tests, margins, strict=True)]
+    tost_adjusted = holm(tost)
+    rows = []
+    for test, p, q, q_raw, margin in zip(tests, difference, tost_adjusted, tost, margins,
+                                         strict=True):
+        if math.isfinite(p) and p < alpha:
+            label = VERDICTS[0] if test.improvement > 0 else VERDICTS[1]
+        elif math.isfinite(q) and q < alpha:
+            label = VERDICTS[2]
+        else:
+            label = VERDICTS[3]
+        rows.append({"verdict": label, "p": test.p_value, "p_holm": p, "margin": margin,
+                     "p_equivalence": q_raw, "p_equivalence_holm": q})
+    return rows
+
+
+def power_paired(n: int, effect: float, sd: float, *, alpha: float = 0.05) -> float:
+    """Exact power of the two-sided paired t-test at level alpha with n seeds, for a true mean
+    difference `effect` and a per-seed difference standard deviation `sd` (noncentral t)."""
+    from scipy import stats as scipy_stats
+
+    if n < 2:
+        return math.nan
+    if sd == 0:
+        return 1.0 if effect else alpha
+    df, nc = n - 1, math.sqrt(n) * abs(effect) / sd
+    t = t_critical(df, 1 - alpha / 2)
+    # the lower tail P(T < -t) as P(T > t) at -nc: nct.cdf is NaN there for large nc
+    return float(scipy_stats.nct.sf(t, df, nc) + scipy_stats.nct.sf(t, df, -nc))
+
+
+def effect_per_byte(nats_per_token: float, bytes_per_token: float) -> float:
+    """A per-token loss effect in nats per UTF-8 byte, through the measured bytes per token
+    (paper A's 0.0186 nats per BPE token is ~0.0046 per byte at ~4 bytes per token)."""
+    if not bytes_per_token > 0:
+        raise ValueError(f"bytes_per_token={bytes_per_token!r}; allowed: a number > 0")
+    return nats_per_token / bytes_per_token
 
 
 def verdict(better, than, *, lower_is_better: bool = True) -> tuple[str, float, float]:
@@ -155,14 +277,14 @@ def _label(improvement: float, se: float, t: float) -> str:
     return "inconclusive at this scale"
 
 
-def seeds_needed(effect: float, sd: float, *, power: float = 0.8) -> int:
-    """Seeds per arm for the paired test to detect a true mean improvement `effect` with
-    probability `power` (0.8 or 0.9), given the standard deviation `sd` of one seed's paired
-    difference (see module doc); at least 2."""
-    check_choice("power", power, sorted(_Z_POWER))
-    if sd == 0:
-        return 2
-    n = 2
-    while math.sqrt(n) * abs(effect) / sd < t_critical(n - 1) + _Z_POWER[power]:
-        n += 1
-    return n
+def seeds_needed(effect: float, sd: float, *, power: float = 0.8, alpha: float = 0.05,
+                 limit: int = 10_000) -> int:
+    """The fewest seeds (>= 2) for which the two-sided paired t-test at level alpha detects a
+    true mean improvement `effect` with probability >= `power`, given the standard deviation
+    `sd` of one seed's paired difference (exact: `power_paired`); `limit` + 1 if none up to
+    `limit`."""
+    check_range("power", power, 0.0, 1.0, low_open=True, high_open=True)
+    for n in range(2, limit + 1):
+        if power_paired(n, effect, sd, alpha=alpha) >= power:
+            return n
+    return limit + 1
