@@ -16,6 +16,10 @@ def get_config(arg=None):
     config.mesh = _mesh()
     config.loss = _loss()
     config.train = _train()
+    # evaluators in training: config.evals.<name> = dict(kind=..., every=..., options), kinds
+    # validation, heldout (paths=...), top1_disabled, routing, lm_eval (tasks=...), default;
+    # empty: the default set (val_loss, eval/domain_loss, ... every train.eval_every steps)
+    config.evals = ml_collections.ConfigDict()
     return config
 
 
@@ -176,6 +180,12 @@ def _train():
     train.max_to_keep = 3  # checkpoints kept
     train.async_checkpoint = True  # write checkpoints in the background
     train.tensorboard = False  # also write TensorBoard events (needs tensorboardX)
+    # also log to this Weights & Biases project (None: off; pip install 'moejax[wandb]'); W&B's
+    # variables choose the rest (WANDB_MODE=offline: files under workdir/wandb only)
+    train.wandb = ml_collections.config_dict.placeholder(str)
+    # also log to this MLflow tracking URI (None: off; pip install 'moejax[mlflow]'), e.g.
+    # http://host:5000; the experiment is MLFLOW_EXPERIMENT_NAME, else "moejax"
+    train.mlflow = ml_collections.config_dict.placeholder(str)
     train.progress = True  # progress bar on the terminal
     train.report = True  # write plots and report.md at the end
     # peak TFLOP/s per device for mfu (None: from the device kind; CPUs log no mfu)

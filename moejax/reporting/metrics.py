@@ -1,5 +1,5 @@
-"""The metrics file: its schema (the metric names and how each is reduced), one writer
-(metrics.jsonl, optional TensorBoard) and the readers.
+"""The metrics file: its schema (the metric names, how each list is reduced and what its
+entries are), one writer (metrics.jsonl, then the trackers of writers.py) and the readers.
 
 A row is one logged step: {"step": int, name: value, ...}, a value a number or a list (one per
 router, router pair or domain). The names below are the one home of every key that a writer
@@ -32,8 +32,15 @@ TRAINED_TOKENS = "trained_tokens"  # targets the loss read this step (data.loss_
 TOTAL_LOSS = "total_loss"  # LM loss plus the weighted regularizers
 GRAD_NORM = "grad_norm"
 AUX = "aux/"  # prefix: each regularizer, aux/<name> and aux/<name>/per_router [R]
-TOKENS_PER_S = "tokens_per_s"
+TOKENS_PER_S = "tokens_per_s"  # over the logging interval's training steps (compile excluded)
+TFLOPS_PER_DEVICE = "tflops_per_device"  # model FLOPs per second per device, same steps
+MFU = "mfu"  # tflops_per_device / the device's peak (absent where the peak is unknown)
 STEP_MS = "step_ms"  # median data + step time since the run (re)started
+TIME_COMPILE_S = "time/compile_s"  # the run's first step (compiles the train step), seconds
+TIME_EVAL_S = "time/eval_s"  # evaluation seconds since the run (re)started
+TIME_CHECKPOINT_S = "time/checkpoint_s"  # checkpoint-save seconds since the run (re)started
+GOODPUT = "goodput"  # training-step seconds / wall seconds since the run (re)started
+EVAL = "eval/"  # prefix: eval/<name>/<metric> of config.evals' evaluators (train/evaluators.py)
 LEARNING_RATE = "learning_rate"
 ROUTING = "routing/"  # prefix: the routing of the last logged training batch
 ROUTING_ENTROPY = ROUTING + "entropy"  # [R]
@@ -71,8 +78,14 @@ REDUCTIONS = MappingProxyType({ROUTING_DEAD_EXPERTS: TOTAL, EVAL_DOMAIN_LOSS: ME
 
 
 def reduction(key: str) -> str:
-    """The reduction of `key`'s lists: its `REDUCTIONS` entry, else MEAN."""
-    return REDUCTIONS.get(key, MEAN)
+    """The reduction of `key`'s lists: its `REDUCTIONS` entry (a configured evaluator's
+    `eval/<name>/<metric>` reduces as the default set's `eval/<metric>`), else MEAN."""
+    if key in REDUCTIONS:
+        return REDUCTIONS[key]
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] == EVAL.rstrip("/"):
+        return REDUCTIONS.get(f"{parts[0]}/{parts[2]}", MEAN)
+    return MEAN
 
 
 def reduce_values(key: str, values) -> np.ndarray:
@@ -103,6 +116,32 @@ def reduced(key: str, value):
     if np.isnan(number) and reduction(key) == MEAN_SEEN:
         return None
     return int(number) if reduction(key) == TOTAL and values.dtype.kind in "iu" else number
+
+
+# --- What a list's entries are (its axes, outermost first): trackers name each entry ---
+ROUTER, ROUTER_PAIR, EXPERT, DOMAIN, PATTERN, ENTRY = (
+    "router", "router_pair", "expert", "domain", "pattern", "entry")
+AXES = MappingProxyType({
+    ROUTING_PATHWAY_ENTROPY: (ROUTER_PAIR,),
+    ROUTING_TRANSITIONS: (ROUTER_PAIR, EXPERT, EXPERT),
+    ROUTING_TOKENS_PER_EXPERT: (ROUTER, EXPERT),
+    EVAL_DOMAIN_LOSS: (DOMAIN,),
+    EVAL_DOMAIN_TOKENS: (DOMAIN,),
+    EVAL_ROUTING_DOMAIN_COUNTS: (ROUTER, EXPERT, DOMAIN),
+    DATA_MIXTURE_TARGETS: (PATTERN,),
+    DATA_MIXTURE_SHARES: (PATTERN,),
+})
+AXIS_NAMES = MappingProxyType({DOMAIN: EVAL_DOMAIN_NAMES, PATTERN: DATA_MIXTURE_PATTERNS})
+
+
+def axes(key: str) -> tuple:
+    """The axes of `key`'s lists: its `AXES` entry, else (ROUTER,) for the per-router keys
+    (`routing/...`, `eval/routing/...`, `aux/<name>/per_router`), else (ENTRY,)."""
+    if key in AXES:
+        return AXES[key]
+    per_router = key.startswith((ROUTING, "eval/" + ROUTING)) or (
+        key.startswith(AUX) and key.endswith("/per_router"))
+    return (ROUTER,) if per_router else (ENTRY,)
 
 
 # --- The readers of logged rows ---
@@ -188,18 +227,31 @@ def _append_whole(fd: int, data: bytes) -> None:
 
 
 class MetricsWriter:
-    """Appends one JSON object per logged step to `<workdir>/metrics.jsonl`.
+    """The one writer of a run's metrics: appends one JSON object per logged step to
+    `<workdir>/metrics.jsonl`, then hands the same row to the trackers turned on
+    (TensorBoard, W&B, MLflow: `writers.py`, which says how a tracker's failure is handled).
 
     A row is written whole or not at all (one `write` of the whole line, undone if cut short),
     so a full disk leaves the row missing, never cut; `write` then raises the OSError.
     `keep_through_step`: the step the run starts from; rows after it are dropped first
-    (`keep_rows_through`).
+    (`keep_rows_through`), and the trackers continue from it. `trackers`: {option: value} of
+    `writers.TRACKERS` (e.g. wandb="project"), `config`: the resolved config they record.
+
+    Raises:
+      ValueError: a tracker's package is missing or it could not start (one line naming its
+        option); nothing was written.
     """
 
-    def __init__(self, workdir, *, tensorboard: bool = False, keep_through_step: int = 0):
+    def __init__(self, workdir, *, tensorboard: bool = False, keep_through_step: int = 0,
+                 config: dict | None = None, **trackers):
         self.active = jax.process_index() == 0
         self.path = pathlib.Path(workdir) / METRICS_FILE
-        if self.active:
+        self._trackers = []
+        if self.active:  # started first: one that cannot start leaves metrics.jsonl as it was
+            from moejax.reporting.writers import open_trackers
+
+            self._trackers = open_trackers(workdir, {"tensorboard": tensorboard, **trackers},
+                                           config, keep_through_step)
             dropped = keep_rows_through(self.path, keep_through_step)
             if dropped:
                 logging.getLogger(__name__).warning(
@@ -207,17 +259,19 @@ class MetricsWriter:
                     self.path, dropped, keep_through_step)
         self._fd = (os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                     if self.active else None)
-        self._tensorboard = None
-        if tensorboard and self.active:
-            try:
-                from tensorboardX import SummaryWriter
-            except ImportError as error:
-                raise ImportError("train.tensorboard=True needs tensorboardX: "
-                                  "pip install 'moejax[tensorboard]'") from error
-            self._tensorboard = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+
+    @classmethod
+    def for_run(cls, workdir, train, config: dict | None, *, keep_through_step: int = 0):
+        """The writer of a training run: the trackers `train` (a TrainSpec) turns on."""
+        from moejax.reporting.writers import tracker_options
+
+        options = tracker_options(train)
+        return cls(workdir, tensorboard=options.pop("tensorboard"), config=config,
+                   keep_through_step=keep_through_step, **options)
 
     def write(self, step: int, metrics: dict) -> dict:
-        """Writes {"step": step, **metrics} whole; returns the JSON-ready row.
+        """Writes {"step": step, **metrics} whole, then to the trackers; returns the JSON-ready
+        row. A tracker's failure is a warning (`writers.write_trackers`), never an error.
 
         Raises:
           OSError: the row could not be written (a full disk); the file holds no part of it.
@@ -226,20 +280,21 @@ class MetricsWriter:
         if not self.active:
             return row
         _append_whole(self._fd, (json.dumps(row) + "\n").encode())
-        if self._tensorboard is not None:
-            for name, value in row.items():
-                number = reduced(name, value)
-                if name != STEP and number is not None:
-                    self._tensorboard.add_scalar(name, float(number), step)
-            self._tensorboard.flush()
+        if self._trackers:
+            from moejax.reporting.writers import write_trackers
+
+            write_trackers(self._trackers, row)
         return row
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if self._tensorboard is not None:
-            self._tensorboard.close()
+        if self._trackers:
+            from moejax.reporting.writers import close_trackers
+
+            close_trackers(self._trackers)
+            self._trackers = []
 
 
 def read_metrics(path) -> list[dict]:

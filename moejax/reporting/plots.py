@@ -5,25 +5,38 @@ Each `plot_*` function takes the logged rows (one dict per logged step, in order
 why the plot cannot be drawn. Figures are drawn on matplotlib's Agg canvas directly, without
 pyplot, so no backend or global figure state is touched; matplotlib is imported only when a
 figure is drawn.
+
+Figures scale to deep, wide models: a figure is at most MAX_FIGURE_INCHES (1760 x 1320 px at
+DPI), maps of many routers switch to a summary and a few sampled routers (MAX_PANELS), colour
+scales are fitted to the values drawn (`colour_limit`), and long titles and colour-bar labels
+are wrapped to the figure (constrained layout keeps them inside it).
 """
 
 from __future__ import annotations
 
 import pathlib
+import textwrap
 
 import numpy as np
 
 from moejax.reporting.metrics import (
+    EVAL_DOMAIN_LOSS,
     EVAL_DOMAIN_NAMES,
+    EVAL_DOMAIN_TOKENS,
     EVAL_ROUTING_DOMAIN_COUNTS,
     EVAL_ROUTING_DOMAIN_NMI,
+    GRAD_NORM,
+    LEARNING_RATE,
     LOSS,
+    MFU,
     ROUTING_ENTROPY,
     ROUTING_PATHWAY_ENTROPY,
     ROUTING_SPECIALIZATION,
     ROUTING_TOKENS_PER_EXPERT,
     ROUTING_TRANSITIONS,
     STEP,
+    STEP_MS,
+    TOKENS_PER_S,
     VAL_LOSS,
     VAL_LOSS_TOP1_DISABLED,
     last_value,
@@ -31,8 +44,14 @@ from moejax.reporting.metrics import (
     series,
 )
 
+DPI = 110
+MAX_FIGURE_INCHES = (16.0, 12.0)  # (width, height): 1760 x 1320 px at DPI
+MAX_PANELS = 6  # maps of more routers (router pairs) draw a summary and this many sampled ones
+COLOUR_PERCENTILE = 99.0  # colour scales end at this percentile of the values drawn
 _MAX_ANNOTATED_CELLS = 64  # heat maps with at most this many cells print their values
 _MAX_LEGEND_ROUTERS = 8  # more routers get a depth colour bar instead of legend entries
+_MAX_DOMAIN_LINES = 12  # per-domain curves drawn (the domains with most tokens)
+_FONT_POINTS = 10.0  # matplotlib's default font size, for wrapping
 
 
 def _normalise_rows(counts: np.ndarray) -> np.ndarray:
@@ -42,13 +61,16 @@ def _normalise_rows(counts: np.ndarray) -> np.ndarray:
 
 
 def _figure(num_axes: int = 1, *, width: float = 6.4, height: float = 4.0, max_cols: int = 4):
-    """A Figure on an Agg canvas with num_axes axes in a grid of at most max_cols columns."""
+    """A Figure on an Agg canvas with num_axes axes (panels of width x height inches) in a grid
+    of at most max_cols columns; the whole is scaled down to fit MAX_FIGURE_INCHES."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     cols = min(num_axes, max_cols)
     grid_rows = -(-num_axes // cols)
-    fig = Figure(figsize=(width * cols, height * grid_rows), layout="constrained")
+    size = np.array([width * cols, height * grid_rows])
+    size *= min(1.0, *(np.array(MAX_FIGURE_INCHES) / size))
+    fig = Figure(figsize=tuple(size), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(grid_rows, cols, squeeze=False).ravel()
     for unused in axes[num_axes:]:
@@ -57,7 +79,42 @@ def _figure(num_axes: int = 1, *, width: float = 6.4, height: float = 4.0, max_c
 
 
 def _save(fig, path: pathlib.Path) -> None:
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
+
+
+def wrap(text: str, inches: float, points: float = _FONT_POINTS) -> str:
+    """`text` broken into lines that fit `inches` at `points` (about 0.6 em per character)."""
+    return textwrap.fill(text, width=max(16, int(inches * 72 / (0.6 * points))))
+
+
+def _suptitle(fig, text: str) -> None:
+    fig.suptitle(wrap(text, fig.get_figwidth(), 12.0), fontsize=12.0)
+
+
+def _colorbar(fig, image, axes, label: str, values) -> None:
+    """A colour bar beside axes, its label wrapped to the figure's height; an arrow at the top
+    when some of `values` lie above the colour scale."""
+    above = np.nanmax(values, initial=0.0) > image.get_clim()[1]
+    bar = fig.colorbar(image, ax=axes, extend="max" if above else "neither")
+    bar.set_label(wrap(label, 0.8 * fig.get_figheight()))
+
+
+def colour_limit(values) -> float:
+    """The top of a colour scale for `values` (>= 0): their COLOUR_PERCENTILE-th percentile,
+    so that one outlier does not darken the rest; > 0 (1 when nothing is finite)."""
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 1.0
+    top = float(np.percentile(values, COLOUR_PERCENTILE))
+    return top if top > 0 else max(float(values.max()), 1e-12)
+
+
+def sampled(count: int, limit: int = MAX_PANELS) -> list[int]:
+    """All of range(count) up to `limit`, else `limit` evenly spaced (first and last kept)."""
+    if count <= limit:
+        return list(range(count))
+    return sorted({int(i) for i in np.linspace(0, count - 1, limit).round()})
 
 
 def _integer_ticks(axis, size: int) -> None:
@@ -69,22 +126,24 @@ def _integer_ticks(axis, size: int) -> None:
         axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _heatmap(ax, matrix, *, title, xlabel, ylabel, vmax=None, xticklabels=None):
-    """imshow of matrix [rows, cols] with integer (or named) ticks; small maps print values."""
-    image = ax.imshow(matrix, aspect="auto", interpolation="nearest", cmap="viridis",
-                      vmin=0.0, vmax=vmax)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+def _heatmap(ax, matrix, *, title, xlabel, ylabel, vmax=None, xticklabels=None, digits=2):
+    """imshow of matrix [rows, cols] (NaN blank) from 0 to vmax (None: the largest value), with
+    integer (or named) ticks; small maps print their values."""
+    image = ax.imshow(np.ma.masked_invalid(matrix), aspect="auto", interpolation="nearest",
+                      cmap="viridis", vmin=0.0, vmax=vmax)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize="medium")
     _integer_ticks(ax.yaxis, matrix.shape[0])
     if xticklabels is None:
         _integer_ticks(ax.xaxis, matrix.shape[1])
     else:
         ax.set_xticks(range(len(xticklabels)), xticklabels, rotation=30, ha="right")
     if matrix.size <= _MAX_ANNOTATED_CELLS:
-        top = vmax if vmax is not None else max(float(matrix.max()), 1e-12)
+        top = vmax if vmax is not None else max(float(np.nanmax(matrix)), 1e-12)
         for (i, j), value in np.ndenumerate(matrix):
-            text = f"{value:.2f}" if vmax is not None else f"{value:.0f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize="small",
-                    color="black" if value > 0.6 * top else "white")
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.{digits}f}", ha="center", va="center",
+                        fontsize="small", color="black" if value > 0.6 * top else "white")
     return image
 
 
@@ -107,6 +166,91 @@ def plot_loss(rows: list[dict], path: pathlib.Path) -> str | None:
     return None
 
 
+VAL_LOSS_DOMAIN = VAL_LOSS + "/"  # prefix: val_loss/<domain>, where a run logs them so
+
+
+def domain_losses(rows: list[dict]):
+    """(names, steps [N], losses [N, domains]) of the per-domain validation loss: the
+    `eval/domain_loss` lists (named by `eval/domain_names`; NaN where a domain had no token),
+    else `val_loss/<domain>` numbers; (None, None, None) when neither was logged."""
+    steps, losses = series(rows, EVAL_DOMAIN_LOSS)
+    if steps is not None and losses.ndim == 2:
+        names = last_value(rows, EVAL_DOMAIN_NAMES)[0]
+        if names is None or len(names) != losses.shape[1]:
+            names = [f"domain {d}" for d in range(losses.shape[1])]
+        return [str(name) for name in names], steps, losses
+    keys = sorted({k for row in rows for k in row if k.startswith(VAL_LOSS_DOMAIN)})
+    picked = [row for row in rows if any(k in row for k in keys)]
+    if not picked:
+        return None, None, None
+    losses = np.asarray([[row.get(k, np.nan) for k in keys] for row in picked], np.float64)
+    return ([k[len(VAL_LOSS_DOMAIN):] for k in keys],
+            np.asarray([row[STEP] for row in picked]), losses)
+
+
+def _drawn_domains(rows: list[dict], losses: np.ndarray) -> list[int]:
+    """The domains some evaluation held, at most _MAX_DOMAIN_LINES: those with most tokens
+    in the last evaluation (`eval/domain_tokens`), in their order."""
+    seen = [d for d in range(losses.shape[1]) if np.isfinite(losses[:, d]).any()]
+    tokens = last_value(rows, EVAL_DOMAIN_TOKENS)[0]
+    if tokens is not None and len(tokens) == losses.shape[1]:
+        seen = sorted(seen, key=lambda d: -tokens[d])
+    return sorted(seen[:_MAX_DOMAIN_LINES])
+
+
+def plot_domain_loss(rows: list[dict], path: pathlib.Path) -> str | None:
+    """Validation loss per domain vs step, and the overall val loss: the domains an evaluation
+    held, at most _MAX_DOMAIN_LINES (most evaluated tokens; report.md's table has more)."""
+    names, steps, losses = domain_losses(rows)
+    if names is None:
+        return f"no per-domain validation loss (`{EVAL_DOMAIN_LOSS}`) logged"
+    shown = _drawn_domains(rows, losses)
+    if not shown:
+        return "no evaluation held a token of any domain"
+    fig, (ax,) = _figure(width=7.5, height=4.4)
+    for domain in shown:
+        seen = np.isfinite(losses[:, domain])
+        ax.plot(steps[seen], losses[seen, domain], "o-", markersize=3, linewidth=1.2,
+                label=names[domain])
+    val_steps, val = series(rows, VAL_LOSS)
+    if val_steps is not None and val.ndim == 1:
+        ax.plot(val_steps, val, "k-", linewidth=2.5, label="all domains")
+    ax.set(title="Validation loss per domain", xlabel="step",
+           ylabel="cross-entropy (nats / token)")
+    ax.grid(alpha=0.3)
+    note = (f"{len(shown)} of {len(names)} domains\n(evaluated, most tokens)"
+            if len(shown) < len(names) else None)
+    fig.legend(loc="outside right upper", fontsize="small", title=note,
+               title_fontsize="small")
+    _save(fig, path)
+    return None
+
+
+# (key, panel title, y scale): the training panels, each drawn when logged
+_TRAINING_PANELS = ((LEARNING_RATE, "learning rate", "linear"),
+                    (GRAD_NORM, "gradient norm (before clipping)", "log"),
+                    (TOKENS_PER_S, "throughput (tokens / s)", "linear"),
+                    (MFU, "model FLOPs utilisation", "linear"),
+                    (STEP_MS, "step time (ms, median since the start)", "linear"))
+
+
+def plot_training(rows: list[dict], path: pathlib.Path) -> str | None:
+    """Learning rate, gradient norm and throughput (tokens/s, MFU, step time) vs step."""
+    panels = [(key, title, scale, *series(rows, key)) for key, title, scale in _TRAINING_PANELS]
+    panels = [panel for panel in panels if panel[3] is not None and panel[4].ndim == 1]
+    if not panels:
+        return f"none of {', '.join(k for k, _, _ in _TRAINING_PANELS)} logged"
+    fig, axes = _figure(len(panels), width=4.6, height=3.2, max_cols=3)
+    for ax, (key, title, scale, steps, values) in zip(axes, panels):
+        ax.plot(steps, values, ".-", markersize=3)
+        positive = scale == "log" and np.all(values[np.isfinite(values)] > 0)
+        ax.set(xlabel="step", yscale="log" if positive else "linear")
+        ax.set_title(title, fontsize="medium")
+        ax.grid(alpha=0.3)
+    _save(fig, path)
+    return None
+
+
 def plot_tokens_per_expert(rows: list[dict], path: pathlib.Path) -> str | None:
     """Heat map routers x experts of the tokens each expert received at the last logged step."""
     counts, row = last_value(rows, ROUTING_TOKENS_PER_EXPERT)
@@ -119,8 +263,9 @@ def plot_tokens_per_expert(rows: list[dict], path: pathlib.Path) -> str | None:
     fig, (ax,) = _figure(width=min(max(5.0, 0.6 * num_experts + 2.5), 16.0),
                          height=min(max(3.0, 0.45 * num_routers + 1.8), 12.0))
     image = _heatmap(ax, counts, title=f"Tokens per expert (step {row[STEP]})",
-                     xlabel="expert", ylabel="router (depth order)")
-    fig.colorbar(image, ax=ax, label="tokens routed (top-k slots)")
+                     xlabel="expert", ylabel="router (depth order)", vmax=colour_limit(counts),
+                     digits=0)
+    _colorbar(fig, image, ax, "tokens routed (top-k slots)", counts)
     _save(fig, path)
     return None
 
@@ -169,7 +314,13 @@ def plot_specialization(rows: list[dict], path: pathlib.Path) -> str | None:
 
 
 def plot_transitions(rows: list[dict], path: pathlib.Path) -> str | None:
-    """Per adjacent router pair, P(top-1 expert at l+1 | top-1 expert at l), last logged step."""
+    """Per adjacent router pair, P(top-1 expert at l+1 | top-1 expert at l), last logged step.
+
+    Up to MAX_PANELS pairs: one map each. More: a summary map over every pair, P(the most
+    likely next expert | expert) (1: that expert always hands on to the same one; 1/E:
+    uniformly), beside the maps of MAX_PANELS - 1 sampled pairs. Colour scales are fitted to
+    the values drawn (`colour_limit`): one for the summary, one for the pairs' maps.
+    """
     counts, row = last_value(rows, ROUTING_TRANSITIONS)
     if counts is None:
         return f"no `{ROUTING_TRANSITIONS}` logged (it needs >= 2 routers)"
@@ -178,18 +329,32 @@ def plot_transitions(rows: list[dict], path: pathlib.Path) -> str | None:
         return (f"`{ROUTING_TRANSITIONS}` has shape {counts.shape}, expected [R-1, E, E] "
                 "with R >= 2")
     probs = _normalise_rows(counts)
+    num_pairs, num_experts = probs.shape[:2]
     pathway = row.get(ROUTING_PATHWAY_ENTROPY)
-    size = min(max(3.5, 0.35 * counts.shape[-1] + 2.0), 6.5)
-    fig, axes = _figure(len(probs), width=size + 0.4, height=size)
-    for pair, (ax, matrix) in enumerate(zip(axes, probs)):
+    pathway = pathway if pathway is not None and len(pathway) == num_pairs else None
+    summary = num_pairs > MAX_PANELS
+    pairs = sampled(num_pairs, MAX_PANELS - 1) if summary else list(range(num_pairs))
+    size = min(max(3.5, 0.35 * num_experts + 2.0), 6.5)
+    fig, axes = _figure(len(pairs) + summary, width=size + 0.4, height=size, max_cols=3)
+    if summary:  # its own colour scale: another quantity
+        hops = np.where(counts.sum(-1) > 0, probs.max(-1), np.nan)  # [pairs, E]
+        ax = axes.pop(0)
+        image = _heatmap(ax, hops, vmax=colour_limit(hops), xlabel="top-1 expert at router l",
+                         ylabel="router pair l -> l+1",
+                         title=f"All {num_pairs} pairs: P(most likely next expert)")
+        _colorbar(fig, image, ax, "P(most likely next expert | expert)", hops)
+    drawn = probs[pairs]
+    for pair, ax in zip(pairs, axes):
         title = f"router {pair} -> {pair + 1}"
-        if pathway is not None and len(pathway) == len(probs):
+        if pathway is not None:
             title += f" (H = {pathway[pair]:.2f})"
-        image = _heatmap(ax, matrix, title=title, vmax=1.0,
+        image = _heatmap(ax, probs[pair], title=title, vmax=colour_limit(drawn),
                          xlabel=f"top-1 expert at router {pair + 1}",
                          ylabel=f"top-1 expert at router {pair}")
-    fig.colorbar(image, ax=axes, label="P(next expert | expert), rows normalised")
-    fig.suptitle(f"Top-1 expert transitions (step {row[STEP]}; H = normalised pathway entropy)")
+    _colorbar(fig, image, axes, "P(next expert | expert), rows normalised", drawn)
+    shown = f"; maps of pairs {', '.join(map(str, pairs))}" if summary else ""
+    _suptitle(fig, f"Top-1 expert transitions (step {row[STEP]}{shown}; H = normalised pathway "
+                   f"entropy; uniform = 1/{num_experts})")
     _save(fig, path)
     return None
 
@@ -213,8 +378,9 @@ def plot_expert_domain(rows: list[dict], path: pathlib.Path) -> str | None:
     """Per router, P(top-1 expert | domain) over experts x domains, from the last eval.
 
     Each domain's column sums to 1, so a domain's favourite experts stand out whatever the
-    domain's size (uniform routing is 1/E everywhere). Panels wrap at three per row. With more
-    than MAX_DOMAINS domains, only the most frequent ones are drawn.
+    domain's size (uniform routing is 1/E everywhere). Panels wrap at three per row; with more
+    than MAX_PANELS routers, MAX_PANELS evenly spaced ones are drawn. With more than
+    MAX_DOMAINS domains, only the most frequent ones are drawn.
     """
     counts, row = last_value(rows, EVAL_ROUTING_DOMAIN_COUNTS)
     if counts is None:
@@ -238,22 +404,26 @@ def plot_expert_domain(rows: list[dict], path: pathlib.Path) -> str | None:
         counts, names = counts[:, :, keep], [names[d] for d in keep]
         num_domains = MAX_DOMAINS
     nmi = row.get(EVAL_ROUTING_DOMAIN_NMI)
-    fig, axes = _figure(num_routers, width=min(max(3.5, 0.8 * num_domains + 2.0), 10.0),
+    routers = sampled(num_routers)
+    fig, axes = _figure(len(routers), width=min(max(3.5, 0.8 * num_domains + 2.0), 10.0),
                         height=min(max(3.0, 0.35 * num_experts + 1.8), 7.0), max_cols=3)
     names = [str(name) for name in names]
     given_domain = _normalise_rows(counts.transpose(0, 2, 1)).transpose(0, 2, 1)  # [R, E, dom]
-    vmax = max(float(given_domain.max()), 1e-12)
-    for router, ax in enumerate(axes):
+    shown = given_domain[routers]
+    vmax = colour_limit(shown)
+    for router, ax in zip(routers, axes):
         title = f"router {router}"
         if nmi is not None and len(nmi) == num_routers:
             title += f" (NMI {nmi[router]:.2f})"
         image = _heatmap(ax, given_domain[router], title=title, vmax=vmax,
                          xlabel="domain", ylabel="top-1 expert", xticklabels=names)
-    fig.colorbar(image, ax=axes, label=f"P(expert | domain), columns sum to 1 "
-                                       f"(uniform: 1/{num_experts})")
+    _colorbar(fig, image, axes, f"P(expert | domain), columns sum to 1 (uniform: "
+                                f"1/{num_experts})", shown)
+    sample = (f"; routers {', '.join(map(str, routers))} of {num_routers}, every router's NMI "
+              "in report.md" if len(routers) < num_routers else "")
     missing = f"; {len(empty)} domains not in the evaluated batches: {', '.join(empty[:6])}" + (
         ", ..." if len(empty) > 6 else "") if empty else ""
-    fig.suptitle(f"Expert vs document domain (eval at step {row[STEP]}{missing})")
+    _suptitle(fig, f"Expert vs document domain (eval at step {row[STEP]}{sample}{missing})")
     _save(fig, path)
     return None
 

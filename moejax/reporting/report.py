@@ -1,9 +1,10 @@
 """The run report: DIR/metrics.jsonl -> DIR/plots/*.png and DIR/report.md (`moejax-report`).
 
-Writes DIR/plots/*.png (loss, tokens per expert, routing entropy, specialization, expert
-transitions, expert vs domain; plots.py) and DIR/report.md with the final numbers of the run
-(docs/methods.md section 6) and links to the plots. Plots whose metrics were not logged are skipped
-and the report says why.
+Writes DIR/plots/*.png (loss, validation loss per domain, learning rate / gradient norm /
+throughput, tokens per expert, routing entropy, specialization, expert transitions, expert vs
+domain; plots.py) and DIR/report.md with the final numbers of the run (docs/methods.md section
+6), a table of the validation loss per domain and links to the plots. Plots whose metrics were
+not logged are skipped and the report says why.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import numpy as np
 from moejax.reporting import plots
 from moejax.reporting.metrics import (
     AUX,
+    EVAL_DOMAIN_TOKENS,
     EVAL_ROUTING_DOMAIN_NMI,
+    GRAD_NORM,
+    LEARNING_RATE,
     LOSS,
     METRICS_FILE,
+    MFU,
     ROUTING_DEAD_EXPERTS,
     ROUTING_DROPPED_FRACTION,
     ROUTING_ENTROPY,
@@ -26,6 +31,8 @@ from moejax.reporting.metrics import (
     ROUTING_SPECIALIZATION,
     ROUTING_TOPK_MASS,
     STEP,
+    STEP_MS,
+    TFLOPS_PER_DEVICE,
     TOKENS_PER_S,
     VAL_BITS_PER_BYTE,
     VAL_LOSS,
@@ -41,6 +48,8 @@ PLOT_DIR = "plots"
 # (file name under plots/, caption, function(rows, path) -> None or why it was skipped)
 PLOTS = (
     ("loss.png", "Train and validation loss", plots.plot_loss),
+    ("val_loss_domains.png", "Validation loss per domain", plots.plot_domain_loss),
+    ("training.png", "Learning rate, gradient norm and throughput", plots.plot_training),
     ("tokens_per_expert.png", "Tokens per expert (last logged step)",
      plots.plot_tokens_per_expert),
     ("entropy.png", "Routing entropy per router", plots.plot_entropy),
@@ -98,12 +107,24 @@ def _loss_numbers(rows: list[dict]) -> list[tuple[str, str]]:
     return numbers
 
 
+# (key, label, format) of the training numbers: the last logged value of each
+_TRAINING_NUMBERS = (
+    (LEARNING_RATE, "learning rate", ".3g"),
+    (GRAD_NORM, "gradient norm", ".4g"),
+    (TOKENS_PER_S, "tokens/s", ".0f"),
+    (TFLOPS_PER_DEVICE, "TFLOP/s per device", ".3g"),
+    (MFU, "MFU", ".3f"),
+    (STEP_MS, "median step time, ms", ".1f"),
+)
+
+
 def _final_numbers(rows: list[dict]) -> list[tuple[str, str]]:
     """(label, formatted value) of the final numbers of the run, in report order."""
     numbers = _loss_numbers(rows)
-    throughput, row = last_value(rows, TOKENS_PER_S)
-    if throughput is not None:
-        numbers.append((f"tokens/s (step {row[STEP]})", f"{throughput:.0f}"))
+    for key, label, spec in _TRAINING_NUMBERS:
+        value, row = last_value(rows, key)
+        if value is not None and np.ndim(value) == 0:
+            numbers.append((f"{label} (step {row[STEP]})", format(value, spec)))
     for key, label, owner in _ROUTING_NUMBERS:
         values, row = last_value(rows, key)
         if values is not None:
@@ -112,6 +133,36 @@ def _final_numbers(rows: list[dict]) -> list[tuple[str, str]]:
     for key in sorted(k for k in last if k.startswith(AUX) and np.ndim(last[k]) == 0):
         numbers.append((f"{key} (step {last[STEP]})", _fmt(last[key])))
     return numbers
+
+
+MAX_DOMAIN_ROWS = 40  # the domain table's rows: those with most evaluated tokens
+
+
+def _domain_table(rows: list[dict]) -> list[str]:
+    """The lines of the table of validation loss per domain that an evaluation held: final and
+    best loss and the last evaluation's tokens, most tokens first (at most MAX_DOMAIN_ROWS);
+    [] when not logged."""
+    names, steps, losses = plots.domain_losses(rows)
+    if names is None:
+        return []
+    tokens = last_value(rows, EVAL_DOMAIN_TOKENS)[0]
+    tokens = tokens if tokens is not None and len(tokens) == len(names) else [0] * len(names)
+    seen = [d for d in range(len(names)) if np.isfinite(losses[:, d]).any()]
+    seen.sort(key=lambda d: -tokens[d])
+    lines = ["", "## Validation loss per domain", "",
+             f"Nats per target token of the {len(seen)} of {len(names)} domains the evaluations "
+             f"held, most tokens first; final: the last evaluation (step {steps[-1]}; - where "
+             "it held none of the domain), best: the lowest, tokens: the last evaluation's.", "",
+             "| domain | final | best (step) | tokens |", "|---|---|---|---|"]
+    for d in seen[:MAX_DOMAIN_ROWS]:
+        column = losses[:, d]
+        final = _fmt(float(column[-1])) if np.isfinite(column[-1]) else "-"
+        best = f"{_fmt(float(np.nanmin(column)))} ({steps[np.nanargmin(column)]})"
+        lines.append(f"| {names[d]} | {final} | {best} | {tokens[d]} |")
+    if len(seen) > MAX_DOMAIN_ROWS:
+        lines += ["", f"{len(seen) - MAX_DOMAIN_ROWS} more domains in `{METRICS_FILE}` "
+                  "(`eval/domain_loss`)."]
+    return lines
 
 
 def _markdown(workdir: pathlib.Path, rows, written, skipped) -> str:
@@ -124,6 +175,7 @@ def _markdown(workdir: pathlib.Path, rows, written, skipped) -> str:
              "`eval/` ones from the last evaluation.", "",
              "| quantity | value |", "|---|---|"]
     lines += [f"| {label} | {value} |" for label, value in _final_numbers(rows)]
+    lines += _domain_table(rows)
     unseen = plots.unseen_domains(rows)
     if unseen:
         lines += ["", f"**Warning:** {len(unseen)} domains have no token in the last "

@@ -1,81 +1,62 @@
-"""The run's data: the evaluation, the checks before a run, the files a run keeps.
+"""The run's data: the checks before a run, the files a run keeps.
 
 `trainer.py` calls these: `check_data` before any work, `data_fields` (the tokenizer kept in
 the workdir, the mixture's shares), `check_same_data` on a resume, `kept_config` (the config
-the checkpoints keep), `evaluate` at every evaluation, `write_row` for each metrics row,
-`host_batch` for each host's rows.
+the checkpoints keep), `write_row` for each metrics row, `host_batch` for each host's rows,
+and the documents of `config.evals`' heldout evaluators (`read_heldout`, through
+`moejax.evaluation.perplexity`); the evaluation is `evaluators.py`'s.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-import math
 import pathlib
 
 import jax
-import numpy as np
 
 from moejax.data import pipeline
 from moejax.data.fingerprint import changed_files
 from moejax.data.tokenizer import save_tokenizer
 from moejax.models import weights
 from moejax.models.hf_config import KEPT
-from moejax.regularizers import nmi_from_counts
 from moejax.reporting import metrics as schema
 from moejax.reporting.metrics import MetricsWriter
-from moejax.train import step
 from moejax.train.checkpoint import config_json, one_line_reason
 from moejax.train.specs import TrainSpec
 
+PERPLEXITY_MODULE = "moejax.evaluation.perplexity"  # what moejax-eval computes
 
-def evaluate(model, data_spec, train: TrainSpec, seed: int, num_domains: int, sharding) -> dict:
-    """Validation loss (overall, and `eval/domain_loss` [num_domains] per domain of the predicted
-    token, NaN for a domain the batches do not hold, over `eval/domain_tokens` tokens), bits
-    per byte, expert-by-domain counts
-    and NMI, and the token-slots dropped by capacity per router, on fixed batches.
 
-    With `train.eval_top1_disabled`, also the loss with each token's top-1 expert disabled in
-    every router (CartesianMoE's robustness test). Each process reads its part of every
-    batch; `sharding` assembles the global batch.
+def perplexity():
+    """moejax.evaluation.perplexity (`heldout_documents`, `evaluate_documents`, `rates`),
+    imported by name when first needed: it imports moejax.train.step, so moejax.train
+    imports it lazily (no import cycle, and the import rule of tests/test_imports.py)."""
+    return importlib.import_module(PERPLEXITY_MODULE)
+
+
+def read_heldout(specs) -> dict[str, list]:
+    """{name: documents} of the run's heldout evaluators (`specs.evals`), read once per run
+    as moejax-eval reads them (`heldout_documents`: whole, no split, each with its domain by
+    the evaluator's `domain_by`).
+
+    Raises:
+      ValueError: naming `config.evals.<name>.paths`: a file that does not read, or files
+        that hold no text.
     """
-    results = {}
-    modes = [False, True] if train.eval_top1_disabled else [False]
-    for disable_top1 in modes:
-        batches = iter(pipeline.make_dataset(
-            data_spec, "validation", seq_len=train.seq_len,
-            batch_size=host_batch(train.batch_size), seed=seed,
-            process_index=jax.process_index(), process_count=jax.process_count(),
-            shuffle=True))
-        sums, counts, dropped, domain_sum, domain_tokens = np.zeros(3), 0.0, [], 0.0, 0.0
-        for _ in range(train.eval_batches):
-            batch = {name: jax.make_array_from_process_local_data(sharding, value)
-                     for name, value in next(batches).items()}
-            out = step.eval_step(model, batch["tokens"], batch["domains"], num_domains,
-                                 disable_top1, segments=batch["segments"],
-                                 token_bytes=batch["token_bytes"], trained=batch["trained"])
-            sums += [float(out[name]) for name in ("loss_sum", "tokens", "bytes")]
-            domain_sum = domain_sum + np.asarray(out["domain_loss_sum"], np.float64)
-            domain_tokens = domain_tokens + np.asarray(out["domain_tokens"], np.float64)
-            counts = counts + np.asarray(out.get("domain_counts", 0.0))
-            if "dropped_fraction" in out:
-                dropped.append(np.asarray(out["dropped_fraction"]))
-        suffix = schema.TOP1_DISABLED if disable_top1 else ""
-        loss_sum, tokens, nbytes = sums
-        results[schema.VAL_LOSS + suffix] = loss_sum / max(tokens, 1.0)
-        if dropped:  # [R] per router, mean over the batches
-            results[schema.EVAL_ROUTING_DROPPED_FRACTION + suffix] = np.mean(dropped, axis=0)
-        if not disable_top1:
-            results[schema.VAL_BITS_PER_BYTE] = loss_sum / math.log(2.0) / max(nbytes, 1.0)
-            results[schema.EVAL_TOKENS], results[schema.EVAL_BYTES] = int(tokens), int(nbytes)
-            results[schema.VAL_PERPLEXITY] = math.exp(results[schema.VAL_LOSS])
-            with np.errstate(invalid="ignore", divide="ignore"):
-                results[schema.EVAL_DOMAIN_LOSS] = np.where(domain_tokens > 0,
-                                                            domain_sum / domain_tokens, np.nan)
-            results[schema.EVAL_DOMAIN_TOKENS] = domain_tokens.astype(np.int64)
-            if np.ndim(counts):
-                results[schema.EVAL_ROUTING_DOMAIN_COUNTS] = counts
-                results[schema.EVAL_ROUTING_DOMAIN_NMI] = nmi_from_counts(counts)
-    return results
+    out = {}
+    for spec in (e for e in specs.evals if e.kind == "heldout"):
+        options, where = spec.options, f"config.evals.{spec.name}.paths"
+        try:
+            docs = perplexity().heldout_documents(
+                options["paths"], options["corpus"], domain_by=options["domain_by"],
+                text_field=options["text_field"], domain_field=options.get("domain_field"))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{where}: {str(error).removeprefix('data.paths: ')}") from error
+        if not any(doc.text for doc in docs):
+            raise ValueError(f"{where}={options['paths']} hold no text")
+        out[spec.name] = docs
+    return out
 
 
 def host_batch(batch: int) -> int:

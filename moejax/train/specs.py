@@ -1,9 +1,9 @@
 """From a config file's ConfigDict to the typed specs, with the cross-section checks.
 
 `specs_from_config(config)` builds every spec of a run once (`RunSpecs`: model, loss, train,
-data, mesh, seed); the trainer, the compile plan, the step timing and the CLI take that
-object. `TrainSpec` is `config.train`: every training option with its default, checked when
-built.
+data, mesh, seed, the evaluators); the trainer, the compile plan, the step timing and the
+CLI take that object. `TrainSpec` is `config.train`: every training option with its
+default, checked when built.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from moejax.models.decoder import DecoderSpec, decoder_spec_from_config
 from moejax.options import check_choice, check_int, spec_from_mapping
 from moejax.parallel import MeshSpec
 from moejax.regularizers import LossSpec
+from moejax.reporting.writers import check_trackers, tracker_options
 
 SCHEDULES = ("cosine", "wsd")  # train.schedule: the learning rate after the warmup
 
@@ -59,6 +60,10 @@ class TrainSpec:
       max_to_keep: checkpoints kept.
       async_checkpoint: write checkpoints in the background.
       tensorboard: also write TensorBoard events (needs tensorboardX).
+      wandb: also log to this Weights & Biases project (None: off; needs wandb); W&B's
+        variables choose the rest, e.g. WANDB_MODE=offline (`reporting/writers.py`).
+      mlflow: also log to this MLflow tracking URI (None: off; needs mlflow), e.g.
+        http://host:5000 (sqlite: needs the full mlflow); experiment MLFLOW_EXPERIMENT_NAME.
       progress: progress bar on the terminal.
       report: write plots and report.md at the end.
       peak_tflops: peak TFLOP/s per device for `mfu` (None: from the device kind,
@@ -103,6 +108,8 @@ class TrainSpec:
     max_to_keep: int = 3
     async_checkpoint: bool = True
     tensorboard: bool = False
+    wandb: str | None = None
+    mlflow: str | None = None
     progress: bool = True
     report: bool = False
     peak_tflops: float | None = None
@@ -191,6 +198,7 @@ class RunSpecs:
       data: `config.data` (`moejax.data.pipeline.data_spec_from_config`).
       mesh: `config.mesh`.
       seed: `config.seed`.
+      evals: `config.evals` (`evaluators.EvalSpec`s; an empty one: the default set).
     """
 
     model: DecoderSpec
@@ -199,6 +207,7 @@ class RunSpecs:
     data: object
     mesh: MeshSpec
     seed: int
+    evals: tuple = ()
 
 
 def specs_from_config(config) -> RunSpecs:
@@ -211,9 +220,13 @@ def specs_from_config(config) -> RunSpecs:
     pipeline.check_tokenizer(data, model.vocab_size)
     train = train_spec_from_config(config)
     uses_master_weights(model, train)  # its error before any work
+    check_trackers(tracker_options(train))  # a tracker's missing package, too
+    from moejax.train.evaluators import evals_from_config  # it imports run_data, which imports us
+
     return RunSpecs(model=model, loss=loss, train=train, data=data,
                     mesh=spec_from_mapping(MeshSpec, config.get("mesh"), "mesh"),
-                    seed=config.get("seed", 0))
+                    seed=config.get("seed", 0), evals=evals_from_config(config.get("evals"),
+                                                                        train))
 
 
 def _model_and_loss(model: DecoderSpec, loss: LossSpec) -> tuple[DecoderSpec, LossSpec]:

@@ -1,8 +1,9 @@
 """train_and_evaluate(config, workdir): the whole training run, read top to bottom.
 
-Sections: the workdir lock, specs, data (checked), model and optimizer, restore (after the
-checkpoints' config is compared with this one), signals, loop (step, NaN guard, eval, log,
-checkpoint), report. What it guarantees under faults: README, "Reliability".
+Sections: the workdir lock, specs, data (checked), model and optimizer (the start-of-run
+lines), restore (after the checkpoints' config is compared with this one), signals, loop
+(step, NaN guard, evaluators, log, checkpoint; `accounting.RunClock` times each), report. What
+it guarantees under faults: README, "Reliability".
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import math
 import pathlib
 import signal
-import time
+import sys
 
 import jax
 import numpy as np
@@ -26,8 +27,8 @@ from moejax.parallel import batch_sharding
 from moejax.reporting import metrics as schema
 from moejax.reporting.metrics import MetricsWriter
 from moejax.reporting.report import write_report
-from moejax.train import plan, run_data, step
-from moejax.train.accounting import peak_tflops, utilisation
+from moejax.train import evaluators, plan, run_data, step
+from moejax.train.accounting import RunClock, peak_tflops, start_lines
 from moejax.train.checkpoint import Checkpointer, config_json
 from moejax.train.init_from import init_from
 from moejax.train.optim import learning_rate_schedule, resolve_decay_steps
@@ -60,7 +61,8 @@ class _StopRequest:
 RESUME_MUST_MATCH = ("model.", "data.", "seed", "train.batch_size", "train.seq_len",
                      "train.master_weights")  # the optimizer state's structure
 RESUME_MAY_CHANGE_SILENTLY = ("mesh.", "train.progress", "train.report", "train.tensorboard",
-                              "train.steps", "data.accept_changed_data",
+                              "train.steps", "data.accept_changed_data", "evals.",
+                              "train.wandb", "train.mlflow",
                               "hf.")  # the HF record the checkpoints keep (run_data.kept_config)
 DECAY_STEPS = "train.decay_steps"  # unset on a resume: the checkpoints' value, not a change
 
@@ -127,6 +129,14 @@ class _Profile:
             print(f"profile of steps {self.first}..{self.last}: {self.directory}", flush=True)
 
 
+def _say(lines, bar=None) -> None:
+    """Prints `lines` on process 0 (through the progress bar when there is one), flushed."""
+    if jax.process_index() == 0:
+        for line in lines:
+            (bar.write if bar is not None else print)(line)
+        sys.stdout.flush()
+
+
 def _check_finite(metrics: dict, step_number: int, checkpointer: Checkpointer) -> None:
     """Raises NonFiniteError when the loss, the gradient norm or the updated parameters are
     not finite; names the newest saved step (async saves finished, every one checked finite
@@ -173,8 +183,11 @@ def train_and_evaluate(config, workdir, specs: RunSpecs | None = None) -> dict:
 def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
     """The run itself, in a workdir this process holds."""
     model_spec, loss_spec, train_cfg, data_spec = specs.model, specs.loss, specs.train, specs.data
+    clock = RunClock(train_cfg.batch_size * train_cfg.seq_len,
+                     model_flops_per_token(model_spec, train_cfg.seq_len),
+                     peak_tflops(override=train_cfg.peak_tflops))
 
-    # Data: checked, then the per-host shard of the training stream, and the domain names.
+    # Data: checked, then the per-host shard of the training stream, and the heldout sets.
     run_data.check_data(data_spec, train_cfg, model_spec.vocab_size)
     data_fields = run_data.data_fields(data_spec, workdir)  # logged with every evaluation
     train_batches = iter(pipeline.make_dataset(
@@ -182,7 +195,7 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
         batch_size=run_data.host_batch(train_cfg.batch_size),
         seed=specs.seed, process_index=jax.process_index(),
         process_count=jax.process_count()))
-    domain_names = pipeline.domain_names(data_spec)
+    heldout = run_data.read_heldout(specs)
 
     # The checkpoints' config, compared with this one's; it fixes the schedule's horizon.
     checkpointer = Checkpointer(workdir, max_to_keep=train_cfg.max_to_keep,
@@ -198,6 +211,7 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
     model, optimizer = sharded_model_and_optimizer(model_spec, train_cfg, specs.seed, mesh,
                                                    engine)
     tokens_sharding = batch_sharding(mesh)
+    _say(start_lines(model_spec, mesh, model, optimizer))
 
     # Restore: the latest good checkpoint, including the data iterator position.
     restored = checkpointer.restore_latest(model, optimizer)
@@ -212,6 +226,8 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
         init_from(model, train_cfg.init_from, optimizer)
         print(f"initialised from {train_cfg.init_from}", flush=True)
     kept_config = run_data.kept_config(config, restored, train_cfg)
+    context = evaluators.Context(model, specs, tokens_sharding,
+                                 tuple(pipeline.domain_names(data_spec)), heldout)
 
     def save(step_number, force=False):
         checkpointer.save(step_number, model=model, optimizer=optimizer, config=kept_config,
@@ -219,28 +235,28 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
                           data_fingerprint=fingerprint)
 
     # Loop. metrics.jsonl keeps the rows up to the restored step: every step appears once.
-    writer = MetricsWriter(workdir, tensorboard=train_cfg.tensorboard, keep_through_step=start)
-    tokens_per_step = train_cfg.batch_size * train_cfg.seq_len
+    writer = MetricsWriter.for_run(workdir, train_cfg, kept_config, keep_through_step=start)
     masked = data_spec.loss_on == "completion"  # else every target: the flags are all set
-    flops_per_token = model_flops_per_token(model_spec, train_cfg.seq_len)
-    peak = peak_tflops(override=train_cfg.peak_tflops)
     profile = _Profile(train_cfg.profile_steps, workdir / "profile")
     bar = tqdm.tqdm(total=train_cfg.steps, initial=start, unit="step", dynamic_ncols=True,
                     disable=not train_cfg.progress or jax.process_index() != 0)
-    row, started, step_seconds, stopped = {}, time.perf_counter(), [], None
+    row, stopped = {}, None
     unchecked = None  # (metrics, step) whose finiteness is read after the next step is queued
     with (_StopRequest().installed() as stop, contextlib.closing(writer),
           contextlib.closing(checkpointer), bar):  # closing: async saves finish, even on errors
         for step_number in range(start + 1, train_cfg.steps + 1):
             profile.before(step_number)
-            step_started = time.perf_counter()
+            compiling = step_number == start + 1  # the run's first step compiles the step
+            if compiling:
+                _say(["compiling the train step ..."], bar)
+            step_started = clock.now()
             batch = next(train_batches)
             tokens, segments, trained = (
                 jax.make_array_from_process_local_data(tokens_sharding, batch[name])
                 for name in ("tokens", "segments", "trained"))
             last = step_number == train_cfg.steps
-            logged = (step_number % train_cfg.log_every == 0 or last
-                      or step_number % train_cfg.eval_every == 0)
+            due = evaluators.due(specs.evals, step_number, last)
+            logged = step_number % train_cfg.log_every == 0 or last or bool(due)
             metrics = step.train_step(model, optimizer, tokens, loss_spec,
                                       train_cfg.grad_accumulation, np.bool_(logged),
                                       segments=segments, trained=trained if masked else None)
@@ -250,38 +266,33 @@ def _train(config, specs: RunSpecs, workdir: pathlib.Path) -> dict:
             saving = (step_number % train_cfg.checkpoint_every == 0 or last
                       or stopping is not None)
             unchecked = (metrics, step_number)
-            if logged or saving:  # these read the state anyway: check before the save
+            if logged or saving or compiling:  # read the state anyway (compiling: to time it)
                 _check_finite(*unchecked, checkpointer)  # waits for the step
                 unchecked = None
+            seconds = clock.add("compile" if compiling else "step", step_started)  # data + step
+            if compiling:
+                _say([f"compiled the train step: {seconds:.1f} s (with step {step_number})"], bar)
             profile.after(step_number)
-            if step_number > start + 1:  # the first step of a run includes compilation
-                step_seconds.append(time.perf_counter() - step_started)
-            elapsed = time.perf_counter() - started
             bar.update(1)
             if logged:  # reading the loss waits for the device: on logged steps only
                 bar.set_postfix(loss=f"{float(metrics[schema.LOSS]):.3f}",
-                                tok_s=f"{(step_number - start) * tokens_per_step / elapsed:.0f}")
-            if step_number % train_cfg.eval_every == 0 or last:
-                metrics.update(run_data.evaluate(model, data_spec, train_cfg, specs.seed,
-                                        len(domain_names), tokens_sharding),
-                               **{schema.EVAL_DOMAIN_NAMES: domain_names}, **data_fields)
+                                tok_s=f"{clock.tokens_per_s() or 0.0:.0f}")
+            if due:
+                with clock.timed("eval"):
+                    metrics.update(evaluators.evaluate(due, context), **data_fields)
             if logged or stopping is not None:  # a signal's row has no routing metrics
                 if not logged:
                     metrics = {k: v for k, v in metrics.items()
                                if not k.startswith(schema.ROUTING)}
-                metrics[schema.TOKENS_PER_S] = (step_number - start) * tokens_per_step / elapsed
-                metrics.update(utilisation(flops_per_token, metrics[schema.TOKENS_PER_S], peak))
-                if step_seconds:  # data + step, median since the start of this run
-                    metrics[schema.STEP_MS] = 1e3 * float(np.median(step_seconds))
+                metrics.update(clock.row())  # the interval's rates, the run's times
                 metrics[schema.LEARNING_RATE] = float(
                     learning_rate_schedule(train_cfg)(step_number))
                 row = run_data.write_row(writer, step_number, metrics, checkpointer)
-                if schema.VAL_LOSS in metrics:
-                    bar.write(f"step {step_number}: loss {row[schema.LOSS]:.3f}  val_loss "
-                              f"{row[schema.VAL_LOSS]:.3f} "
-                              f"({row[schema.VAL_BITS_PER_BYTE]:.2f} bits/byte)")
+                if line := evaluators.summary(row, due):
+                    bar.write(f"step {step_number}: loss {row[schema.LOSS]:.3f}  {line}")
             if saving:
-                save(step_number, force=stopping is not None)  # a signal: save, no evaluation
+                with clock.timed("checkpoint"):  # a signal: save, no evaluation
+                    save(step_number, force=stopping is not None)
             if stopping is not None:
                 stopped = StoppedBySignal(stopping, step_number)
                 break

@@ -36,6 +36,7 @@ def test_lists_reduce_by_their_keys_schema():
     assert total == 4 and isinstance(total, int)
     assert reduced("eval/domain_loss", [1.0, NAN, 3.0]) == 2.0  # NaN gaps left out
     assert reduced("eval/domain_loss", [NAN, NAN]) is None
+    assert reduced("eval/docs/domain_loss", [1.0, NAN, 3.0]) == 2.0  # a configured evaluator
     assert reduced("loss", 2.5) == 2.5 and reduced("eval/domain_names", ["a", "b"]) is None
     assert math.isnan(reduced("routing/load_cv", [0.5, NAN]))  # a per-router NaN shows
     np.testing.assert_array_equal(

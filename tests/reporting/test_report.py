@@ -18,7 +18,7 @@ STEPS = (10, 20, 30, 40, 50)
 EVAL_STEPS = (30, 50)
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"
 ALL_PLOTS = ("loss.png", "tokens_per_expert.png", "entropy.png", "specialization.png",
-             "transitions.png", "expert_domain.png")
+             "transitions.png", "expert_domain.png", "val_loss_domains.png", "training.png")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -48,6 +48,8 @@ def _eval(rng, routers):
         "eval/routing/domain_counts": counts.tolist(),
         "eval/routing/domain_nmi": rng.uniform(0, 1, routers).tolist(),
         "eval/domain_names": list(DOMAINS),
+        "eval/domain_loss": rng.uniform(3, 4, len(DOMAINS)).tolist(),
+        "eval/domain_tokens": rng.integers(1, 100, len(DOMAINS)).tolist(),
     }
 
 
@@ -113,8 +115,9 @@ def test_domains_the_evaluation_did_not_see_are_named(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, drawn, skipped", [
-    (dict(routing=False, domains=False), ("loss.png",), ALL_PLOTS[1:]),
-    (dict(routers=1, domains=False), ALL_PLOTS[:4], ("transitions.png", "expert_domain.png")),
+    (dict(routing=False, domains=False), ("loss.png", "training.png"), ALL_PLOTS[1:7]),
+    (dict(routers=1, domains=False), ALL_PLOTS[:4] + ("training.png",),
+     ("transitions.png", "expert_domain.png", "val_loss_domains.png")),
 ])
 def test_missing_keys_skip_plots_with_a_reason(tmp_path, kwargs, drawn, skipped):
     _write_metrics(tmp_path, **kwargs)
