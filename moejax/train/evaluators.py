@@ -203,17 +203,12 @@ def _task_manager(include_path: str | None):
 
 
 def _live_lm(ctx: Context, options: Mapping):
-    """moejax.evaluation.lm_eval's MoejaxLM around the live model and the run's tokenizer
-    (its constructor loads a model from disk: this sets what its methods read). Imported by
-    name: moejax.evaluation imports moejax.train, not the other way round."""
-    cls = importlib.import_module(LM_EVAL_MODULE).MoejaxLM
-    lm = cls.__new__(cls)
-    super(cls, lm).__init__()  # lm-eval's TemplateLM: rank, world size, cache hook
-    lm.model, lm.tokenizer = ctx.model, pipeline.tokenizer_of(ctx.specs.data)
-    lm._batch_size = options.get("batch_size") or 8  # noqa: SLF001 - read by its methods
-    lm._max_length = options.get("max_length") or ctx.specs.train.seq_len  # noqa: SLF001
-    lm._max_gen_toks, lm._seed, lm._chat_template = 256, ctx.specs.seed, None  # noqa: SLF001
-    return lm
+    """moejax.evaluation.lm_eval's MoejaxLM around the live model and the run's tokenizer.
+    Imported by name: moejax.evaluation imports moejax.train, not the other way round."""
+    return importlib.import_module(LM_EVAL_MODULE).MoejaxLM.from_model(
+        ctx.model, pipeline.tokenizer_of(ctx.specs.data),
+        batch_size=options.get("batch_size") or 8,
+        max_length=options.get("max_length") or ctx.specs.train.seq_len, seed=ctx.specs.seed)
 
 
 # --- The checks of a kind's options, before any work ---
