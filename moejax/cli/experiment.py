@@ -37,9 +37,8 @@ from moejax.train.workdir_lock import WorkdirBusyError
 QUICK_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true",
                    "--xla_cpu_use_fusion_emitters=false")
 
-USAGE = ("moejax-experiment --suite specialization|cartesian|baselines|inference|finetune|all "
-         "--workdir DIR "
-         "[--seeds N] [--quick] [--set KEY=VALUE ...]")
+USAGE = ("moejax-experiment --suite specialization|cartesian|baselines|inference|finetune|"
+         "upcycle|all --workdir DIR [--seeds N] [--quick] [--set KEY=VALUE ...]")
 FLAGS = flags.FlagValues()
 flags.DEFINE_enum("suite", None, [*SUITES, "all"], "Suite to run.", flag_values=FLAGS)
 flags.DEFINE_string("workdir", None, "Directory for the runs and reports.", flag_values=FLAGS)

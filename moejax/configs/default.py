@@ -96,6 +96,9 @@ def _data():
     data.chunk_bytes = 1 << 20  # longer documents are cut into chunks before the split
     data.num_threads = 1  # grain reader threads preparing batches ahead (0: synchronous)
     data.prefetch_buffer_size = 4  # batches prepared ahead
+    # seed of the evaluation's sample of validation windows (None: the run's seed, so each seed
+    # evaluates its own sample); set, every run evaluates the same windows in the same order
+    data.validation_seed = ml_collections.config_dict.placeholder(int)
     # unset (None) options below take their moejax.data.corpus.DataSpec defaults
     # "bytes" (default) or a Hugging Face tokenizer.json / a directory holding one
     data.tokenizer = ml_collections.config_dict.placeholder(str)

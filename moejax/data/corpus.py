@@ -57,6 +57,8 @@ class DataSpec:
         the split (each chunk is a document of its own).
       num_threads: grain reader threads that prepare batches ahead (0: synchronous).
       prefetch_buffer_size: batches prepared ahead of the consumer.
+      validation_seed: the shuffle seed of the validation split's windows (its evaluation
+        sample) whatever seed the reader is given; None: the reader's (the run's) seed.
       tokenizer: "bytes", or a Hugging Face `tokenizer.json` or a directory holding one
         (`moejax.data.tokenizer.load_tokenizer`).
       prompt_field, completion_field: record keys of an instruction record (JSONL, parquet,
@@ -82,6 +84,7 @@ class DataSpec:
     chunk_bytes: int = 1 << 20
     num_threads: int = 1
     prefetch_buffer_size: int = 4
+    validation_seed: int | None = None
     tokenizer: str = "bytes"
     prompt_field: str | None = None
     completion_field: str | None = None
@@ -138,6 +141,9 @@ class DataSpec:
             raise ValueError(f"data.validation_every={self.validation_every}; allowed: >= 2")
         if self.chunk_bytes < 1024:
             raise ValueError(f"data.chunk_bytes={self.chunk_bytes}; allowed: >= 1024")
+        if self.validation_seed is not None and not 0 <= self.validation_seed < 2**32:
+            raise ValueError(f"data.validation_seed={self.validation_seed}; allowed: "
+                             "0..2**32-1 or None")
         if self.num_threads < 0 or self.prefetch_buffer_size < 0:
             raise ValueError(f"data.num_threads={self.num_threads}, data.prefetch_buffer_size="
                              f"{self.prefetch_buffer_size}; allowed: >= 0")

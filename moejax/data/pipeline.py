@@ -244,7 +244,8 @@ def make_dataset(spec: DataSpec, split: str, *, seq_len: int, batch_size: int, s
       split: "train" (shuffled with `seed`, reshuffled every epoch) or "validation" (fixed order).
       seq_len: model sequence length S; windows hold S + 1 tokens.
       batch_size: windows per batch B on this host.
-      seed: shuffle seed in 0..2**32-1 (unused for validation).
+      seed: shuffle seed in 0..2**32-1; for the validation split `data.validation_seed`
+        replaces it when set, so that runs of different seeds evaluate the same windows.
       process_index: this host's index; it reads stream elements process_index,
         + process_count, ... of the shuffled, repeated split.
       process_count: number of hosts; together they read every global batch once.
@@ -266,6 +267,8 @@ def make_dataset(spec: DataSpec, split: str, *, seq_len: int, batch_size: int, s
         raise ValueError(f"process_index={process_index}; allowed: 0..{process_count - 1}")
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed={seed}; allowed: 0..2**32-1")
+    if split == "validation" and spec.validation_seed is not None:
+        seed = spec.validation_seed
     windows = packed_sequences(spec, split, seq_len=seq_len)
     if len(windows) < process_count:
         raise ValueError(f"the {split} split has {windows.num_tokens} tokens, {len(windows)} "

@@ -16,6 +16,7 @@ import pathlib
 from moejax.experiments import inference
 from moejax.experiments.stats import STEP_MS_OVERHEAD
 from moejax.experiments.suites import CLAIMS, OFFLOAD_SUITES, SUITES, RunOptions, variant_config
+from moejax.models.upcycle import upcycle_export, upcycled_dir
 from moejax.models.weights import export
 from moejax.options import flat_config
 from moejax.reporting.metrics import METRICS_FILE, STEP, VAL_LOSS, read_metrics
@@ -28,7 +29,8 @@ STEP_TIME_ROUNDS = {False: 10, True: 2}  # interleaved rounds per step-time clai
 EXPORT_DIR = "export"  # a pretraining run's exported weights, in its run directory
 
 # Keys that change what a run writes or shows, not what it computes: left out of the run hash.
-REPORTING_KEYS = frozenset({"seed", "train.report", "train.progress", "train.tensorboard"})
+REPORTING_KEYS = frozenset({"seed", "train.report", "train.progress", "train.tensorboard",
+                            "train.wandb", "train.mlflow"})
 
 
 def run_dir(workdir: pathlib.Path, config) -> pathlib.Path:
@@ -53,8 +55,10 @@ def suite_config(variant, workdir, *, seed: int, options: RunOptions = RunOption
     config = variant_config(variant, seed=seed, options=options)
     if variant.init_from is not None:
         source = suite_config(variant.init_from, workdir, seed=0, options=options)
-        config.train.init_from = str(run_dir(pathlib.Path(workdir).resolve(), source)
-                                     / EXPORT_DIR)
+        start = run_dir(pathlib.Path(workdir).resolve(), source) / EXPORT_DIR
+        if variant.upcycle is not None:  # that export upcycled (`upcycle`)
+            start = upcycled_dir(start, variant.upcycle)
+        config.train.init_from = str(start)
     return config
 
 
@@ -69,6 +73,15 @@ def pretrain(suite: str, variant, workdir: pathlib.Path, options: RunOptions) ->
         train_and_evaluate(config, directory)
     if not (directory / EXPORT_DIR / "config.json").exists():
         export(directory, directory / EXPORT_DIR, overwrite=True)
+
+
+def upcycle(suite: str, variant, workdir: pathlib.Path, options: RunOptions) -> None:
+    """Writes (unless written) the upcycle of its pretraining run's export that `variant`
+    starts from (`moejax.models.upcycle.upcycle_export` with `variant.upcycle`)."""
+    out = pathlib.Path(suite_config(variant, workdir, seed=0, options=options).train.init_from)
+    if not (out / "config.json").exists():
+        print(f"[{suite}] upcycling {variant.init_from.name} -> {out}", flush=True)
+        upcycle_export(out.parent / EXPORT_DIR, out, **variant.upcycle, overwrite=True)
 
 
 def _finished(directory: pathlib.Path, steps: int) -> bool:
@@ -119,6 +132,8 @@ def run_suite(suite: str, workdir, *, seeds: int, options: RunOptions = RunOptio
     for variant in SUITES[suite]:
         if variant.init_from is not None:
             pretrain(suite, variant.init_from, workdir, options)
+            if variant.upcycle is not None:
+                upcycle(suite, variant, workdir, options)
         runs[variant.name] = []
         for seed in range(seeds):
             config = suite_config(variant, workdir, seed=seed, options=options)

@@ -1,10 +1,13 @@
 """Experiment reports: each suite's DIR/<suite>/report.md, and DIR/summary.md over the suites.
 
 A suite's report has, per variant, the mean and standard deviation over seeds of the final
-numbers (`stats.run_metrics`), each claim's verdict (`stats.py`), the side-by-side plot and
-links to every seed-0 run report; DIR/<suite>/finals.json keeps the per-seed final numbers.
-DIR/summary.md lists every claim of every suite run so far in one table. The runs themselves
-are trained by `runner.py`.
+numbers (`stats.run_metrics`), each claim's paired test taken alone (`stats.py`), the
+side-by-side plot and links to every seed-0 run report; DIR/<suite>/finals.json keeps the
+per-seed final numbers and DIR/<suite>/scale.json the steps, seeds and tokenizer.
+DIR/summary.md lists every claim of every suite run so far once, at its largest scale, with
+verdicts Holm-adjusted across its family (the primary claims, then the others). Both are
+rebuilt from finals.json alone by `write_summary` and `refresh_claims` (no retraining). The
+runs themselves are trained by `runner.py`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,11 +25,12 @@ from moejax.experiments.suites import (
     CLAIMS,
     OFFLOAD_SUITES,
     SUITES,
+    Claim,
     RunOptions,
     config_differences,
 )
 from moejax.reporting import plots
-from moejax.reporting.metrics import METRICS_FILE, VAL_LOSS, last_value, read_metrics
+from moejax.reporting.metrics import METRICS_FILE, STEP, VAL_LOSS, last_value, read_metrics
 
 # (final number, column label) of the report's table, in order; per-domain validation losses
 # (`stats.domain_val_loss`) follow
@@ -37,38 +42,101 @@ COLUMNS = ((stats.VAL_LOSS, "val loss"), (stats.VAL_PERPLEXITY, "val ppl"),
            (stats.EVAL_DROPPED_TOP1_DISABLED, "top-1 off: dropped"))
 _DOMAIN_LOSS_PREFIX = stats.domain_val_loss("")
 FINALS_FILE = "finals.json"
+SCALE_FILE = "scale.json"  # DIR/<suite>/scale.json: steps, seeds, tokenizer (`_scale`)
 
 
 def _cell(values) -> str:
+    if not len(values):
+        return "n/a"
     mean, std = stats.mean_std(values)
     return "n/a" if mean != mean else f"{mean:.4g} ± {std:.2g}"
 
 
-def claim_results(suite: str, finals: dict) -> list[tuple]:
-    """(claim, values of A, values of B, improvement text, verdict) for each claim of `suite`;
-    `finals` is variant name -> final number -> per-seed values."""
-    out = []
-    for claim in CLAIMS[suite]:
-        if claim.metric == stats.STEP_MS_OVERHEAD:  # interleaved rounds, paired by round
-            a = finals[claim.better].get(stats.STEP_MS_INTERLEAVED, [])
-            b = finals[claim.than].get(stats.STEP_MS_INTERLEAVED, [])
-            label, value, se = stats.overhead_verdict(a, b)
-            shown = f"overhead {value:+.2%} ± {se:.2%} ({len(a)} interleaved rounds)"
-        else:
-            a, b = finals[claim.better][claim.metric], finals[claim.than][claim.metric]
-            label, value, se = stats.verdict(a, b, lower_is_better=claim.lower_is_better)
-            shown = f"{value:+.4g} ± {se:.2g}"
-        out.append((claim, a, b, shown, label))
-    return out
+class ClaimResult(NamedTuple):
+    """One claim answered from one results directory: the arms' per-seed values (per round for
+    the step-time claim), the paired test, and the equivalence margin (None: no target)."""
+
+    claim: Claim
+    a: list
+    b: list
+    test: stats.PairedTest
+    margin: float | None
 
 
-def _claim_rows(suite: str, finals: dict) -> list[str]:
-    lines = ["| claim | A (mean ± std) | B (mean ± std) | improvement ± se | verdict |",
-             "|---|---|---|---|---|"]
-    for claim, a, b, shown, label in claim_results(suite, finals):
-        lines.append(f"| {claim.text} ({claim.better} vs {claim.than}) | {_cell(a)} | "
-                     f"{_cell(b)} | {shown} | **{label}** |")
+def claim_margin(claim: Claim, tokenizer: str = "bytes") -> float | None:
+    """The claim's target effect in the run's unit (`stats.loss_margin`), or None."""
+    return None if claim.paper_effect is None else stats.loss_margin(claim.paper_effect,
+                                                                     tokenizer)
+
+
+def claim_test(claim: Claim, finals: dict) -> tuple[list, list, stats.PairedTest]:
+    """(values of A, values of B, paired test) of `claim` from `finals` (variant name -> final
+    number -> per-seed values); arms of unequal length are paired over their common seeds."""
+    if claim.metric == stats.STEP_MS_OVERHEAD:  # interleaved rounds, paired by round
+        a = finals.get(claim.better, {}).get(stats.STEP_MS_INTERLEAVED, [])
+        b = finals.get(claim.than, {}).get(stats.STEP_MS_INTERLEAVED, [])
+        n = min(len(a), len(b))
+        return a, b, stats.overhead_test(a[:n], b[:n])
+    a = finals.get(claim.better, {}).get(claim.metric, [])
+    b = finals.get(claim.than, {}).get(claim.metric, [])
+    n = min(len(a), len(b))
+    return a, b, stats.paired_test(a[:n], b[:n], lower_is_better=claim.lower_is_better)
+
+
+def claim_results(suite: str, finals: dict, tokenizer: str = "bytes") -> list[ClaimResult]:
+    """A `ClaimResult` for each claim of `suite` (`finals`: variant -> number -> per seed)."""
+    return [ClaimResult(claim, *claim_test(claim, finals), claim_margin(claim, tokenizer))
+            for claim in CLAIMS[suite]]
+
+
+def _g(value: float, digits: int = 3) -> str:
+    """A signed number of `digits` significant digits, or "n/a"."""
+    return "n/a" if not math.isfinite(value) else f"{value:+.{digits}g}"
+
+
+def _p(value: float) -> str:
+    """A p-value of 2 significant digits, or "n/a"."""
+    return "n/a" if not math.isfinite(value) else f"{value:.2g}"
+
+
+def shown_effect(result: ClaimResult) -> str:
+    """The improvement and its 95% interval; for the step-time claim the overhead instead."""
+    test = result.test
+    if result.claim.metric == stats.STEP_MS_OVERHEAD:
+        mean, (low, high) = stats.OVERHEAD_LIMIT - test.improvement, test.ci
+        if not math.isfinite(mean):
+            return f"overhead n/a ({test.n} interleaved rounds)"
+        limit = stats.OVERHEAD_LIMIT
+        return (f"overhead {mean:+.2%} [{limit - high:+.2%}, {limit - low:+.2%}] "
+                f"({test.n} interleaved rounds)")
+    return f"{_g(test.improvement)} [{_g(test.ci[0])}, {_g(test.ci[1])}]"
+
+
+def _margin_cell(margin: float | None, p: float) -> str:
+    """The equivalence p-value and its margin, or "–" for a claim without a target."""
+    return "–" if margin is None else f"{_p(p)} (±{margin:.2g})"
+
+
+def _claim_rows(results: list[ClaimResult]) -> list[str]:
+    """The suite report's claim table: each claim alone, unadjusted."""
+    lines = ["| claim | A (mean ± std) | B (mean ± std) | improvement [95% CI] | p | "
+             "equivalence p (margin) | verdict alone |", "|---|---|---|---|---|---|---|"]
+    for result in results:
+        row = stats.family_verdicts([result.test], [result.margin])[0]
+        claim = result.claim
+        lines.append(f"| {claim.text} ({claim.better} vs {claim.than}) | {_cell(result.a)} | "
+                     f"{_cell(result.b)} | {shown_effect(result)} | {_p(result.test.p_value)} | "
+                     f"{_margin_cell(result.margin, row['p_equivalence'])} | "
+                     f"**{row['verdict']}** |")
     return lines
+
+
+CLAIMS_TEXT = ("Improvements are paired by seed (the arms share each seed's initial weights and "
+               "data order; the step-time claim by interleaved round), with their 95% interval "
+               "and two-sided p. Equivalence p: two one-sided tests against the paper's effect "
+               "in the run's unit (± margin; per byte for byte-level runs). Each verdict here "
+               "takes the claim alone at 5%; the verdicts to cite are the summary's, "
+               "Holm-adjusted across its family. Rules: `moejax/experiments/stats.py`.")
 
 
 def _finished_suites(workdir: pathlib.Path, suites) -> list[tuple[str, str]]:
@@ -82,34 +150,170 @@ def _finished_suites(workdir: pathlib.Path, suites) -> list[tuple[str, str]]:
     return found
 
 
-def write_summary(workdir, suites) -> pathlib.Path:
-    """DIR/summary.md: every claim of the suites whose DIR/<suite>/finals.json or
-    DIR/<name>/<suite>/finals.json exists, one row each (improvement paired by seed ± its
-    standard error, verdict), linking the reports."""
-    workdir = pathlib.Path(workdir).resolve()
-    lines = ["# Experiment summary", "",
-             "One row per claim; the numbers are the improvement of A over B paired by seed ± "
-             "its standard error (`moejax/experiments/stats.py`). Details: each suite's "
-             "report.", "", "| suite | claim | improvement ± se | verdict |", "|---|---|---|---|"]
-    power = ["", "## Power", "",
-             f"Seeds per arm the paired test needs to detect paper A's effect on validation loss "
-             f"({stats.PAPER_A_LOSS_EFFECT:.4f} nats: perplexity 12.50 -> 12.27) with 80% "
-             "power, from each claim's measured spread of seed-paired differences "
-             "(`stats.seeds_needed`).", "",
-             "| suite | claim | paired sd (nats) | seeds needed |", "|---|---|---|---|"]
+class SummaryRow(NamedTuple):
+    """A claim as one results directory answers it: `where` (DIR-relative), its training
+    steps (None: unknown) and the `ClaimResult`."""
+
+    where: str
+    steps: int | None
+    result: ClaimResult
+
+
+def largest_scale(rows: list[SummaryRow]) -> list[tuple[SummaryRow, list[SummaryRow]]]:
+    """One row per claim (`Claim.key`): the one of most training steps, then most seeds,
+    then the first; with the claim's rows at other scales. In order of first appearance."""
+    groups: dict[tuple, list[SummaryRow]] = {}
+    for row in rows:
+        groups.setdefault(row.result.claim.key, []).append(row)
+    out = []
+    for group in groups.values():
+        best = max(group, key=lambda r: (r.steps or 0, r.result.test.n))  # max keeps the first
+        out.append((best, [r for r in group if r is not best]))
+    return out
+
+
+def suite_steps(results_dir: pathlib.Path, suite: str) -> int | None:
+    """Training steps of a finished suite in `results_dir`: its SCALE_FILE, else the most
+    steps logged by the seed-0 runs labelled with the suite's variants (runs/*/variants.txt;
+    pretraining runs not counted); None if neither is there."""
+    scale = results_dir / suite / SCALE_FILE
+    if scale.exists():
+        return json.loads(scale.read_text())["steps"]
+    labels = {f"{suite}: {variant.name}" for variant in SUITES[suite]}
+    steps = []
+    for listing in sorted(results_dir.glob("runs/*/variants.txt")):
+        metrics_path = listing.parent / "seed_0" / METRICS_FILE
+        if labels & set(listing.read_text().splitlines()) and metrics_path.exists():
+            rows = read_metrics(metrics_path)
+            steps += [rows[-1][STEP]] if rows else []
+    return max(steps) if steps else None
+
+
+def _suite_tokenizer(results_dir: pathlib.Path, suite: str) -> str:
+    """The suite's `data.tokenizer` from its SCALE_FILE ("bytes" without one)."""
+    scale = results_dir / suite / SCALE_FILE
+    return json.loads(scale.read_text()).get("tokenizer", "bytes") if scale.exists() else "bytes"
+
+
+def summary_rows(workdir: pathlib.Path, suites) -> list[SummaryRow]:
+    """Every claim of every finished suite of DIR (`_finished_suites`), with its scale."""
+    rows = []
     for where, suite in _finished_suites(workdir, suites):
+        results_dir = (workdir / where).parent
         finals = json.loads((workdir / where / FINALS_FILE).read_text())
-        for claim, a, b, shown, label in claim_results(suite, finals):
-            lines.append(f"| [{where}]({where}/report.md) | {claim.text} | {shown} | "
-                         f"**{label}** |")
-            if claim.metric == stats.VAL_LOSS and len(a) == len(b) > 1:
-                sd = float(np.std(np.subtract(b, a), ddof=1))
-                power.append(f"| {where} | {claim.text} | {sd:.2g} | "
-                             f"{stats.seeds_needed(stats.PAPER_A_LOSS_EFFECT, sd)} |")
-    lines += power
+        steps = suite_steps(results_dir, suite)
+        for result in claim_results(suite, finals, _suite_tokenizer(results_dir, suite)):
+            rows.append(SummaryRow(where, steps, result))
+    return rows
+
+
+def _scale_text(row: SummaryRow) -> str:
+    """The summary's "results, scale" cell: link, steps, seeds (or timing rounds)."""
+    steps = "? steps" if row.steps is None else f"{row.steps:,} steps"
+    unit = "rounds" if row.result.claim.metric == stats.STEP_MS_OVERHEAD else "seeds"
+    return f"[{row.where}]({row.where}/report.md), {steps}, {row.result.test.n} {unit}"
+
+
+def _family_lines(title: str, intro: str, chosen: list) -> list[str]:
+    """A family's table: its verdicts Holm-adjusted across its rows (`stats.family_verdicts`)."""
+    if not chosen:
+        return []
+    verdicts = stats.family_verdicts([best.result.test for best, _ in chosen],
+                                     [best.result.margin for best, _ in chosen])
+    counts = ", ".join(f"{sum(v['verdict'] == label for v in verdicts)} {label}"
+                       for label in stats.VERDICTS)
+    lines = ["", f"## {title}", "", f"{intro} {len(chosen)} claims: {counts}.", "",
+             "| claim | results, scale | improvement [95% CI] | p | p Holm | "
+             "equivalence p Holm (margin) | verdict | other scales |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (best, others), verdict in zip(chosen, verdicts, strict=True):
+        also = ", ".join(f"[{r.where}]({r.where}/report.md)" for r in others) or "–"
+        lines.append(f"| {best.result.claim.text} | {_scale_text(best)} | "
+                     f"{shown_effect(best.result)} | {_p(verdict['p'])} | "
+                     f"{_p(verdict['p_holm'])} | "
+                     f"{_margin_cell(best.result.margin, verdict['p_equivalence_holm'])} | "
+                     f"**{verdict['verdict']}** | {also} |")
+    return lines
+
+
+def _power_lines(chosen: list) -> list[str]:
+    """Seeds the paired test needs for paper A's effect per byte, per validation-loss claim."""
+    target = stats.loss_margin(stats.PAPER_A_LOSS_EFFECT)
+    lines = ["", "## Power", "",
+             f"Seeds per arm the paired test needs to detect paper A's effect on validation "
+             f"loss with 80% power at 5% (exact, noncentral t: `stats.seeds_needed`): "
+             f"{stats.PAPER_A_LOSS_EFFECT:.4f} nats per BPE token (perplexity 12.50 -> 12.27) "
+             f"/ {stats.BPE_BYTES_PER_TOKEN} bytes per token (`stats.BPE_BYTES_PER_TOKEN`, a "
+             f"{stats.BPE_VOCAB:,}-token BPE on this corpus) = {target:.5f} nats per byte, "
+             "from each claim's measured standard deviation of seed-paired differences.", "",
+             "| claim | results | paired sd (nats per byte) | seeds needed |",
+             "|---|---|---|---|"]
+    for best, _ in chosen:
+        result = best.result
+        if result.claim.metric == stats.VAL_LOSS and result.test.n > 1:
+            n = result.test.n
+            sd = float(np.std(np.subtract(result.b[:n], result.a[:n]), ddof=1))
+            lines.append(f"| {result.claim.text} | {best.where} | {sd:.2g} | "
+                         f"{stats.seeds_needed(target, sd)} |")
+    return lines
+
+
+def write_summary(workdir, suites) -> pathlib.Path:
+    """DIR/summary.md: one row per claim of the suites whose DIR/<suite>/finals.json or
+    DIR/<name>/<suite>/finals.json exists, at its largest scale (`largest_scale`), in two
+    Holm families: the primary claims (`Claim.primary`) and the others; then the power table."""
+    workdir = pathlib.Path(workdir).resolve()
+    chosen = largest_scale(summary_rows(workdir, suites))
+    primary = [item for item in chosen if item[0].result.claim.primary]
+    secondary = [item for item in chosen if not item[0].result.claim.primary]
+    target = stats.loss_margin(stats.PAPER_A_LOSS_EFFECT)
+    lines = ["# Experiment summary", "",
+             "One row per claim, at its largest scale (most training steps, then most seeds); "
+             "its rows at other scales stay in the reports linked under \"other scales\". "
+             "Improvement of A over B paired by seed, its 95% interval and two-sided p "
+             "(paired t-test); p Holm: Holm-adjusted across the row's family. Equivalence: two "
+             "one-sided tests of \"an effect as large as the paper's\", where the paper gives "
+             f"one (paper A's {stats.PAPER_A_LOSS_EFFECT:.4f} nats per token = {target:.5f} "
+             f"nats per byte through {stats.BPE_BYTES_PER_TOKEN} bytes per BPE token), "
+             "Holm-adjusted across the family's claims that have a margin. Verdicts: "
+             "reproduced (significant, claimed direction), not reproduced (significant, other "
+             "direction), no effect of the claimed size (equivalence significant), undecided "
+             "(neither). Rules: `moejax/experiments/stats.py`."]
+    lines += _family_lines(
+        "Primary claims", "The Holm family: the papers' own claims at their settings, declared "
+        "`primary=True` in `moejax/experiments/suites.py`;", primary)
+    lines += _family_lines(
+        "Secondary claims", "A second Holm family: ablations, the 10x dose and the mechanism "
+        "checks;", secondary)
+    lines += _power_lines(chosen)
     path = workdir / "summary.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def refresh_claims(workdir, suites) -> list[pathlib.Path]:
+    """Rewrites the "## Claims" section of every finished suite's report.md in DIR (and
+    DIR/<name>/) from its finals.json, without the runs: how reports of runs trained under
+    older code get the current statistics. Returns the reports rewritten."""
+    workdir = pathlib.Path(workdir).resolve()
+    done = []
+    for where, suite in _finished_suites(workdir, suites):
+        report = workdir / where / "report.md"
+        if not report.exists():
+            continue
+        finals = json.loads((workdir / where / FINALS_FILE).read_text())
+        results_dir = (workdir / where).parent
+        text = report.read_text()
+        head, marker, rest = text.partition("\n## Claims\n")
+        if not marker:
+            continue
+        _, next_section, tail = rest.partition("\n## ")
+        section = ["", CLAIMS_TEXT, "",
+                   *_claim_rows(claim_results(suite, finals, _suite_tokenizer(results_dir,
+                                                                              suite)))]
+        report.write_text(head + marker + "\n".join(section) + "\n" + next_section + tail)
+        done.append(report)
+    return done
 
 
 def _run_finals(suite: str, runs: dict) -> tuple[dict, list[str]]:
@@ -216,7 +420,10 @@ def _pretrained_lines(suite: str, workdir: pathlib.Path, options: RunOptions) ->
         lines += ["", f"Every variant starts from [{variant.name}]"
                   f"(../{(directory / 'report.md').relative_to(workdir)}): seed 0, "
                   f"{config.train.steps} steps on every domain but {excluded}, final validation "
-                  f"loss {val_loss:.4g} on those domains; its export is `train.init_from`."]
+                  f"loss {val_loss:.4g} on those domains; its export"
+                  + (", upcycled (`moejax.models.upcycle`)," if any(
+                      v.upcycle for v in SUITES[suite] if v.init_from is variant) else "")
+                  + " is `train.init_from`."]
     return lines
 
 
@@ -258,10 +465,10 @@ def write_suite_report(suite: str, workdir, runs: dict,
     if output_cosine:
         lines += ["", f"Specialization is n/a for {', '.join(output_cosine)}: with the "
                   "orthogonality loss on, the record holds cosines of expert outputs, not of z."]
-    lines += ["", "## Claims", "", "Improvements are paired by seed (the arms share each seed's "
-              "initial weights and data order); verdict rule: `moejax/experiments/stats.py`.",
-              ""]
-    lines += _claim_rows(suite, finals)
+    tokenizer = suite_config(SUITES[suite][0], suite_dir.parent, seed=0,
+                             options=options).data.tokenizer or "bytes"
+    lines += ["", "## Claims", "", CLAIMS_TEXT, ""]
+    lines += _claim_rows(claim_results(suite, finals, tokenizer))
     if offloaded:
         lines += _offload_rows(offloaded) + _hit_rate_lines(offloaded, suite_dir)
     lines += _difference_lines(suite, options)
@@ -271,4 +478,14 @@ def write_suite_report(suite: str, workdir, runs: dict,
     path = suite_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     (suite_dir / FINALS_FILE).write_text(json.dumps(finals, indent=1) + "\n")
+    (suite_dir / SCALE_FILE).write_text(json.dumps(
+        _scale(suite, suite_dir.parent, runs, options), indent=1) + "\n")
     return path
+
+
+def _scale(suite: str, workdir: pathlib.Path, runs: dict, options: RunOptions) -> dict:
+    """What the summary needs of a suite's scale: training steps (of its first variant that
+    is not a pretraining), seeds and tokenizer."""
+    config = suite_config(SUITES[suite][0], workdir, seed=0, options=options)
+    return {"steps": int(config.train.steps), "seeds": len(next(iter(runs.values()))),
+            "tokenizer": config.data.tokenizer or "bytes"}

@@ -32,6 +32,9 @@ class Variant:
       initial weights (`train.init_from`; fine-tuning); None: random init.
     steps_factor: train.steps of the scale times this (a pretraining run longer than the
       fine-tuning that starts from it).
+    upcycle: with init_from, the keyword arguments of `moejax.models.upcycle.upcycle_export`:
+      the runner upcycles init_from's export with them (into `upcycle.upcycled_dir`) and
+      this variant starts from the upcycle; None: from the export itself.
     """
 
     name: str
@@ -39,17 +42,33 @@ class Variant:
     overrides: MappingProxyType
     init_from: Variant | None = None
     steps_factor: int = 1
+    upcycle: Mapping | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
-    """A claim of a paper: variant `better` beats `than` on `metric` (lower or higher)."""
+    """A claim of a paper: variant `better` beats `than` on `metric` (lower or higher).
+
+    primary: one of the papers' own claims at their settings, declared before the runs: the
+      summary's Holm family (the others, ablations, the 10x dose and mechanism checks, form a
+      second family).
+    paper_effect: the paper's effect on `metric` in nats per token (a loss claim), for the
+      equivalence test "no effect of the claimed size" (`stats.loss_margin`); None: no target.
+    """
 
     text: str
     metric: str
     better: str
     than: str
     lower_is_better: bool = True
+    primary: bool = False
+    paper_effect: float | None = None
+
+    @property
+    def key(self) -> tuple:
+        """What the claim compares, whatever its suite and wording: the same key in two suites
+        (or scales) is the same claim."""
+        return self.metric, self.better, self.than, self.lower_is_better
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +89,10 @@ class RunOptions:
         object.__setattr__(self, "overrides", MappingProxyType(dict(self.overrides)))
 
 
-def _variant(name, config, init_from=None, steps_factor=1, **overrides):
+def _variant(name, config, init_from=None, steps_factor=1, upcycle=None, **overrides):
     return Variant(name, config, MappingProxyType(
         {key.replace("__", "."): value for key, value in overrides.items()}), init_from,
-        steps_factor)
+        steps_factor, None if upcycle is None else MappingProxyType(upcycle))
 
 
 # Paper A's weights (docs/methods.md section 5), and the same pair DOSE times stronger: a check that
@@ -128,9 +147,31 @@ FINETUNE = tuple(_variant(f"finetune/{losses}", "default", init_from=PRETRAINED,
                           data__validation_every=5, train__eval_batches=64)
                  for losses in ("lb", "lb+sp+cp", f"lb+{DOSE}x(sp+cp)"))
 
+# Upcycling, where specialization can bite (issue 35): one dense model (4 layers, every FFN a
+# dense SwiGLU of width 256, the experts' width; 3x the scale's steps, seed 0) upcycled into the
+# default top-2 MoE of 8 experts (`moejax.models.upcycle`: every expert a copy of its layer's
+# FFN, a fresh copy-tied router, the dense function exactly at step 0), then trained on with
+# lb, lb+sp+cp or lb+10x(sp+cp) (every seed); Drop-Upcycling (half of each expert's units
+# re-initialised, Nakamura et al. 2025) with lb is the baseline. The runner upcycles the dense
+# run's export with each variant's `upcycle` options before the variant starts from it.
+_UPCYCLED_MODEL = dict(model__num_layers=4, model__d_ff=256, model__moe__d_hidden=256)
+DENSE = _variant("pretrain/dense", "default", steps_factor=PRETRAIN_STEPS_FACTOR, **_COMMON,
+                 **_LOSSES["lb"], **_UPCYCLED_MODEL, model__first_dense_layers=4)
+UPCYCLE_OPTIONS = MappingProxyType({
+    name: MappingProxyType(dict(moe_spec_options=MappingProxyType(dict(num_experts=8, top_k=2)),
+                                granularity=1, drop_fraction=drop, seed=0))
+    for name, drop in (("upcycle", 0.0), ("drop-upcycle", 0.5))})
+UPCYCLE = (*(_variant(f"upcycle/{losses}", "default", init_from=DENSE,
+                      upcycle=UPCYCLE_OPTIONS["upcycle"], **_COMMON, **_LOSSES[losses],
+                      **_UPCYCLED_MODEL)
+             for losses in ("lb", "lb+sp+cp", f"lb+{DOSE}x(sp+cp)")),
+           _variant("drop-upcycle/lb", "default", init_from=DENSE,
+                    upcycle=UPCYCLE_OPTIONS["drop-upcycle"], **_COMMON, **_LOSSES["lb"],
+                    **_UPCYCLED_MODEL))
+
 SUITES = MappingProxyType({"specialization": SPECIALIZATION, "cartesian": CARTESIAN,
                            "baselines": BASELINES, "inference": INFERENCE,
-                           "finetune": FINETUNE})
+                           "finetune": FINETUNE, "upcycle": UPCYCLE})
 # Suites whose runs are measured after training (`inference.measure_run`).
 OFFLOAD_SUITES = frozenset({"inference"})
 
@@ -139,20 +180,24 @@ def _claims_specialization():
     claims = []
     for family in ("topk", "deepseek"):
         for treated in _PAPER_ARMS:
+            headline = treated == "lb+sp+cp"
             claims.append(Claim(f"{family}: {treated} lowers validation loss vs lb",
-                                stats.VAL_LOSS, f"{family}/{treated}", f"{family}/lb"))
+                                stats.VAL_LOSS, f"{family}/{treated}", f"{family}/lb",
+                                primary=headline,
+                                paper_effect=stats.PAPER_A_LOSS_EFFECT if headline else None))
         alone = f"{family}/lb"
         for both in ("lb+sp+cp", f"lb+{DOSE}x(sp+cp)"):
             claims += [
                 Claim(f"{family}: {both} raises specialization (lower mean squared cosine of "
-                      "co-activated z)", stats.SPECIALIZATION, f"{family}/{both}", alone),
+                      "co-activated z)", stats.SPECIALIZATION, f"{family}/{both}", alone,
+                      primary=both == "lb+sp+cp"),
                 Claim(f"{family}: {both} lowers routing entropy", stats.ROUTING_ENTROPY,
                       f"{family}/{both}", alone)]
         claims += [
             Claim(f"{family}: lb+{DOSE}x(sp+cp) lowers validation loss vs lb", stats.VAL_LOSS,
-                  f"{family}/lb+{DOSE}x(sp+cp)", alone),
+                  f"{family}/lb+{DOSE}x(sp+cp)", alone, paper_effect=stats.PAPER_A_LOSS_EFFECT),
             Claim(f"{family}: lb+sp+cp costs < 2% extra step time", stats.STEP_MS_OVERHEAD,
-                  f"{family}/lb+sp+cp", alone)]
+                  f"{family}/lb+sp+cp", alone, primary=True)]
     return tuple(claims)
 
 
@@ -161,9 +206,9 @@ CLAIMS = MappingProxyType({
     "cartesian": tuple(
         claim for other in ("finegrained", "topk_share") for claim in (
             Claim(f"cartesian lowers validation loss vs {other}", stats.VAL_LOSS, "cartesian",
-                  other),
+                  other, primary=True),
             Claim(f"cartesian degrades less than {other} with the top-1 expert disabled",
-                  stats.TOP1_DISABLED_INCREASE, "cartesian", other))),
+                  stats.TOP1_DISABLED_INCREASE, "cartesian", other, primary=True))),
     "inference": tuple(
         claim for treated in ("topk/lb+sp+cp", f"topk/lb+{DOSE}x(sp+cp)") for claim in (
             Claim(f"{treated} raises the offloaded experts' hit rate (LRU, M/E = 1/4)",
@@ -173,17 +218,18 @@ CLAIMS = MappingProxyType({
                   lower_is_better=False),
             Claim(f"{treated} decodes faster offloaded (LRU + prefetch, M/E = 1/4, PCIe 4)",
                   "tokens/s pcie4_x16 prefetch@0.25", treated, "topk/lb",
-                  lower_is_better=False),
+                  lower_is_better=False, primary=treated == "topk/lb+sp+cp"),
             # the training-side claims too: a longer run of these arms (--set train.steps=...)
             # answers them at its own step count
-            Claim(f"{treated} lowers validation loss vs lb", stats.VAL_LOSS, treated, "topk/lb"),
+            Claim(f"{treated} lowers validation loss vs lb", stats.VAL_LOSS, treated, "topk/lb",
+                  primary=treated == "topk/lb+sp+cp", paper_effect=stats.PAPER_A_LOSS_EFFECT),
             Claim(f"{treated} raises specialization (lower mean squared cosine)",
-                  stats.SPECIALIZATION, treated, "topk/lb"),
+                  stats.SPECIALIZATION, treated, "topk/lb", primary=treated == "topk/lb+sp+cp"),
             Claim(f"{treated} lowers routing entropy", stats.ROUTING_ENTROPY, treated,
                   "topk/lb"))),
     "finetune": (
         Claim("fine-tuned with lb+sp+cp: lower validation loss on the new domains",
-              stats.VAL_LOSS, "finetune/lb+sp+cp", "finetune/lb"),
+              stats.VAL_LOSS, "finetune/lb+sp+cp", "finetune/lb", primary=True),
         *(Claim(f"fine-tuned with lb+sp+cp: lower validation loss on {domain}",
                 stats.domain_val_loss(domain), "finetune/lb+sp+cp", "finetune/lb")
           for domain in FINETUNE_DOMAINS),
@@ -195,10 +241,26 @@ CLAIMS = MappingProxyType({
               f"finetune/lb+{DOSE}x(sp+cp)", "finetune/lb")),
     "baselines": (
         Claim("lb+sp+cp lowers validation loss vs the orthogonality + variance baselines",
-              stats.VAL_LOSS, "lb+sp+cp", "lb+orth+var"),
+              stats.VAL_LOSS, "lb+sp+cp", "lb+orth+var", primary=True),
         Claim("lb+sp+cp lowers routing entropy vs the baselines", stats.ROUTING_ENTROPY,
               "lb+sp+cp", "lb+orth+var"),
     ),
+    # not paper A's settings (an upcycled model): no claim here is primary
+    "upcycle": (
+        *(claim for treated in ("lb+sp+cp", f"lb+{DOSE}x(sp+cp)") for claim in (
+            Claim(f"upcycled, {treated}: the copied experts specialize over training (lower "
+                  "mean squared cosine) vs lb", stats.SPECIALIZATION, f"upcycle/{treated}",
+                  "upcycle/lb"),
+            Claim(f"upcycled, {treated}: higher routing-domain NMI vs lb", stats.DOMAIN_NMI,
+                  f"upcycle/{treated}", "upcycle/lb", lower_is_better=False),
+            Claim(f"upcycled, {treated}: lower validation loss vs lb", stats.VAL_LOSS,
+                  f"upcycle/{treated}", "upcycle/lb"))),
+        Claim("upcycled, lb+sp+cp: higher specialization than Drop-Upcycling",
+              stats.SPECIALIZATION, "upcycle/lb+sp+cp", "drop-upcycle/lb"),
+        Claim("upcycled, lb+sp+cp: lower validation loss than Drop-Upcycling", stats.VAL_LOSS,
+              "upcycle/lb+sp+cp", "drop-upcycle/lb"),
+        Claim("Drop-Upcycling: higher specialization than the plain upcycle (both lb)",
+              stats.SPECIALIZATION, "drop-upcycle/lb", "upcycle/lb")),
 })
 
 # The scales: one set of overrides for every variant of every suite. Both use the dropless
@@ -206,14 +268,19 @@ CLAIMS = MappingProxyType({
 # capacity factor 1.25, benchmarks/moe_block.py). The runs of docs/results/ before 2026-12-02
 # used the capacity engine at capacity factor 2.
 _ENGINE = {"model.moe.engine": "dropless"}
-# Default: 100 steps of 16 x 128 bytes (205k tokens) per run; run with --seeds 4, the 56 distinct
-# runs took 52 minutes on the 2-core CPU (docs/results/README.md says how this was chosen).
+# One evaluation sample for every seed and arm (`data.validation_seed`): with each seed's own
+# sample, most of the seed-to-seed spread of a validation loss was the sample's. The runs of
+# docs/results/ up to 2026-12-05 predate it (their own seed's sample, 4 batches: 64 windows).
+_EVAL = {"data.validation_seed": 0}
+# Default: 100 steps of 16 x 128 bytes (205k tokens) per run, evaluated on 16 batches (256
+# windows); run with --seeds 4 and 4 evaluation batches, the 56 distinct runs took 52 minutes on
+# the 2-core CPU (docs/results/README.md says how this was chosen).
 DEFAULT_SCALE = MappingProxyType({
-    **_ENGINE, "train.steps": 100, "train.warmup_steps": 10, "train.log_every": 20,
-    "train.eval_every": 100, "train.eval_batches": 4, "train.checkpoint_every": 100,
+    **_ENGINE, **_EVAL, "train.steps": 100, "train.warmup_steps": 10, "train.log_every": 20,
+    "train.eval_every": 100, "train.eval_batches": 16, "train.checkpoint_every": 100,
     "train.progress": False, "train.report": True})
 QUICK_SCALE = MappingProxyType({
-    **_ENGINE, "model.d_model": 32, "model.num_layers": 2, "model.num_heads": 2,
+    **_ENGINE, **_EVAL, "model.d_model": 32, "model.num_layers": 2, "model.num_heads": 2,
     "model.num_kv_heads": 2, "model.d_ff": 64, "model.moe_every": 1, "mesh.devices": 1,
     "train.steps": 3, "train.warmup_steps": 1, "train.batch_size": 2, "train.seq_len": 16,
     "train.log_every": 1, "train.eval_every": 3, "train.eval_batches": 1,
