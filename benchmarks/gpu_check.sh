@@ -4,7 +4,10 @@
 #   2. benchmarks/kernels.py: each kernel against its XLA reference (time, GB/s, roofline);
 #   3. benchmarks/moe_block.py --size gpu: the MoE block per engine in bf16, dropless through
 #      ragged_dot and (when installed) tokamax;
-#   4. 200 steps of configs/gpu_100m.py (a ~110M-parameter MoE, bf16): tokens/s and MFU.
+#   4. 200 steps of configs/gpu_100m.py (a ~110M-parameter MoE, bf16): tokens/s and MFU;
+#   5. benchmarks/regularizer_overhead.py --cost at paper widths (d=1024 and 2048, bf16, 4 x 2048
+#      tokens): XLA:GPU's FLOPs and bytes of a train step, lb vs lb + sp + cp, and the step
+#      times interleaved (10 rounds; a few minutes, mostly compiling; not yet run on a GPU).
 # Results go to benchmarks/results/*_gpu.json and benchmarks/results/gpu_check.json.
 #
 # Usage: benchmarks/gpu_check.sh [--dry-run]
@@ -21,6 +24,7 @@ if [[ $DRY_RUN == 1 ]]; then
   OUT_DIR="${OUT_DIR:-$(mktemp -d)}"
   SIZE=(--size tiny --repeats 2)
   KERNELS=(--quick --repeats 2)
+  COST=(--rows tiny --time-rows tiny --repeats 2)
   TRAIN=(--config.train.steps=2 --config.train.batch_size=2 --config.train.seq_len=32
          --config.model.num_layers=2 --config.model.d_model=64 --config.model.num_heads=2
          --config.model.num_kv_heads=2 --config.model.d_ff=128 --config.model.moe.d_hidden=64
@@ -29,6 +33,7 @@ else
   OUT_DIR="${OUT_DIR:-benchmarks/results}"
   SIZE=(--size gpu --grouped-matmul auto,ragged_dot)
   KERNELS=()
+  COST=(--rows d1024,d2048 --time-rows d1024,d2048 --repeats 10)
   TRAIN=(--config.train.progress=False)
 fi
 mkdir -p "$OUT_DIR"
@@ -42,6 +47,8 @@ set -e
 "$PYTHON" benchmarks/kernels.py "${KERNELS[@]}" --json "$OUT_DIR/kernels_gpu.json"
 "$PYTHON" benchmarks/moe_block.py "${SIZE[@]}" --json "$OUT_DIR/moe_block_gpu.json"
 "$PYTHON" -m moejax.cli.train --config configs/gpu_100m.py --workdir "$WORKDIR/run" "${TRAIN[@]}"
+"$PYTHON" benchmarks/regularizer_overhead.py --cost "${COST[@]}" --variants lb,lb+sp+cp \
+  --json "$OUT_DIR/regularizer_cost_gpu.json"
 
 "$PYTHON" - "$OUT_DIR" "$WORKDIR/run" "$pytest_status" "$started" <<'PY'
 import json, pathlib, sys, time
@@ -54,6 +61,11 @@ summary = {
     "pytest_gpu_exit_status": status,  # 0: every GPU test passed (5: none collected)
     "train": {key: last.get(key) for key in ("step", "loss", "tokens_per_s", "step_ms",
                                              "tflops_per_device", "mfu")},
+    # lb + sp + cp over lb alone: XLA's FLOPs and bytes, and the step time where timed
+    "regularizer_cost": {
+        row["name"]: {"flops": row["ratios"]["lb+sp+cp"]["flops"],
+                      "bytes": row["ratios"]["lb+sp+cp"]["bytes"], "time": row.get("time_ratio")}
+        for row in json.loads((out / "regularizer_cost_gpu.json").read_text())["rows"]},
     "seconds": round(time.time() - started),
 }
 (out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -16,7 +16,8 @@ def test_gpu_check_dry_run_writes_every_result(tmp_path):
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("kernels_gpu.json", "moe_block_gpu.json", "gpu_pytest.txt"):
+    for name in ("kernels_gpu.json", "moe_block_gpu.json", "regularizer_cost_gpu.json",
+                 "gpu_pytest.txt"):
         assert (tmp_path / name).exists(), name
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert summary["pytest_gpu_exit_status"] == 0
