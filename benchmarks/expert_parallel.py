@@ -28,13 +28,13 @@ import jax
 jax.config.update("jax_num_cpu_devices", 8)  # 8 fake CPU devices; no effect on a GPU backend
 
 import jax.numpy as jnp  # noqa: E402 (after the device count is set)
-import numpy as np
-from flax import nnx
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
 
-from moejax.moe.spec import MoESpec
-from moejax.moe.topk import TopKMoE
-from moejax.parallel import MeshSpec, make_expert_parallel, make_mesh
-from moejax.parallel.sharding import state_shardings
+from moejax.moe.spec import MoESpec  # noqa: E402
+from moejax.moe.topk import TopKMoE  # noqa: E402
+from moejax.parallel import MeshSpec, make_expert_parallel, make_mesh  # noqa: E402
+from moejax.parallel.sharding import state_shardings  # noqa: E402
 
 PRESETS = {
     "tiny": dict(tokens=512, d_model=64, experts=8, top_k=2, d_hidden=64),

@@ -384,6 +384,24 @@ MUTANTS = (
            "    if True:\n        return tensors",
            ("tests/models/test_hf_families.py::"
             "test_deepseek_v3_mtp_layers_are_skipped_with_a_warning_naming_them",)),
+    Mutant("greedy_flag_any_token",
+           "a continuation counts as greedy when any (not every) token is the argmax",
+           "moejax/evaluation/scoring.py", "bool(np.all(greedy[slot][mask]))",
+           "bool(np.any(greedy[slot][mask]))",
+           ("tests/evaluation/test_scoring.py::test_scores_and_greedy_flags_match_numpy",)),
+    Mutant("throughput_counts_every_step", "tokens_per_s averages every step since the start, "
+           "the compiling one included", "moejax/train/accounting.py",
+           "        seconds = sum(self.steps[self.interval:])\n"
+           "        steps = len(self.steps) - self.interval\n",
+           "        seconds = sum(self.steps)\n        steps = len(self.steps)\n",
+           ("tests/train/test_evaluators.py::"
+            "test_run_clock_rates_cover_the_interval_s_training_steps_only",)),
+    Mutant("holm_unadjusted", "the summary's verdicts read each claim's raw p-value",
+           "moejax/experiments/stats.py",
+           "    difference = holm([test.p_value for test in tests])",
+           "    difference = [test.p_value for test in tests]",
+           ("tests/experiments/test_stats.py::"
+            "test_family_verdicts_tell_no_effect_from_undecided",)),
     Mutant("master_update_on_bf16_params",
            "the float32 update is added to the bfloat16 parameters, not taken from the master "
            "weights (an update below bfloat16's resolution is lost)",

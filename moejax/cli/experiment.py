@@ -4,7 +4,7 @@
                       [--seeds N] [--quick] [--set KEY=VALUE ...]
 
 The suites are in `moejax/experiments/suites.py`, the runner in `runner.py`, the reports in
-`suite_report.py`.
+`suite_report.py`, the summary in `summary.py`.
 
 Exit status: 0 done; 2 a bad flag or option (one line naming it); 3 a run directory is in use
 by another run, e.g. a second moejax-experiment on the same DIR (one line naming the run's
@@ -25,8 +25,9 @@ from absl import flags
 
 from moejax.cli._command import run_command
 from moejax.experiments.runner import run_suite
-from moejax.experiments.suite_report import write_suite_report, write_summary
+from moejax.experiments.suite_report import write_suite_report
 from moejax.experiments.suites import SUITES, RunOptions
+from moejax.experiments.summary import write_summary
 from moejax.train.workdir_lock import WorkdirBusyError
 
 # XLA options for --quick, set before the first computation: toy models are all compilation.

@@ -1,2 +1,3 @@
 """Experiments: suites of matched variants (`suites.py`), the runner (`runner.py`), the suite
-reports and summary (`suite_report.py`), statistics and verdicts (`stats.py`)."""
+reports (`suite_report.py`), the summary over the suites (`summary.py`), statistics and verdicts
+(`stats.py`)."""

@@ -3,8 +3,8 @@
 Each run trains in DIR/runs/<config hash>/seed_<i> (finished runs are skipped, so an interrupted
 suite continues where it stopped, and a configuration two suites share is trained once); a
 fine-tuning variant first trains and exports its pretraining variant's seed-0 run (`pretrain`).
-The suite's report and the summary of every suite are written by `suite_report.py`; suites and
-scales are in `suites.py`; the command is `moejax/cli/experiment.py`.
+The suite's report is written by `suite_report.py` and the summary of every suite by
+`summary.py`; suites and scales are in `suites.py`; the command is `moejax/cli/experiment.py`.
 """
 
 from __future__ import annotations
@@ -145,6 +145,7 @@ def run_suite(suite: str, workdir, *, seeds: int, options: RunOptions = RunOptio
                 train_and_evaluate(config, directory)
             if suite in OFFLOAD_SUITES:
                 inference.measure_run(directory, config)
+                inference.measure_placement(directory, config)  # traces while weights exist
             runs[variant.name].append(read_metrics(directory / METRICS_FILE))
     measure_step_times(suite, workdir, options)
     return runs

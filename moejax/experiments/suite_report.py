@@ -1,13 +1,12 @@
-"""Experiment reports: each suite's DIR/<suite>/report.md, and DIR/summary.md over the suites.
+"""Each suite's report: DIR/<suite>/report.md, with DIR/<suite>/finals.json and scale.json.
 
 A suite's report has, per variant, the mean and standard deviation over seeds of the final
 numbers (`stats.run_metrics`), each claim's paired test taken alone (`stats.py`), the
 side-by-side plot and links to every seed-0 run report; DIR/<suite>/finals.json keeps the
-per-seed final numbers and DIR/<suite>/scale.json the steps, seeds and tokenizer.
-DIR/summary.md lists every claim of every suite run so far once, at its largest scale, with
-verdicts Holm-adjusted across its family (the primary claims, then the others). Both are
-rebuilt from finals.json alone by `write_summary` and `refresh_claims` (no retraining). The
-runs themselves are trained by `runner.py`.
+per-seed final numbers and DIR/<suite>/scale.json the steps, seeds and tokenizer. The claims
+(`claim_results`) and their table are shared with `summary.py`, which builds DIR/summary.md
+over the suites and refreshes the reports' Claims sections from finals.json alone. The runs
+themselves are trained by `runner.py`.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ import json
 import math
 import pathlib
 from typing import NamedTuple
-
-import numpy as np
 
 from moejax.experiments import inference, offload, stats
 from moejax.experiments.runner import STEP_TIME_FILE, run_dir, suite_config
@@ -30,7 +27,7 @@ from moejax.experiments.suites import (
     config_differences,
 )
 from moejax.reporting import plots
-from moejax.reporting.metrics import METRICS_FILE, STEP, VAL_LOSS, last_value, read_metrics
+from moejax.reporting.metrics import METRICS_FILE, VAL_LOSS, last_value, read_metrics
 
 # (final number, column label) of the report's table, in order; per-domain validation losses
 # (`stats.domain_val_loss`) follow
@@ -139,183 +136,6 @@ CLAIMS_TEXT = ("Improvements are paired by seed (the arms share each seed's init
                "Holm-adjusted across its family. Rules: `moejax/experiments/stats.py`.")
 
 
-def _finished_suites(workdir: pathlib.Path, suites) -> list[tuple[str, str]]:
-    """(label, suite) of every DIR/<suite>/finals.json, then of every DIR/<name>/<suite>/
-    finals.json (another results directory kept inside DIR, e.g. a longer run), labelled
-    "<name>/<suite>"."""
-    found = [(suite, suite) for suite in suites if (workdir / suite / FINALS_FILE).exists()]
-    for child in sorted(p for p in workdir.iterdir() if p.is_dir()):
-        found += [(f"{child.name}/{suite}", suite) for suite in suites
-                  if (child / suite / FINALS_FILE).exists()]
-    return found
-
-
-class SummaryRow(NamedTuple):
-    """A claim as one results directory answers it: `where` (DIR-relative), its training
-    steps (None: unknown) and the `ClaimResult`."""
-
-    where: str
-    steps: int | None
-    result: ClaimResult
-
-
-def largest_scale(rows: list[SummaryRow]) -> list[tuple[SummaryRow, list[SummaryRow]]]:
-    """One row per claim (`Claim.key`): the one of most training steps, then most seeds,
-    then the first; with the claim's rows at other scales. In order of first appearance."""
-    groups: dict[tuple, list[SummaryRow]] = {}
-    for row in rows:
-        groups.setdefault(row.result.claim.key, []).append(row)
-    out = []
-    for group in groups.values():
-        best = max(group, key=lambda r: (r.steps or 0, r.result.test.n))  # max keeps the first
-        out.append((best, [r for r in group if r is not best]))
-    return out
-
-
-def suite_steps(results_dir: pathlib.Path, suite: str) -> int | None:
-    """Training steps of a finished suite in `results_dir`: its SCALE_FILE, else the most
-    steps logged by the seed-0 runs labelled with the suite's variants (runs/*/variants.txt;
-    pretraining runs not counted); None if neither is there."""
-    scale = results_dir / suite / SCALE_FILE
-    if scale.exists():
-        return json.loads(scale.read_text())["steps"]
-    labels = {f"{suite}: {variant.name}" for variant in SUITES[suite]}
-    steps = []
-    for listing in sorted(results_dir.glob("runs/*/variants.txt")):
-        metrics_path = listing.parent / "seed_0" / METRICS_FILE
-        if labels & set(listing.read_text().splitlines()) and metrics_path.exists():
-            rows = read_metrics(metrics_path)
-            steps += [rows[-1][STEP]] if rows else []
-    return max(steps) if steps else None
-
-
-def _suite_tokenizer(results_dir: pathlib.Path, suite: str) -> str:
-    """The suite's `data.tokenizer` from its SCALE_FILE ("bytes" without one)."""
-    scale = results_dir / suite / SCALE_FILE
-    return json.loads(scale.read_text()).get("tokenizer", "bytes") if scale.exists() else "bytes"
-
-
-def summary_rows(workdir: pathlib.Path, suites) -> list[SummaryRow]:
-    """Every claim of every finished suite of DIR (`_finished_suites`), with its scale."""
-    rows = []
-    for where, suite in _finished_suites(workdir, suites):
-        results_dir = (workdir / where).parent
-        finals = json.loads((workdir / where / FINALS_FILE).read_text())
-        steps = suite_steps(results_dir, suite)
-        for result in claim_results(suite, finals, _suite_tokenizer(results_dir, suite)):
-            rows.append(SummaryRow(where, steps, result))
-    return rows
-
-
-def _scale_text(row: SummaryRow) -> str:
-    """The summary's "results, scale" cell: link, steps, seeds (or timing rounds)."""
-    steps = "? steps" if row.steps is None else f"{row.steps:,} steps"
-    unit = "rounds" if row.result.claim.metric == stats.STEP_MS_OVERHEAD else "seeds"
-    return f"[{row.where}]({row.where}/report.md), {steps}, {row.result.test.n} {unit}"
-
-
-def _family_lines(title: str, intro: str, chosen: list) -> list[str]:
-    """A family's table: its verdicts Holm-adjusted across its rows (`stats.family_verdicts`)."""
-    if not chosen:
-        return []
-    verdicts = stats.family_verdicts([best.result.test for best, _ in chosen],
-                                     [best.result.margin for best, _ in chosen])
-    counts = ", ".join(f"{sum(v['verdict'] == label for v in verdicts)} {label}"
-                       for label in stats.VERDICTS)
-    lines = ["", f"## {title}", "", f"{intro} {len(chosen)} claims: {counts}.", "",
-             "| claim | results, scale | improvement [95% CI] | p | p Holm | "
-             "equivalence p Holm (margin) | verdict | other scales |",
-             "|---|---|---|---|---|---|---|---|"]
-    for (best, others), verdict in zip(chosen, verdicts, strict=True):
-        also = ", ".join(f"[{r.where}]({r.where}/report.md)" for r in others) or "–"
-        lines.append(f"| {best.result.claim.text} | {_scale_text(best)} | "
-                     f"{shown_effect(best.result)} | {_p(verdict['p'])} | "
-                     f"{_p(verdict['p_holm'])} | "
-                     f"{_margin_cell(best.result.margin, verdict['p_equivalence_holm'])} | "
-                     f"**{verdict['verdict']}** | {also} |")
-    return lines
-
-
-def _power_lines(chosen: list) -> list[str]:
-    """Seeds the paired test needs for paper A's effect per byte, per validation-loss claim."""
-    target = stats.loss_margin(stats.PAPER_A_LOSS_EFFECT)
-    lines = ["", "## Power", "",
-             f"Seeds per arm the paired test needs to detect paper A's effect on validation "
-             f"loss with 80% power at 5% (exact, noncentral t: `stats.seeds_needed`): "
-             f"{stats.PAPER_A_LOSS_EFFECT:.4f} nats per BPE token (perplexity 12.50 -> 12.27) "
-             f"/ {stats.BPE_BYTES_PER_TOKEN} bytes per token (`stats.BPE_BYTES_PER_TOKEN`, a "
-             f"{stats.BPE_VOCAB:,}-token BPE on this corpus) = {target:.5f} nats per byte, "
-             "from each claim's measured standard deviation of seed-paired differences.", "",
-             "| claim | results | paired sd (nats per byte) | seeds needed |",
-             "|---|---|---|---|"]
-    for best, _ in chosen:
-        result = best.result
-        if result.claim.metric == stats.VAL_LOSS and result.test.n > 1:
-            n = result.test.n
-            sd = float(np.std(np.subtract(result.b[:n], result.a[:n]), ddof=1))
-            lines.append(f"| {result.claim.text} | {best.where} | {sd:.2g} | "
-                         f"{stats.seeds_needed(target, sd)} |")
-    return lines
-
-
-def write_summary(workdir, suites) -> pathlib.Path:
-    """DIR/summary.md: one row per claim of the suites whose DIR/<suite>/finals.json or
-    DIR/<name>/<suite>/finals.json exists, at its largest scale (`largest_scale`), in two
-    Holm families: the primary claims (`Claim.primary`) and the others; then the power table."""
-    workdir = pathlib.Path(workdir).resolve()
-    chosen = largest_scale(summary_rows(workdir, suites))
-    primary = [item for item in chosen if item[0].result.claim.primary]
-    secondary = [item for item in chosen if not item[0].result.claim.primary]
-    target = stats.loss_margin(stats.PAPER_A_LOSS_EFFECT)
-    lines = ["# Experiment summary", "",
-             "One row per claim, at its largest scale (most training steps, then most seeds); "
-             "its rows at other scales stay in the reports linked under \"other scales\". "
-             "Improvement of A over B paired by seed, its 95% interval and two-sided p "
-             "(paired t-test); p Holm: Holm-adjusted across the row's family. Equivalence: two "
-             "one-sided tests of \"an effect as large as the paper's\", where the paper gives "
-             f"one (paper A's {stats.PAPER_A_LOSS_EFFECT:.4f} nats per token = {target:.5f} "
-             f"nats per byte through {stats.BPE_BYTES_PER_TOKEN} bytes per BPE token), "
-             "Holm-adjusted across the family's claims that have a margin. Verdicts: "
-             "reproduced (significant, claimed direction), not reproduced (significant, other "
-             "direction), no effect of the claimed size (equivalence significant), undecided "
-             "(neither). Rules: `moejax/experiments/stats.py`."]
-    lines += _family_lines(
-        "Primary claims", "The Holm family: the papers' own claims at their settings, declared "
-        "`primary=True` in `moejax/experiments/suites.py`;", primary)
-    lines += _family_lines(
-        "Secondary claims", "A second Holm family: ablations, the 10x dose and the mechanism "
-        "checks;", secondary)
-    lines += _power_lines(chosen)
-    path = workdir / "summary.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def refresh_claims(workdir, suites) -> list[pathlib.Path]:
-    """Rewrites the "## Claims" section of every finished suite's report.md in DIR (and
-    DIR/<name>/) from its finals.json, without the runs: how reports of runs trained under
-    older code get the current statistics. Returns the reports rewritten."""
-    workdir = pathlib.Path(workdir).resolve()
-    done = []
-    for where, suite in _finished_suites(workdir, suites):
-        report = workdir / where / "report.md"
-        if not report.exists():
-            continue
-        finals = json.loads((workdir / where / FINALS_FILE).read_text())
-        results_dir = (workdir / where).parent
-        text = report.read_text()
-        head, marker, rest = text.partition("\n## Claims\n")
-        if not marker:
-            continue
-        _, next_section, tail = rest.partition("\n## ")
-        section = ["", CLAIMS_TEXT, "",
-                   *_claim_rows(claim_results(suite, finals, _suite_tokenizer(results_dir,
-                                                                              suite)))]
-        report.write_text(head + marker + "\n".join(section) + "\n" + next_section + tail)
-        done.append(report)
-    return done
-
-
 def _run_finals(suite: str, runs: dict) -> tuple[dict, list[str]]:
     """(variant -> final number -> per-seed values, the variants whose record holds output
     cosines: the orthogonality loss, which leaves specialization n/a)."""
@@ -340,7 +160,10 @@ def _offload_finals(suite: str, workdir: pathlib.Path, runs: dict, options: RunO
         per_seed = []
         for seed in range(len(runs[variant.name])):
             config = suite_config(variant, workdir, seed=seed, options=options)
-            per_seed.append(inference.measure_run(run_dir(workdir, config), config))
+            directory = run_dir(workdir, config)
+            metrics = dict(inference.measure_run(directory, config))
+            metrics.update(inference.maybe_measure_placement(directory, config))
+            per_seed.append(metrics)
         out[variant.name] = {key: [m[key] for m in per_seed] for key in per_seed[0]}
     return out
 
@@ -471,6 +294,7 @@ def write_suite_report(suite: str, workdir, runs: dict,
     lines += _claim_rows(claim_results(suite, finals, tokenizer))
     if offloaded:
         lines += _offload_rows(offloaded) + _hit_rate_lines(offloaded, suite_dir)
+        lines += inference.placement_report_lines(offloaded, suite_dir)
     lines += _difference_lines(suite, options)
     reason = plots.plot_variants(runs, suite_dir / "variants.png")
     lines += ["", "## Curves", "", reason or "![variants](variants.png)", ""]

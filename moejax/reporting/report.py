@@ -2,9 +2,9 @@
 
 Writes DIR/plots/*.png (loss, validation loss per domain, learning rate / gradient norm /
 throughput, tokens per expert, routing entropy, specialization, expert transitions, expert vs
-domain; plots.py) and DIR/report.md with the final numbers of the run (docs/methods.md section
-6), a table of the validation loss per domain and links to the plots. Plots whose metrics were
-not logged are skipped and the report says why.
+domain; plots.py, routing_plots.py) and DIR/report.md with the final numbers of the run
+(docs/methods.md section 6), a table of the validation loss per domain and links to the plots.
+Plots whose metrics were not logged are skipped and the report says why.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pathlib
 
 import numpy as np
 
-from moejax.reporting import plots
+from moejax.reporting import plots, routing_plots
 from moejax.reporting.metrics import (
     AUX,
     EVAL_DOMAIN_TOKENS,
@@ -51,12 +51,13 @@ PLOTS = (
     ("val_loss_domains.png", "Validation loss per domain", plots.plot_domain_loss),
     ("training.png", "Learning rate, gradient norm and throughput", plots.plot_training),
     ("tokens_per_expert.png", "Tokens per expert (last logged step)",
-     plots.plot_tokens_per_expert),
-    ("entropy.png", "Routing entropy per router", plots.plot_entropy),
-    ("specialization.png", "Specialization per router", plots.plot_specialization),
+     routing_plots.plot_tokens_per_expert),
+    ("entropy.png", "Routing entropy per router", routing_plots.plot_entropy),
+    ("specialization.png", "Specialization per router", routing_plots.plot_specialization),
     ("transitions.png", "Top-1 expert transitions between adjacent routers",
-     plots.plot_transitions),
-    ("expert_domain.png", "Expert vs document domain (last eval)", plots.plot_expert_domain),
+     routing_plots.plot_transitions),
+    ("expert_domain.png", "Expert vs document domain (last eval)",
+     routing_plots.plot_expert_domain),
 )
 
 # (key, label, what each value belongs to); a list is summarised by `metrics.reduced`
@@ -176,7 +177,7 @@ def _markdown(workdir: pathlib.Path, rows, written, skipped) -> str:
              "| quantity | value |", "|---|---|"]
     lines += [f"| {label} | {value} |" for label, value in _final_numbers(rows)]
     lines += _domain_table(rows)
-    unseen = plots.unseen_domains(rows)
+    unseen = routing_plots.unseen_domains(rows)
     if unseen:
         lines += ["", f"**Warning:** {len(unseen)} domains have no token in the last "
                   "evaluation's batches, so the domain NMI and the expert-by-domain map say "

@@ -129,7 +129,8 @@ def test_quick_runs_every_suite_end_to_end(tmp_path):
         numbers = [float(x) for cell in cells for x in cell.split("±")]
         assert all(math.isfinite(x) for x in numbers), table
         assert f"{len(SUITES[suite])} variants x 2 seeds" in text
-        assert text.count("**") == 2 * len(CLAIMS[suite])  # one verdict per claim
+        claims = text.split("## Claims\n", 1)[1].split("\n## ", 1)[0]
+        assert claims.count("**") == 2 * len(CLAIMS[suite])  # one verdict per claim
         assert (tmp_path / suite / "variants.png").exists()
         for claim in (c for c in CLAIMS[suite] if c.metric == "step_ms_overhead"):
             row = re.escape(claim.text) + r"[^\n]* overhead [+-]\d[^\n]*\(2 interleaved rounds\)"
@@ -137,7 +138,8 @@ def test_quick_runs_every_suite_end_to_end(tmp_path):
         if any(v.init_from for v in SUITES[suite]):  # names the run the variants start from
             assert "Every variant starts from [pretrain/" in text and "](../runs/" in text
         if suite in OFFLOAD_SUITES:  # the offloading table, one row per variant, size, policy
-            assert text.count("| lru |") == text.count("| prefetch |") == 2 * len(SUITES[suite])
+            table = text.split("## Offloaded decoding\n", 1)[1].split("\n## ", 1)[0]
+            assert table.count("| lru |") == table.count("| prefetch |") == 2 * len(SUITES[suite])
             assert (tmp_path / suite / "hit_rate.png").exists()
     summary = (tmp_path / "summary.md").read_text()
     # one row per claim: a comparison two suites share (`Claim.key`) appears once

@@ -55,6 +55,12 @@ def test_family_verdicts_tell_no_effect_from_undecided():
     assert [row["verdict"] for row in rows] == ["reproduced", "not reproduced",
                                                  "no effect of the claimed size", "undecided"]
     assert rows[0]["p_holm"] == pytest.approx(stats.holm([t.p_value for t in tests])[0])
+    # two claims at p = 0.02 and 0.03: each significant alone, neither after Holm (0.04, 0.04
+    # < 0.05 - both kept); at p = 0.02 and 0.04, Holm gives 0.04 and 0.04; at 0.03 and 0.04,
+    # 0.06 and 0.06: both undecided though each alone is below 0.05
+    borderline = [stats.PairedTest(4, 0.1, 0.01, 3, p, (0.0, 0.2)) for p in (0.03, 0.04)]
+    assert [row["verdict"] for row in stats.family_verdicts(borderline, [None, None])] == [
+        "undecided", "undecided"]
     no_margin = stats.family_verdicts(tests[2:3], [None])
     assert no_margin[0]["verdict"] == "undecided"  # without a target, no equivalence test
 

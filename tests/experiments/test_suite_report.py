@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from moejax.experiments import stats, suite_report
+from moejax.experiments import stats, suite_report, summary
 from moejax.experiments.suites import CLAIMS, SUITES
 
 
@@ -33,7 +33,7 @@ def test_summary_lists_every_claim_of_the_finished_suites(tmp_path):
     finals = {name: {"val_loss": [2.0 + i, 2.5 + i, 3.0 + i], "routing_entropy": [1.0, 1.1, 1.3]}
               for i, name in enumerate(names)}
     _write(tmp_path / "baselines", finals)
-    text = suite_report.write_summary(tmp_path, SUITES).read_text()
+    text = summary.write_summary(tmp_path, SUITES).read_text()
     primary, secondary = _rows(text, "Primary claims"), _rows(text, "Secondary claims")
     assert [_cells(r)[0] for r in primary + secondary] == [c.text for c in CLAIMS["baselines"]]
     assert "specialization" not in text  # unfinished suites are left out
@@ -44,7 +44,7 @@ def test_summary_lists_every_claim_of_the_finished_suites(tmp_path):
     assert ("| lb+sp+cp lowers validation loss vs the orthogonality + variance baselines | "
             "baselines | 0 | 2 |") in text
     _write(tmp_path / "long" / "baselines", finals)  # a longer run's results inside DIR
-    text = suite_report.write_summary(tmp_path, SUITES).read_text()
+    text = summary.write_summary(tmp_path, SUITES).read_text()
     primary = _rows(text, "Primary claims")
     assert len(primary) == 1  # one row per claim: same scale, same seeds, the first kept
     assert "[long/baselines](long/baselines/report.md)" == _cells(primary[0])[-1]
@@ -70,8 +70,8 @@ def test_largest_scale_row_replaces_the_smaller_ones(tmp_path):
     (run.parent / "variants.txt").write_text("cartesian: cartesian\n")
     (run / "metrics.jsonl").write_text(json.dumps({"step": 500}) + "\n"
                                        + json.dumps({"step": 1000, "val_loss": 1.3}) + "\n")
-    assert suite_report.suite_steps(tmp_path / "long_1000", "cartesian") == 1000
-    text = suite_report.write_summary(tmp_path, SUITES).read_text()
+    assert summary.suite_steps(tmp_path / "long_1000", "cartesian") == 1000
+    text = summary.write_summary(tmp_path, SUITES).read_text()
     rows = [r for r in _rows(text, "Primary claims") if _cells(r)[0] == claim.text]
     assert len(rows) == 1 and len(_rows(text, "Primary claims")) == len(CLAIMS["cartesian"])
     cells = _cells(rows[0])
@@ -104,7 +104,7 @@ def _specialization_finals(seeds=8):
 def test_summary_holm_family_is_the_primary_claims_and_labels(tmp_path):
     finals = _specialization_finals()
     _write(tmp_path / "specialization", finals, steps=100)
-    text = suite_report.write_summary(tmp_path, SUITES).read_text()
+    text = summary.write_summary(tmp_path, SUITES).read_text()
     primary = {_cells(r)[0]: _cells(r) for r in _rows(text, "Primary claims")}
     claims = [c for c in CLAIMS["specialization"] if c.primary]
     assert list(primary) == [c.text for c in claims]
@@ -145,7 +145,7 @@ def test_refresh_claims_rewrites_only_the_claims_section(tmp_path):
     report = tmp_path / "specialization" / "report.md"
     report.write_text("# Experiment: specialization\n\ntable\n\n## Claims\n\nold rule: "
                       "`moejax/train/experiment_stats.py`\n\n| old |\n\n## What differs\n\n- x\n")
-    assert suite_report.refresh_claims(tmp_path, SUITES) == [report]
+    assert summary.refresh_claims(tmp_path, SUITES) == [report]
     text = report.read_text()
     assert text.startswith("# Experiment: specialization\n\ntable\n\n## Claims\n\n")
     assert text.endswith("\n## What differs\n\n- x\n") and "experiment_stats" not in text

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from moejax.reporting import plots, report
+from moejax.reporting import plots, report, routing_plots
 
 ROUTERS, EXPERTS, DOMAINS = 24, 64, 12
 MAX_PIXELS = tuple(int(inches * plots.DPI) for inches in plots.MAX_FIGURE_INCHES)
@@ -47,8 +47,9 @@ def deep_wide_report(tmp_path_factory):
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     figures, save = {}, plots._save
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(plots, "_save", lambda fig, path: (figures.__setitem__(path.name, fig),
-                                                         save(fig, path))[-1])
+        for module in (plots, routing_plots):  # routing_plots holds its own name for _save
+            patch.setattr(module, "_save", lambda fig, path: (
+                figures.__setitem__(path.name, fig), save(fig, path))[-1])
         report.write_report(workdir)
     return workdir, rows, figures
 

@@ -88,9 +88,9 @@ def test_lm_eval_without_lm_eval_installed_is_named(monkeypatch):
 
 
 def test_run_clock_rates_cover_the_interval_s_training_steps_only():
-    """A fake clock: a 10 s compiling step, 0.5 s steps, a 3 s evaluation and a 2 s save;
-    tokens_per_s is 1000 tokens / 0.5 s in every interval (the first without the compiling
-    step), goodput the steps' share of the wall time."""
+    """A fake clock: a 10 s compiling step, 0.5 s steps, a 3 s evaluation, a 2 s save and a
+    0.25 s step; tokens_per_s is 1000 tokens over each interval's own steps (the first without
+    the compiling step), goodput the steps' share of the wall time."""
     now = [100.0]
     clock = RunClock(tokens_per_step=1000, flops_per_token=6e9, peak=None,
                      clock=lambda: now[0])
@@ -111,11 +111,11 @@ def test_run_clock_rates_cover_the_interval_s_training_steps_only():
     assert row["tokens_per_s"] == 2000.0 and row["step_ms"] == 500.0
     assert row["tflops_per_device"] > 0 and "mfu" not in row  # no peak known
     spend("checkpoint", 2.0)
-    spend("step", 0.5)
+    spend("step", 0.25)  # this interval's own step: 4000 tokens/s, not the run's average
     row = clock.row()
-    assert row["tokens_per_s"] == 2000.0
+    assert row["tokens_per_s"] == 4000.0
     assert (row["time/compile_s"], row["time/eval_s"], row["time/checkpoint_s"]) == (10, 3, 2)
-    assert row["goodput"] == pytest.approx(1.5 / (4 + 10 + 1 + 3 + 2 + 0.5))
+    assert row["goodput"] == pytest.approx(1.25 / (4 + 10 + 1 + 3 + 2 + 0.25))
 
 
 def test_loss_metrics_are_moejax_eval_s_rates_of_the_sums():
