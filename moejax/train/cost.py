@@ -26,14 +26,11 @@ import re
 import time
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from moejax.parallel import batch_sharding
 from moejax.regularizers import routing_metrics
-from moejax.train import step
+from moejax.train.plan import abstract_train_step
 from moejax.train.specs import RunSpecs
-from moejax.train.state import abstract_state, mesh_and_engine
 
 _WHILE = re.compile(r"\bwhile\(")
 
@@ -54,24 +51,15 @@ def step_cost(specs: RunSpecs) -> dict:
       "bytes_unlogged": the step's less the routing metrics'; "while_loops": `while` ops in
       the compiled program (0: the count is complete); "compile_s"}.
     """
-    model_spec, loss_spec, train = specs.model, specs.loss, specs.train
-    mesh, engine = mesh_and_engine(specs)
-    graphdef, abstract = abstract_state(model_spec, train, specs.seed, mesh, engine)
-    tokens = jax.ShapeDtypeStruct((train.batch_size, train.seq_len + 1), jnp.int32,
-                                  sharding=batch_sharding(mesh))
-
-    def train_step(state, tokens, segments):
-        model, optimizer = nnx.merge(graphdef, state)
-        metrics = step.train_step(model, optimizer, tokens, loss_spec, train.grad_accumulation,
-                                  False, segments=segments)
-        return nnx.state((model, optimizer)), metrics
+    train_step, args, _, graphdef = abstract_train_step(specs)
+    abstract, tokens, _ = args
 
     def record(state, tokens, segments):
         model, _ = nnx.merge(graphdef, state)
         return model(tokens[:, :-1], segments=segments[:, :-1])[1]
 
     started = time.perf_counter()
-    lowered = jax.jit(train_step, donate_argnums=0).lower(abstract, tokens, tokens)
+    lowered = train_step.lower(*args)
     compiled = lowered.compile()
     seconds = time.perf_counter() - started
     cost, lowered_cost = _cost(compiled.cost_analysis()), _cost(lowered.cost_analysis())

@@ -35,16 +35,10 @@ from moejax.train.specs import RunSpecs, uses_master_weights
 from moejax.train.state import abstract_state, mesh_and_engine
 
 
-def compile_plan(specs: RunSpecs) -> dict:
-    """Compiles one train step of a config's specs on its mesh; returns the plan's numbers.
-
-    Returns:
-      {"devices", "mesh", "compile_s", "argument_bytes", "output_bytes", "temp_bytes",
-      "code_bytes", "peak_bytes" (arguments + outputs + temporaries - aliased, per device),
-      "xla_flops_per_device", "model_flops_per_step", "device_bytes" and "device_memory"
-      (`device_memory`: one device's memory, None where unknown, and what it is), and
-      `state_bytes`'s keys}.
-    """
+def abstract_train_step(specs: RunSpecs):
+    """The trainer's train step, jitted with its state donated, and its abstract arguments on
+    the run's mesh, from shapes alone -> (jitted step, (state, tokens, segments), mesh,
+    graphdef): `.lower(*args)` compiles the program a run executes."""
     model_spec, loss_spec, train = specs.model, specs.loss, specs.train
     mesh, engine = mesh_and_engine(specs)
     graphdef, abstract = abstract_state(model_spec, train, specs.seed, mesh, engine)
@@ -57,8 +51,24 @@ def compile_plan(specs: RunSpecs) -> dict:
                                   False, segments=segments)
         return nnx.state((model, optimizer)), metrics
 
+    return jax.jit(train_step, donate_argnums=0), (abstract, tokens, tokens), mesh, graphdef
+
+
+def compile_plan(specs: RunSpecs) -> dict:
+    """Compiles one train step of a config's specs on its mesh; returns the plan's numbers.
+
+    Returns:
+      {"devices", "mesh", "compile_s", "argument_bytes", "output_bytes", "temp_bytes",
+      "code_bytes", "peak_bytes" (arguments + outputs + temporaries - aliased, per device),
+      "xla_flops_per_device", "model_flops_per_step", "device_bytes" and "device_memory"
+      (`device_memory`: one device's memory, None where unknown, and what it is), and
+      `state_bytes`'s keys}.
+    """
+    model_spec, train = specs.model, specs.train
+    train_step, args, mesh, graphdef = abstract_train_step(specs)
+    abstract = args[0]
     started = time.perf_counter()
-    compiled = jax.jit(train_step, donate_argnums=0).lower(abstract, tokens, tokens).compile()
+    compiled = train_step.lower(*args).compile()
     seconds = time.perf_counter() - started
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
