@@ -68,21 +68,9 @@ def offload_metrics(model, data_spec, *, seq_len: int, batch_size: int, batches:
         routing_traces(model, data_spec, "train", **options), num_experts)
     held_out = routing_traces(model, data_spec, "validation", **options)
     expert_bytes = 3 * spec.d_model * spec.moe.routed_d_hidden * 2
-    out = {}
-    for fraction in CACHE_FRACTIONS:
-        capacity = max(held_out.shape[2], round(fraction * num_experts))
-        for policy in offload.POLICIES:
-            stats = offload.simulate(held_out, num_experts, capacity, policy=policy,
-                                     transitions=learned)
-            tag = f"{policy}@{fraction:g}"
-            out[f"hit_rate {tag}"] = stats.hit_rate
-            out[f"fetched/token {tag}"] = stats.fetched_per_token
-            if policy == "prefetch":
-                out[f"prefetch_precision {tag}"] = stats.prefetch_precision
-            for link, bandwidth in offload.LINKS.items():
-                out[f"tokens/s {link} {tag}"] = offload.decode_tokens_per_s(
-                    stats, expert_bytes, bandwidth)
-    return out
+    capacities = {f"{fraction:g}": max(held_out.shape[2], round(fraction * num_experts))
+                  for fraction in CACHE_FRACTIONS}
+    return offload.cache_metrics(held_out, num_experts, capacities, learned, expert_bytes)
 
 
 def measure_run(directory: pathlib.Path, config) -> dict:
@@ -205,7 +193,8 @@ def placement_report_lines(placed: dict, suite_dir: pathlib.Path, *,
     image: the plot's file name, in `suite_dir` (the lines link it by that name); None: no
       plot.
     """
-    if not (_tags(placed, "a2a_bytes/token path@") or _tags(placed, "moved_bytes/token ")):
+    by_size = [t for t in _tags(placed, "moved_bytes/token ") if "@M" in t]  # cache_sweep's
+    if not (_tags(placed, "a2a_bytes/token path@") or by_size):
         return []  # no run measured (`maybe_measure_placement` answered {})
     nan = [float("nan")]
     lines = ["", "## Expert-parallel traffic", "",
@@ -234,7 +223,7 @@ def placement_report_lines(placed: dict, suite_dir: pathlib.Path, *,
                      metrics.get(path_key + NULL, nan), metrics.get(path_key + DIFF, nan),
                      metrics.get(cut + DIFF, nan)]
             lines.append(f"| {name} | {devices} | " + " | ".join(map(_cell, cells)) + " |")
-    sizes = sorted({int(t.split("@M")[1]) for t in _tags(placed, "moved_bytes/token ")})
+    sizes = sorted({int(t.split("@M")[1]) for t in by_size})
     lines += ["", "## Offloaded decoding at every cache size", "",
               "Validation traces replayed with M experts of every router cached (M = k, 2k, ... "
               "< E: prefetch can only win where M > k), LRU and LRU + prefetch of the next "

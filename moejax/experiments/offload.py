@@ -137,3 +137,30 @@ def decode_tokens_per_s(stats: OffloadStats, expert_bytes: float, bandwidth: flo
     """Link-bound decode rate: bandwidth / (experts fetched per token x bytes per expert)."""
     moved = stats.fetched_per_token * expert_bytes
     return float("inf") if moved == 0 else bandwidth / moved
+
+
+def cache_metrics(held_out: np.ndarray, num_experts: int, capacities: dict, transitions,
+                  expert_bytes: float) -> dict:
+    """{metric name: value} of every policy at every cache size: hit rate, experts and bytes
+    fetched per token, prefetch precision and the link-bound decode rate per `LINKS` entry.
+
+    capacities: tag -> M (e.g. {"0.25": 2} or {"M4": 4}); a metric is named
+    "<metric> <policy>@<tag>". transitions: learned on the training traces
+    (`transition_matrix`); held_out: [N, R, k] the traces replayed.
+    """
+    out = {}
+    for label, capacity in capacities.items():
+        for policy in POLICIES:
+            stats = simulate(held_out, num_experts, capacity, policy=policy,
+                             transitions=transitions)
+            tag = f"{policy}@{label}"
+            out[f"hit_rate {tag}"] = stats.hit_rate
+            out[f"fetched/token {tag}"] = stats.fetched_per_token
+            out[f"moved_bytes/token {tag}"] = stats.fetched_per_token * expert_bytes
+            if policy == "prefetch":
+                out[f"prefetch_precision {tag}"] = stats.prefetch_precision
+            for link, bandwidth in LINKS.items():
+                out[f"tokens/s {link} {tag}"] = decode_tokens_per_s(stats, expert_bytes,
+                                                                    bandwidth)
+    return out
+

@@ -137,19 +137,9 @@ def cache_sweep(train: np.ndarray, held_out: np.ndarray, num_experts: int, exper
     default): hit rate, experts and bytes moved per token (demand misses plus prefetches),
     prefetch precision; transitions learned on `train`, replayed on `held_out`."""
     k = np.asarray(held_out).shape[2]
-    learned = offload.transition_matrix(train, num_experts)
-    out = {}
-    for size in cache_sizes(k, num_experts) if sizes is None else sizes:
-        for policy in offload.POLICIES:
-            stats = offload.simulate(held_out, num_experts, size, policy=policy,
-                                     transitions=learned)
-            tag = f"{policy}@M{size}"
-            out[f"hit_rate {tag}"] = stats.hit_rate
-            out[f"fetched/token {tag}"] = stats.fetched_per_token
-            out[f"moved_bytes/token {tag}"] = stats.fetched_per_token * expert_bytes
-            if policy == "prefetch":
-                out[f"prefetch_precision {tag}"] = stats.prefetch_precision
-    return out
+    sizes = cache_sizes(k, num_experts) if sizes is None else sizes
+    return offload.cache_metrics(held_out, num_experts, {f"M{size}": size for size in sizes},
+                                 offload.transition_matrix(train, num_experts), expert_bytes)
 
 
 def plot_bytes_vs_cache(lines: dict, path, *, title: str, ylabel: str = "bytes moved per token",
