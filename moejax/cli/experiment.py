@@ -27,7 +27,7 @@ from moejax.cli._command import run_command
 from moejax.experiments.runner import run_suite
 from moejax.experiments.suite_report import write_suite_report
 from moejax.experiments.suites import SUITES, RunOptions
-from moejax.experiments.summary import write_summary
+from moejax.experiments.summary import refresh_claims, write_summary
 from moejax.train.workdir_lock import WorkdirBusyError
 
 # XLA options for --quick, set before the first computation: toy models are all compilation.
@@ -39,7 +39,7 @@ QUICK_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_exp
                    "--xla_cpu_use_fusion_emitters=false")
 
 USAGE = ("moejax-experiment --suite specialization|cartesian|baselines|inference|finetune|"
-         "upcycle|all --workdir DIR [--seeds N] [--quick] [--set KEY=VALUE ...]")
+         "upcycle|all --workdir DIR [--seeds N] [--quick] [--set KEY=VALUE ...] [--report_only]")
 FLAGS = flags.FlagValues()
 flags.DEFINE_enum("suite", None, [*SUITES, "all"], "Suite to run.", flag_values=FLAGS)
 flags.DEFINE_string("workdir", None, "Directory for the runs and reports.", flag_values=FLAGS)
@@ -52,6 +52,9 @@ flags.DEFINE_string("configs", None, "configs directory (default: the shipped co
 flags.DEFINE_multi_string("set", [], "KEY=VALUE applied to every variant after the scale and "
                           "its own overrides, e.g. --set train.steps=2000 --set mesh.expert=8.",
                           flag_values=FLAGS)
+flags.DEFINE_bool("report_only", False, "Train nothing: rewrite the finished suites' Claims "
+                  "sections and the summary from their finals.json (runs trained under older "
+                  "code get the current statistics).", flag_values=FLAGS)
 flags.mark_flags_as_required(["suite", "workdir"], flag_values=FLAGS)
 
 
@@ -112,6 +115,11 @@ def _run(options: flags.FlagValues) -> int:
         print(f"moejax-experiment: {error}", file=sys.stderr)
         return 2
     suites = list(SUITES) if options.suite == "all" else [options.suite]
+    if options.report_only:
+        for report in refresh_claims(options.workdir, {name: SUITES[name] for name in suites}):
+            print(f"rewrote the claims of {report}")
+        print(write_summary(options.workdir, SUITES))
+        return 0
     run_options = RunOptions(quick=options.quick, config_dir=options.configs,
                              overrides=overrides)
     for suite in suites:

@@ -153,6 +153,25 @@ def test_refresh_claims_rewrites_only_the_claims_section(tmp_path):
                                           if c.text.startswith("topk: ")])
 
 
+def test_report_only_rewrites_claims_and_summary_without_training(tmp_path, capsys):
+    """`moejax-experiment --report_only`: the finished suite's Claims section and the summary
+    from its finals.json; nothing is trained (no runs/ directory appears)."""
+    from moejax.cli import experiment
+
+    _write(tmp_path / "specialization", _specialization_finals(seeds=4))
+    report = tmp_path / "specialization" / "report.md"
+    report.write_text("# Experiment: specialization\n\n## Claims\n\n| old |\n")
+    experiment.FLAGS(["moejax-experiment", "--suite", "specialization", "--workdir",
+                      str(tmp_path), "--report_only"])
+    try:
+        assert experiment.main(experiment.FLAGS) == 0
+    finally:
+        experiment.FLAGS.unparse_flags()  # the module's flags are shared with other tests
+    assert "| old |" not in report.read_text() and "| topk: " in report.read_text()
+    assert (tmp_path / "summary.md").exists() and not (tmp_path / "runs").exists()
+    assert f"rewrote the claims of {report}" in capsys.readouterr().out
+
+
 def test_step_time_claim_reads_the_interleaved_rounds(tmp_path):
     """The step-time claim is paired by interleaved round (DIR/<suite>/step_time.json), not
     taken from the runs' own step times, which another run's load can shift."""
