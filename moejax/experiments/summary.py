@@ -52,14 +52,16 @@ class SummaryRow(NamedTuple):
 
 
 def largest_scale(rows: list[SummaryRow]) -> list[tuple[SummaryRow, list[SummaryRow]]]:
-    """One row per claim (`Claim.key`): the one of most training steps, then most seeds,
-    then the first; with the claim's rows at other scales. In order of first appearance."""
+    """One row per claim (`Claim.key`): of the rows with a test (two or more paired seeds;
+    a suite run before the claim's metric existed has none), the one of most training steps,
+    then most seeds, then the first; with the claim's rows at other scales. In order of first
+    appearance."""
     groups: dict[tuple, list[SummaryRow]] = {}
     for row in rows:
         groups.setdefault(row.result.claim.key, []).append(row)
     out = []
     for group in groups.values():
-        best = max(group, key=lambda r: (r.steps or 0, r.result.test.n))  # max keeps the first
+        best = max(group, key=lambda r: (r.result.test.n >= 2, r.steps or 0, r.result.test.n))
         out.append((best, [r for r in group if r is not best]))
     return out
 

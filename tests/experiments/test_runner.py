@@ -161,6 +161,23 @@ def test_set_overrides_parse_and_apply_to_every_variant():
                        options=RunOptions(overrides={"train.stepz": 1}))
 
 
+def test_a_variants_scale_lengthens_the_default_scale_only():
+    """The decisive suite: 1,000 steps at the default scale, a toy run at the quick one (the
+    same run as the specialization suite's arm there), its loss claim declared primary."""
+    from moejax.experiments.suites import CLAIMS, variant_config
+
+    treated = SUITES["decisive"][1]
+    full = variant_config(treated, seed=0)
+    assert (full.train.steps, full.train.eval_every, full.loss.sp) == (1000, 250, 2e-3)
+    assert variant_config(SUITES["specialization"][0], seed=0).train.steps == 100
+    quick = variant_config(treated, seed=0, options=QUICK)
+    same = variant_config(SUITES["specialization"][3], seed=0, options=QUICK)
+    assert quick.train.steps == 3 and experiment.run_dir(pathlib.Path("/w"), quick) == \
+        experiment.run_dir(pathlib.Path("/w"), same)
+    loss = CLAIMS["decisive"][0]
+    assert loss.primary and loss.paper_effect and loss.better == treated.name
+
+
 def test_run_dir_ignores_reporting_keys_and_seed_only():
     from moejax.experiments.suites import variant_config
 

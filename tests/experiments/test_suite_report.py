@@ -189,3 +189,18 @@ def test_step_time_claim_reads_the_interleaved_rounds(tmp_path):
     assert "(4 interleaved rounds)" in suite_report.shown_effect(result)
     ratios = np.divide(ms["topk/lb+sp+cp"], ms["topk/lb"]) - 1
     assert result.test.improvement == stats.OVERHEAD_LIMIT - np.mean(ratios)
+
+
+def test_a_longer_run_without_the_claims_metric_does_not_replace_one_with_it(tmp_path):
+    """Results from before a claim's metric existed (n/a) leave the row to a smaller scale."""
+    names = [v.name for v in SUITES["baselines"]]
+    finals = {name: {"val_loss": [2.0 + i, 2.5 + i, 3.0 + i], "routing_entropy": [1.0, 1.1, 1.3]}
+              for i, name in enumerate(names)}
+    _write(tmp_path / "baselines", finals, steps=100)
+    _write(tmp_path / "long" / "baselines",
+           {name: {"routing_entropy": [1.0, 1.1, 1.3]} for name in names}, steps=1000)
+    text = summary.write_summary(tmp_path, SUITES).read_text()
+    loss, entropy = (_cells(r) for r in _rows(text, "Primary claims") + _rows(text, "Secondary "
+                                                                                  "claims"))
+    assert loss[1].startswith("[baselines]") and loss[-1] == "[long/baselines](long/baselines/report.md)"
+    assert entropy[1].startswith("[long/baselines]")  # measured there: the larger scale wins
