@@ -23,7 +23,6 @@ from absl import flags
 
 from moejax.atomic import DirectoryBusyError, WriteError, quiet_while_writing
 from moejax.cli._command import run_command
-from moejax.data.tokenizer import TOKENIZER_FILES
 from moejax.models import weights
 from moejax.models.upcycle import BLOCKS, upcycle_export
 
@@ -64,11 +63,7 @@ def tokenizer_files(source) -> list[pathlib.Path]:
     """The tokenizer's files of a model (`weights.tokenizer_dir`: none for a byte-level
     model), for the export to keep beside its config.json."""
     where = weights.tokenizer_dir(source)
-    if where is None:
-        return []
-    if where.is_file():
-        return [where]
-    return [where / name for name in TOKENIZER_FILES if (where / name).is_file()]
+    return [] if where is None else weights.tokenizer_files(where)
 
 
 def _upcycle(options: flags.FlagValues) -> int:
