@@ -411,6 +411,21 @@ MUTANTS = (
             "test_updates_below_bfloat16_resolution_add_up_in_the_master_weights",
             "tests/train/test_master_weights.py::"
             "test_master_weights_are_the_float32_init_and_the_params_stay_them_rounded")),
+    Mutant("variant_scale_ignored",
+           "a variant's own scale (the decisive suite's 1,000 steps) is not applied",
+           "moejax/experiments/suites.py",
+           "    scale = QUICK_SCALE if options.quick else {**DEFAULT_SCALE, **variant.scale}",
+           "    scale = QUICK_SCALE if options.quick else DEFAULT_SCALE",
+           ("tests/experiments/test_runner.py::"
+            "test_a_variants_scale_lengthens_the_default_scale_only",)),
+    Mutant("summary_row_without_test",
+           "the summary's row of a claim is its largest scale even where that scale has no "
+           "numbers for the claim's metric",
+           "moejax/experiments/summary.py",
+           "key=lambda r: (r.result.test.n >= 2, r.steps or 0, r.result.test.n)",
+           "key=lambda r: (r.steps or 0, r.result.test.n)",
+           ("tests/experiments/test_suite_report.py::"
+            "test_a_longer_run_without_the_claims_metric_does_not_replace_one_with_it",)),
 )
 
 
