@@ -39,7 +39,8 @@ QUICK_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_exp
                    "--xla_cpu_use_fusion_emitters=false")
 
 USAGE = ("moejax-experiment --suite specialization|cartesian|baselines|inference|finetune|"
-         "upcycle|decisive|all --workdir DIR [--seeds N] [--quick] [--set KEY=VALUE ...] [--report_only]")
+         "upcycle|decisive|all --workdir DIR [--seeds N] [--quick] [--set KEY=VALUE ...] "
+         "[--report_only]")
 FLAGS = flags.FlagValues()
 flags.DEFINE_enum("suite", None, [*SUITES, "all"], "Suite to run.", flag_values=FLAGS)
 flags.DEFINE_string("workdir", None, "Directory for the runs and reports.", flag_values=FLAGS)

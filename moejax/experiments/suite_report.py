@@ -239,11 +239,12 @@ def _pretrained_lines(suite: str, workdir: pathlib.Path, options: RunOptions) ->
         config = suite_config(variant, workdir, seed=0, options=options)
         directory = run_dir(workdir, config)
         val_loss, _ = last_value(read_metrics(directory / METRICS_FILE), VAL_LOSS)
-        excluded = ", ".join(config.data.exclude_domains) or "none"
+        excluded = ", ".join(config.data.exclude_domains)
         lines += ["", f"Every variant starts from [{variant.name}]"
                   f"(../{(directory / 'report.md').relative_to(workdir)}): seed 0, "
-                  f"{config.train.steps} steps on every domain but {excluded}, final validation "
-                  f"loss {val_loss:.4g} on those domains; its export"
+                  f"{config.train.steps} steps on every domain"
+                  + (f" but {excluded}" if excluded else "")
+                  + f", final validation loss {val_loss:.4g} on those domains; its export"
                   + (", upcycled (`moejax.models.upcycle`)," if any(
                       v.upcycle for v in SUITES[suite] if v.init_from is variant) else "")
                   + " is `train.init_from`."]

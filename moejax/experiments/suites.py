@@ -355,12 +355,17 @@ def variant_config(variant: Variant, *, seed: int, options: RunOptions = RunOpti
 
 
 def config_differences(suite: str, options: RunOptions = RunOptions()) -> dict:
-    """variant name -> {dotted key: value} where its config differs from the first variant's."""
+    """variant name -> {dotted key: value} where its config differs from the first variant's,
+    the options of the upcycle it starts from included (as "upcycle.<option>")."""
+    def settings(variant):
+        upcycle = {f"upcycle.{k}": v for k, v in (variant.upcycle or {}).items()}
+        return {**flat_config(variant_config(variant, seed=0, options=options)), **upcycle}
+
     variants = SUITES[suite]
-    first = flat_config(variant_config(variants[0], seed=0, options=options))
+    first = settings(variants[0])
     out = {}
     for variant in variants:
-        config = flat_config(variant_config(variant, seed=0, options=options))
+        config = settings(variant)
         out[variant.name] = {key: config.get(key) for key in sorted(set(first) | set(config))
                              if config.get(key) != first.get(key)}
     return out

@@ -193,3 +193,8 @@ def test_the_upcycle_suites_variants_start_from_their_upcycle(quick):
         _check_same_function(want, got, variant.name)
     dirs = {upcycled_dir("/w/export", v.upcycle) for v in variants}
     assert len(dirs) == 2 and all(d.parent.as_posix() == "/w" for d in dirs)
+    if quick:  # the report's "what differs" names the upcycle's options too
+        from moejax.experiments.suites import config_differences
+
+        assert config_differences("upcycle", options)["drop-upcycle/lb"] == {
+            "upcycle.drop_fraction": 0.5}
