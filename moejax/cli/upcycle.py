@@ -23,6 +23,7 @@ from absl import flags
 
 from moejax.atomic import DirectoryBusyError, WriteError, quiet_while_writing
 from moejax.cli._command import run_command
+from moejax.data import tokenizer as data_tokenizer
 from moejax.models import weights
 from moejax.models.upcycle import BLOCKS, upcycle_export
 
@@ -63,7 +64,7 @@ def tokenizer_files(source) -> list[pathlib.Path]:
     """The tokenizer's files of a model (`weights.tokenizer_dir`: none for a byte-level
     model), for the export to keep beside its config.json."""
     where = weights.tokenizer_dir(source)
-    return [] if where is None else weights.tokenizer_files(where)
+    return [] if where is None else data_tokenizer.tokenizer_files(where)
 
 
 def _upcycle(options: flags.FlagValues) -> int:

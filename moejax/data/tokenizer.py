@@ -43,7 +43,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.jinja")
 
 __all__ = ["BOS_ID", "EOS_ID", "PAD_ID", "TOKENIZER_FILES", "VOCAB_SIZE", "Tokenizer", "decode",
-           "encode", "load_tokenizer", "save_tokenizer", "train_bpe"]
+           "encode", "load_tokenizer", "save_tokenizer", "tokenizer_files", "train_bpe"]
 
 
 def encode(text: str | bytes) -> np.ndarray:
@@ -195,6 +195,15 @@ def load_tokenizer(name: str | pathlib.Path = BYTES) -> Tokenizer:
     digest.update(json.dumps(special, sort_keys=True).encode())
     return Tokenizer(str(file), vocab_size, special["eos"], special["bos"], special["pad"],
                      digest.hexdigest()[:16], file.parent, hf)
+
+
+def tokenizer_files(where) -> list[pathlib.Path]:
+    """The files of the tokenizer at `where`: a tokenizer.json itself, or the `TOKENIZER_FILES`
+    a directory holds (what an export keeps beside its config.json)."""
+    where = pathlib.Path(where)
+    if where.is_file():
+        return [where]
+    return [where / name for name in TOKENIZER_FILES if (where / name).is_file()]
 
 
 def save_tokenizer(tokenizer: Tokenizer, out: pathlib.Path) -> list[str]:

@@ -257,8 +257,8 @@ def export(source, out_dir, *, step: int | None = None, overwrite: bool = False)
     with atomic_directory(out, overwrite=overwrite, **_EXPORT) as directory:
         step, config, params = load_checkpoint(source, step=step)
         kept = _workdir(source) / TOKENIZER
-        _write_export_files(directory, config, params,
-                            tokenizer_files(kept) if kept.is_dir() else [])
+        files = sorted(p for p in kept.iterdir() if p.is_file()) if kept.is_dir() else []
+        _write_export_files(directory, config, params, files)
     logging.getLogger(__name__).info("exported step %d of %s to %s", step, source, out)
     return out
 
@@ -303,18 +303,6 @@ def hf_record(source) -> dict | None:
     if not is_export(path) and (path / "config.json").is_file():
         return hf_dir.read_kept(path)
     return (run_config(path) or {}).get(KEPT)
-
-
-def tokenizer_files(where) -> list[pathlib.Path]:
-    """The files of the tokenizer at `where` (`tokenizer_dir`'s answer): a tokenizer.json
-    itself, or of a directory the `TOKENIZER_FILES` it holds; what an export keeps beside its
-    config.json."""
-    from moejax.data.tokenizer import TOKENIZER_FILES
-
-    where = pathlib.Path(where)
-    if where.is_file():
-        return [where]
-    return [where / name for name in TOKENIZER_FILES if (where / name).is_file()]
 
 
 def tokenizer_dir(source) -> pathlib.Path | None:

@@ -106,6 +106,9 @@ def test_variants_differ_only_in_the_intended_options(suite):
         else:
             intended = {k for k in set(variant.overrides) | set(reference.overrides)
                         if variant.overrides.get(k) != reference.overrides.get(k)}
+            upcycles = variant.upcycle or {}, reference.upcycle or {}
+            intended |= {f"upcycle.{k}" for k in set(upcycles[0]) | set(upcycles[1])
+                         if upcycles[0].get(k) != upcycles[1].get(k)}
             assert changed == intended, variant.name
 
 
