@@ -249,7 +249,8 @@ def plot_training(rows: list[dict], path: pathlib.Path) -> str | None:
     return None
 
 
-_COMPARED = ((LOSS, "train loss (nats / token)"), (ROUTING_ENTROPY, "routing entropy (nats)"),
+_COMPARED = ((LOSS, "train loss (nats / token)"), (VAL_LOSS, "validation loss (nats / token)"),
+             (ROUTING_ENTROPY, "routing entropy (nats)"),
              (ROUTING_SPECIALIZATION, "specialization (mean squared cosine)"))
 
 
@@ -262,33 +263,44 @@ def seed_band(curves: list) -> tuple:
     return np.asarray(steps), values.mean(0), std
 
 
+def variant_curves(runs: dict) -> dict:
+    """{metric key: {variant: (steps [N], mean [N], std [N])}} of `_COMPARED`, for the
+    variants that logged it (`seed_band` of their seeds' curves)."""
+    out = {}
+    for key, _ in _COMPARED:
+        for name, seeds in runs.items():
+            curves = [series(rows, key) for rows in seeds]
+            curves = [(s, reduce_values(key, v)) for s, v in curves if s is not None]
+            if curves:
+                out.setdefault(key, {})[name] = seed_band(curves)
+    return out
+
+
 def plot_variants(runs: dict, path: pathlib.Path) -> str | None:
-    """Side by side: train loss, routing entropy and specialization vs step, one line per
-    variant (the mean over seeds) with a band of ± one std over seeds.
+    """Side by side: train loss, validation loss, routing entropy and specialization vs step,
+    one line per variant (the mean over seeds) with a band of ± one std over seeds (error bars
+    where a variant has a single point, e.g. one evaluation at the end).
 
     Args:
       runs: variant name -> list of logged rows of each seed; a seed's per-router values are
         reduced over routers (`metrics.reduce_values`: the mean), then the seeds' curves are
-        combined on their common steps.
+        combined on their common steps (`variant_curves`).
       path: the PNG to write.
     """
-    fig, axes = _figure(len(_COMPARED), width=5.2, height=3.8)
-    drawn = False
+    curves = variant_curves(runs)
+    if not curves:
+        return "no loss or routing metrics logged"
+    fig, axes = _figure(len(_COMPARED), width=5.2, height=3.8, max_cols=2)
     for ax, (key, label) in zip(axes, _COMPARED):
-        for name, seeds in runs.items():
-            curves = [series(rows, key) for rows in seeds]
-            curves = [(s, reduce_values(key, v)) for s, v in curves if s is not None]
-            if not curves:
-                continue
-            steps, mean, std = seed_band(curves)
-            (line,) = ax.plot(steps, mean, label=name)
-            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2,
-                            linewidth=0)
-            drawn = True
+        for name, (steps, mean, std) in curves.get(key, {}).items():
+            (line,) = ax.plot(steps, mean, label=name, marker="o" if len(steps) <= 10 else None)
+            if len(steps) > 1:
+                ax.fill_between(steps, mean - std, mean + std, color=line.get_color(),
+                                alpha=0.2, linewidth=0)
+            else:
+                ax.errorbar(steps, mean, yerr=std, color=line.get_color(), capsize=4)
         ax.set(title=label, xlabel="step")
         ax.grid(alpha=0.3)
-    if not drawn:
-        return "no loss or routing metrics logged"
     axes[0].legend(fontsize="small")
     _save(fig, path)
     return None

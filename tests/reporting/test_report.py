@@ -184,3 +184,18 @@ def test_seed_band_is_mean_and_sample_std_on_the_common_steps():
     np.testing.assert_allclose(mean, [3.0, 4.5])
     np.testing.assert_allclose(std, [2 / np.sqrt(2), 3 / np.sqrt(2)])
     np.testing.assert_array_equal(plots.seed_band(curves[:1])[2], [0.0, 0.0, 0.0])
+
+
+def test_variant_curves_include_validation_loss_with_its_seed_band(tmp_path):
+    """The suites' variants.png draws validation loss beside train loss, each variant's mean
+    over seeds ± the sample std (one evaluation at the end: a single point)."""
+    runs = {"a": [[{"step": 10, "loss": 2.0}, {"step": 20, "loss": 1.5, "val_loss": 1.6}],
+                  [{"step": 10, "loss": 2.2}, {"step": 20, "loss": 1.7, "val_loss": 1.8}]],
+            "b": [[{"step": 10, "loss": 2.1}, {"step": 20, "loss": 1.6}]]}
+    curves = plots.variant_curves(runs)
+    steps, mean, std = curves["val_loss"]["a"]
+    np.testing.assert_array_equal(steps, [20])
+    np.testing.assert_allclose(mean, [1.7])
+    np.testing.assert_allclose(std, [0.2 / np.sqrt(2)])
+    assert set(curves["val_loss"]) == {"a"} and set(curves["loss"]) == {"a", "b"}
+    assert plots.plot_variants(runs, tmp_path / "v.png") is None and (tmp_path / "v.png").exists()
