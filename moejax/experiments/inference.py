@@ -33,6 +33,7 @@ from flax import nnx
 from moejax.data import pipeline
 from moejax.experiments import offload, placement, stats
 from moejax.models.weights import load_decoder
+from moejax.reporting import plots
 
 CACHE_FRACTIONS = (0.25, 0.5)  # M / E
 OFFLOAD_FILE = "offload.json"
@@ -244,12 +245,13 @@ def placement_report_lines(placed: dict, suite_dir: pathlib.Path, *,
                              + " |")
     if image is None:
         return lines
-    placement.plot_bytes_vs_cache(
+    plots.plot_points(
         {f"{name} ({policy})": (sizes, [metrics[f"moved_bytes/token {policy}@M{size}"]
                                         for size in sizes])
          for name, metrics in placed.items() for policy in offload.POLICIES},
         pathlib.Path(suite_dir) / image,
-        title="offloaded experts: bytes moved per token (± std over seeds)")
+        title="offloaded experts: bytes moved per token (± std over seeds)",
+        xlabel="experts cached per router, M", ylabel="bytes moved per token")
     return lines + ["", f"![bytes moved vs cache size]({image})"]
 
 

@@ -140,33 +140,3 @@ def cache_sweep(train: np.ndarray, held_out: np.ndarray, num_experts: int, exper
     sizes = cache_sizes(k, num_experts) if sizes is None else sizes
     return offload.cache_metrics(held_out, num_experts, {f"M{size}": size for size in sizes},
                                  offload.transition_matrix(train, num_experts), expert_bytes)
-
-
-def plot_bytes_vs_cache(lines: dict, path, *, title: str, ylabel: str = "bytes moved per token",
-                        xlabel: str = "experts cached per router, M") -> None:
-    """Markers only, at the measured sizes (no line joins two sizes): mean over seeds ± one
-    sample std per label.
-
-    lines: label -> (sizes [S], per-size lists of the seeds' values).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    markers = "osD^v<>ph*"
-    for i, (label, (sizes, values)) in enumerate(lines.items()):
-        values = [np.asarray(v, np.float64) for v in values]
-        std = [float(v.std(ddof=1)) if v.size > 1 else 0.0 for v in values]
-        ax.errorbar(sizes, [float(v.mean()) for v in values], yerr=std, label=label,
-                    marker=markers[i % len(markers)], linestyle="none", capsize=3,
-                    fillstyle="none" if "null" in label else "full")
-    all_sizes = sorted({int(s) for sizes, _ in lines.values() for s in sizes})
-    ax.set_xticks(all_sizes)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

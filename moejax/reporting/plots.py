@@ -308,16 +308,21 @@ def plot_variants(runs: dict, path: pathlib.Path) -> str | None:
 
 def plot_points(lines: dict, path: pathlib.Path, *, title: str, xlabel: str,
                 ylabel: str) -> None:
-    """One line per label through (x, mean over seeds), with ± one std error bars.
+    """Markers only, at the measured x (no line joins two of them: nothing was measured
+    between), mean over seeds ± one sample std per label; a label holding "null" is drawn
+    with open markers.
 
     lines: label -> (xs [N], per-x lists of the seeds' values).
     """
     fig, (ax,) = _figure(1, width=6.4, height=4.4)
-    for label, (xs, values) in lines.items():
+    markers = "osD^v<>ph*"
+    for i, (label, (xs, values)) in enumerate(lines.items()):
         values = [np.asarray(v, np.float64) for v in values]
         std = [float(v.std(ddof=1)) if v.size > 1 else 0.0 for v in values]
-        ax.errorbar(xs, [float(v.mean()) for v in values], yerr=std, label=label, marker="o",
-                    capsize=3)
+        ax.errorbar(xs, [float(v.mean()) for v in values], yerr=std, label=label,
+                    marker=markers[i % len(markers)], linestyle="none", capsize=3,
+                    fillstyle="none" if "null" in label else "full")
+    ax.set_xticks(sorted({float(x) for xs, _ in lines.values() for x in xs}))
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

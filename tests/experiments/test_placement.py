@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from moejax.experiments import inference, placement, placement_search
+from moejax.reporting import plots
 
 
 def _paths(*tokens):
@@ -281,9 +282,9 @@ def test_bytes_plot_has_markers_at_measured_sizes_only(tmp_path, monkeypatch):
         return errorbar(self, x, y, **options)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", record)
-    placement.plot_bytes_vs_cache({"a (lru)": ((2, 4, 6), [[1.0, 2.0], [0.5, 0.7], [0.2, 0.1]]),
-                                   "a null (lru)": ((2, 4), [[1.5], [0.9]])},
-                                  tmp_path / "bytes.png", title="t")
+    plots.plot_points({"a (lru)": ((2, 4, 6), [[1.0, 2.0], [0.5, 0.7], [0.2, 0.1]]),
+                       "a null (lru)": ((2, 4), [[1.5], [0.9]])},
+                      tmp_path / "bytes.png", title="t", xlabel="M", ylabel="bytes")
     assert drawn == [([2, 4, 6], "none"), ([2, 4], "none")]
     assert (tmp_path / "bytes.png").exists()
 
