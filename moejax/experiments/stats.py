@@ -193,7 +193,8 @@ def holm(p_values) -> list[float]:
     return adjusted
 
 
-VERDICTS = ("reproduced", "not reproduced", "no effect of the claimed size", "undecided")
+VERDICTS = ("reproduced", "not reproduced", "no effect of the claimed size", "undecided",
+            "not measured")
 
 
 def family_verdicts(tests: list[PairedTest], margins: list[float | None], *,
@@ -205,7 +206,9 @@ def family_verdicts(tests: list[PairedTest], margins: list[float | None], *,
     - "no effect of the claimed size": else, where the equivalence test (TOST against
       `margins[i]`, the paper's effect in the run's unit; Holm-adjusted across the claims
       that have a margin) rejects an effect as large as claimed;
-    - "undecided": neither.
+    - "undecided": neither;
+    - "not measured": fewer than two paired seeds (results from before the claim's metric
+      existed), so no test.
 
     Returns dicts with the raw and adjusted p-values of both tests and the verdict.
     """
@@ -216,7 +219,9 @@ def family_verdicts(tests: list[PairedTest], margins: list[float | None], *,
     rows = []
     for test, p, q, q_raw, margin in zip(tests, difference, tost_adjusted, tost, margins,
                                          strict=True):
-        if math.isfinite(p) and p < alpha:
+        if test.n < 2:
+            label = VERDICTS[4]
+        elif math.isfinite(p) and p < alpha:
             label = VERDICTS[0] if test.improvement > 0 else VERDICTS[1]
         elif math.isfinite(q) and q < alpha:
             label = VERDICTS[2]

@@ -63,6 +63,8 @@ def test_family_verdicts_tell_no_effect_from_undecided():
         "undecided", "undecided"]
     no_margin = stats.family_verdicts(tests[2:3], [None])
     assert no_margin[0]["verdict"] == "undecided"  # without a target, no equivalence test
+    unmeasured = stats.family_verdicts([stats.paired_test([], []), tests[0]], [0.01, 0.01])
+    assert [row["verdict"] for row in unmeasured] == ["not measured", "reproduced"]
 
 
 def test_power_is_exact_and_seeds_needed_uses_it():
