@@ -426,6 +426,11 @@ MUTANTS = (
            "key=lambda r: (r.steps or 0, r.result.test.n)",
            ("tests/experiments/test_suite_report.py::"
             "test_a_longer_run_without_the_claims_metric_does_not_replace_one_with_it",)),
+    Mutant("unmeasured_claim_undecided",
+           "a claim with no paired numbers (its metric not measured) reads 'undecided'",
+           "moejax/experiments/stats.py", "        if test.n < 2:\n", "        if False:\n",
+           ("tests/experiments/test_stats.py::"
+            "test_family_verdicts_tell_no_effect_from_undecided",)),
 )
 
 
