@@ -422,13 +422,13 @@ MUTANTS = (
            "the summary's row of a claim is its largest scale even where that scale has no "
            "numbers for the claim's metric",
            "moejax/experiments/summary.py",
-           "key=lambda r: (r.result.test.n >= 2, r.steps or 0, r.result.test.n)",
+           "key=lambda r: (r.result.test.measured, r.steps or 0, r.result.test.n)",
            "key=lambda r: (r.steps or 0, r.result.test.n)",
            ("tests/experiments/test_suite_report.py::"
             "test_a_longer_run_without_the_claims_metric_does_not_replace_one_with_it",)),
     Mutant("unmeasured_claim_undecided",
            "a claim with no paired numbers (its metric not measured) reads 'undecided'",
-           "moejax/experiments/stats.py", "        if test.n < 2:\n", "        if False:\n",
+           "moejax/experiments/stats.py", "        if not test.measured:\n", "        if False:\n",
            ("tests/experiments/test_stats.py::"
             "test_family_verdicts_tell_no_effect_from_undecided",)),
 )

@@ -145,6 +145,12 @@ class PairedTest(NamedTuple):
     p_value: float
     ci: tuple[float, float]
 
+    @property
+    def measured(self) -> bool:
+        """Whether there is a test: two or more paired seeds (none where the claim's metric
+        was not measured)."""
+        return self.n >= 2
+
 
 def paired_test(better, than, *, lower_is_better: bool = True) -> PairedTest:
     """The paired t-test of "`better` beats `than`" seed by seed (NaN p with < 2 seeds or a
@@ -219,7 +225,7 @@ def family_verdicts(tests: list[PairedTest], margins: list[float | None], *,
     rows = []
     for test, p, q, q_raw, margin in zip(tests, difference, tost_adjusted, tost, margins,
                                          strict=True):
-        if test.n < 2:
+        if not test.measured:
             label = VERDICTS[4]
         elif math.isfinite(p) and p < alpha:
             label = VERDICTS[0] if test.improvement > 0 else VERDICTS[1]

@@ -61,7 +61,7 @@ def largest_scale(rows: list[SummaryRow]) -> list[tuple[SummaryRow, list[Summary
         groups.setdefault(row.result.claim.key, []).append(row)
     out = []
     for group in groups.values():
-        best = max(group, key=lambda r: (r.result.test.n >= 2, r.steps or 0, r.result.test.n))
+        best = max(group, key=lambda r: (r.result.test.measured, r.steps or 0, r.result.test.n))
         out.append((best, [r for r in group if r is not best]))
     return out
 
